@@ -1,0 +1,33 @@
+# courier/Makefile
+#
+# Built with PGXS against PostgreSQL 15:
+#   make PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config && make install
+# The tests are run by test/run_all.sh (see README), which starts its own
+# throwaway clusters; "make installcheck" runs only the pg_regress layer
+# against a server you already have.
+
+MODULE_big = courier
+OBJS = \
+	src/courier.o \
+	src/guc.o \
+	src/shmem.o \
+	src/switches.o \
+	src/claim.o \
+	src/retry.o \
+	src/logic.o \
+	src/api.o \
+	src/launcher.o \
+	src/worker.o
+
+EXTENSION = courier
+DATA = sql/courier--0.1.sql
+
+REGRESS = register_orders delay_orders logic_stage failures
+REGRESS_OPTS = --load-extension=courier
+
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK = -lcurl
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
