@@ -16,8 +16,7 @@ OBJS = \
 	src/retry.o \
 	src/logic.o \
 	src/api.o \
-	src/launcher.o \
-	src/worker.o
+	src/launcher.o
 
 EXTENSION = courier
 DATA = sql/courier--0.1.sql

@@ -1,0 +1,853 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *		The SQL-callable functions of courier: the app API (register_orders,
+ *		request_shipping, register_invoice, delay_orders), run_once for
+ *		schedules and tests, and backoff_delay.
+ *
+ * The app API validates its whole input before anything is written, or
+ * raises an error that rolls back everything the call did: a caller never
+ * sees half a request.  Each kind of bad input has its own SQLSTATE and
+ * names the offending values.  Processing of queued work is not done here
+ * (logic.c); this file only validates, writes and wakes the workers.
+ *
+ * IDENTIFICATION
+ *		src/api.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "courier.h"
+
+PG_FUNCTION_INFO_V1(courier_register_orders);
+PG_FUNCTION_INFO_V1(courier_request_shipping);
+PG_FUNCTION_INFO_V1(courier_register_invoice);
+PG_FUNCTION_INFO_V1(courier_delay_orders);
+PG_FUNCTION_INFO_V1(courier_run_once);
+PG_FUNCTION_INFO_V1(courier_backoff_delay);
+
+/* How many offending values an error message names. */
+#define NAMED_IN_ERROR 5
+
+/* One order of register_orders' input, validated. */
+typedef struct OrderInput
+{
+	int64		order_id;
+	int64		seller_id;
+	char	   *phone;
+	char	   *product;
+	DateADT		ship_date;
+	char	   *status;			/* NULL: keep (or 'paid' when new) */
+} OrderInput;
+
+static Datum *check_order_ids(ArrayType *arr, const char *argname, int *n);
+static void check_no_duplicates(Datum *ids, int n, const char *argname);
+static void report_unusable_orders(Datum ids_array, const char *action);
+static void parse_order(JsonbValue *elem, int index, OrderInput *out);
+static JsonbValue *order_field(JsonbContainer *obj, const char *key,
+							   int index, bool required);
+static int64 json_to_int64(JsonbValue *v, const char *key, int index);
+static char *json_to_string(JsonbValue *v, const char *key, int index);
+static char *normalize_phone(const char *raw, int index, int64 order_id);
+static DateADT parse_iso_date(const char *s, int index, int64 order_id);
+static Datum int8_array(Datum *values, int n);
+static char *date_to_cstring(DateADT d);
+
+/* ----------------------------------------------------------------
+ * Validation helpers shared by the app API
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * check_order_ids
+ *		Validate an array of order ids given to the app API: not NULL,
+ *		one-dimensional, not empty, no NULL element, within
+ *		courier.max_orders_per_request, no duplicates.  Returns the ids.
+ */
+static Datum *
+check_order_ids(ArrayType *arr, const char *argname, int *n)
+{
+	Datum	   *ids;
+	bool	   *nulls;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", argname)));
+
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &ids, &nulls, n);
+	if (*n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is empty", argname),
+				 errdetail("A request names at least one order.")));
+	if (*n > courier_max_orders_per_request)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s names %d orders, more than the limit of %d",
+						argname, *n, courier_max_orders_per_request),
+				 errhint("Split the request, or raise courier.max_orders_per_request.")));
+	for (int i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s contains a NULL at position %d", argname, i + 1),
+					 errdetail("Every element must be an order id.")));
+	}
+	check_no_duplicates(ids, *n, argname);
+	return ids;
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * check_no_duplicates
+ *		Reject an id named twice: a duplicate is almost always a bug in the
+ *		caller, and applying it twice would count the order twice.
+ */
+static void
+check_no_duplicates(Datum *ids, int n, const char *argname)
+{
+	int64	   *sorted = palloc(sizeof(int64) * n);
+	StringInfoData dups;
+	int			ndups = 0;
+
+	for (int i = 0; i < n; i++)
+		sorted[i] = DatumGetInt64(ids[i]);
+	qsort(sorted, n, sizeof(int64), cmp_int64);
+
+	initStringInfo(&dups);
+	for (int i = 1; i < n; i++)
+	{
+		if (sorted[i] != sorted[i - 1] || (i > 1 && sorted[i] == sorted[i - 2]))
+			continue;
+		if (ndups < NAMED_IN_ERROR)
+			appendStringInfo(&dups, "%s" INT64_FORMAT, ndups ? ", " : "",
+							 sorted[i]);
+		ndups++;
+	}
+	if (ndups > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("%s names %d order%s more than once",
+						argname, ndups, ndups == 1 ? "" : "s"),
+				 errdetail("Named more than once: %s%s.", dups.data,
+						   ndups > NAMED_IN_ERROR ? ", ..." : "")));
+	pfree(sorted);
+}
+
+/*
+ * report_unusable_orders
+ *		Called when some ids of a request are unknown or closed (invoiced,
+ *		shipped, cancelled): find which, and raise the matching error naming
+ *		the first few.  Unknown ids are reported first.
+ */
+static void
+report_unusable_orders(Datum ids_array, const char *action)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		values[1] = {ids_array};
+	StringInfoData list;
+	uint64		nrows;
+
+	if (SPI_execute_with_args(
+			"SELECT u.id, o.status::text, count(*) OVER ()"
+			"  FROM unnest($1) WITH ORDINALITY AS u(id, ord)"
+			"  LEFT JOIN courier.orders o ON o.order_id = u.id"
+			" WHERE o.order_id IS NULL"
+			" ORDER BY u.ord LIMIT " CppAsString2(NAMED_IN_ERROR),
+			1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not look up unknown orders");
+	nrows = SPI_processed;
+	if (nrows > 0)
+	{
+		bool		isnull;
+		int64		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc,
+														3, &isnull));
+
+		initStringInfo(&list);
+		for (uint64 i = 0; i < nrows; i++)
+			appendStringInfo(&list, "%s%s", i ? ", " : "",
+							 SPI_getvalue(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1));
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("%lld unknown order id%s", (long long) total,
+						total == 1 ? "" : "s"),
+				 errdetail("Not registered: %s%s.", list.data,
+						   total > NAMED_IN_ERROR ? ", ..." : ""),
+				 errhint("Register orders with courier.register_orders() first.")));
+	}
+
+	if (SPI_execute_with_args(
+			"SELECT u.id, o.status::text, count(*) OVER ()"
+			"  FROM unnest($1) WITH ORDINALITY AS u(id, ord)"
+			"  JOIN courier.orders o ON o.order_id = u.id"
+			" WHERE o.status NOT IN ('paid', 'shipping_requested')"
+			" ORDER BY u.ord LIMIT " CppAsString2(NAMED_IN_ERROR),
+			1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not look up closed orders");
+	nrows = SPI_processed;
+	if (nrows > 0)
+	{
+		bool		isnull;
+		int64		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc,
+														3, &isnull));
+
+		initStringInfo(&list);
+		for (uint64 i = 0; i < nrows; i++)
+			appendStringInfo(&list, "%sorder %s is %s", i ? ", " : "",
+							 SPI_getvalue(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1),
+							 SPI_getvalue(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 2));
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot %s %lld order%s that %s already closed",
+						action, (long long) total, total == 1 ? "" : "s",
+						total == 1 ? "is" : "are"),
+				 errdetail("Closed: %s%s.", list.data,
+						   total > NAMED_IN_ERROR ? ", ..." : ""),
+				 errhint("Only paid or shipping_requested orders can be changed.")));
+	}
+	elog(ERROR, "courier: orders changed while the request was validated");
+}
+
+static Datum
+int8_array(Datum *values, int n)
+{
+	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static char *
+date_to_cstring(DateADT d)
+{
+	return DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d)));
+}
+
+/* ----------------------------------------------------------------
+ * register_orders(jsonb)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * courier_register_orders
+ *		Add or update orders from a JSON array.  Every element is checked
+ *		(required keys, types, phone, date, status, no unknown keys, no
+ *		order twice) before one INSERT and one UPDATE write them all.
+ */
+Datum
+courier_register_orders(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *jb;
+	int			n;
+	OrderInput *orders;
+	Datum	   *ids,
+			   *sellers,
+			   *phones,
+			   *products,
+			   *dates,
+			   *statuses;
+	bool	   *status_nulls;
+	Oid			argtypes[6] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, DATEARRAYOID, TEXTARRAYOID};
+	Datum		values[6];
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("orders must not be NULL"),
+				 errdetail("Pass a JSON array of order objects.")));
+	jb = PG_GETARG_JSONB_P(0);
+	if (JB_ROOT_IS_SCALAR(jb) || !JB_ROOT_IS_ARRAY(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("orders must be a JSON array"),
+				 errdetail("Each element is an object with order_id, seller_id, customer_phone, product_name and promised_ship_date.")));
+	n = JB_ROOT_COUNT(jb);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("orders is empty"),
+				 errdetail("A call registers at least one order.")));
+	if (n > courier_max_orders_per_request)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("orders has %d elements, more than the limit of %d",
+						n, courier_max_orders_per_request),
+				 errhint("Split the call, or raise courier.max_orders_per_request.")));
+
+	orders = palloc(sizeof(OrderInput) * n);
+	ids = palloc(sizeof(Datum) * n);
+	sellers = palloc(sizeof(Datum) * n);
+	phones = palloc(sizeof(Datum) * n);
+	products = palloc(sizeof(Datum) * n);
+	dates = palloc(sizeof(Datum) * n);
+	statuses = palloc(sizeof(Datum) * n);
+	status_nulls = palloc(sizeof(bool) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *elem = getIthJsonbValueFromContainer(&jb->root, i);
+
+		parse_order(elem, i + 1, &orders[i]);
+		ids[i] = Int64GetDatum(orders[i].order_id);
+		sellers[i] = Int64GetDatum(orders[i].seller_id);
+		phones[i] = CStringGetTextDatum(orders[i].phone);
+		products[i] = CStringGetTextDatum(orders[i].product);
+		dates[i] = DateADTGetDatum(orders[i].ship_date);
+		status_nulls[i] = (orders[i].status == NULL);
+		statuses[i] = status_nulls[i] ? (Datum) 0 :
+			CStringGetTextDatum(orders[i].status);
+	}
+	check_no_duplicates(ids, n, "orders");
+
+	dims[0] = n;
+	values[0] = int8_array(ids, n);
+	values[1] = int8_array(sellers, n);
+	values[2] = PointerGetDatum(construct_array(phones, n, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(products, n, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(dates, n, DATEOID, 4, true,
+												TYPALIGN_INT));
+	values[5] = PointerGetDatum(construct_md_array(statuses, status_nulls, 1,
+												   dims, lbs, TEXTOID, -1,
+												   false, TYPALIGN_INT));
+
+	SPI_connect();
+
+	/*
+	 * New orders first, then the ones that existed: the UPDATE's fresh
+	 * snapshot also sees rows a concurrent call inserted in between.  Rows
+	 * this call just inserted are identical to their input and are skipped.
+	 */
+	if (SPI_execute_with_args(
+			"INSERT INTO courier.orders (order_id, seller_id, customer_phone,"
+			"    product_name, promised_ship_date, status)"
+			"SELECT u.id, u.seller, u.phone, u.product, u.ship,"
+			"       coalesce(u.status::courier.order_status, 'paid')"
+			"  FROM unnest($1, $2, $3, $4, $5, $6)"
+			"       AS u(id, seller, phone, product, ship, status)"
+			"ON CONFLICT (order_id) DO NOTHING",
+			6, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "courier: could not insert orders");
+	if (SPI_processed < (uint64) n &&
+		SPI_execute_with_args(
+			"UPDATE courier.orders o"
+			"   SET seller_id = u.seller, customer_phone = u.phone,"
+			"       product_name = u.product, promised_ship_date = u.ship,"
+			"       status = coalesce(u.status::courier.order_status, o.status),"
+			"       updated_at = statement_timestamp()"
+			"  FROM unnest($1, $2, $3, $4, $5, $6)"
+			"       AS u(id, seller, phone, product, ship, status)"
+			" WHERE o.order_id = u.id"
+			"   AND ((o.seller_id, o.customer_phone, o.product_name,"
+			"         o.promised_ship_date)"
+			"        IS DISTINCT FROM (u.seller, u.phone, u.product, u.ship)"
+			"        OR o.status::text <> coalesce(u.status, o.status::text))",
+			6, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "courier: could not update orders");
+
+	SPI_finish();
+	PG_RETURN_INT32(n);
+}
+
+/*
+ * parse_order
+ *		Validate element index (1-based) of register_orders' array.
+ */
+static void
+parse_order(JsonbValue *elem, int index, OrderInput *out)
+{
+	static const char *const known[] = {"order_id", "seller_id",
+		"customer_phone", "product_name", "promised_ship_date", "status"};
+	JsonbContainer *obj;
+	JsonbValue *v;
+	int			nfound = 0;
+
+	if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("element %d of orders is not a JSON object", index)));
+	obj = elem->val.binary.data;
+
+	out->order_id = json_to_int64(order_field(obj, "order_id", index, true),
+								  "order_id", index);
+	out->seller_id = json_to_int64(order_field(obj, "seller_id", index, true),
+								   "seller_id", index);
+	out->phone = normalize_phone(json_to_string(order_field(obj, "customer_phone", index, true),
+												"customer_phone", index),
+								 index, out->order_id);
+	out->product = json_to_string(order_field(obj, "product_name", index, true),
+								  "product_name", index);
+	if (out->product[0] == '\0' || strlen(out->product) > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid product_name in element %d (order " INT64_FORMAT ")",
+						index, out->order_id),
+				 errdetail("A product name has 1 to 1000 bytes.")));
+	out->ship_date = parse_iso_date(json_to_string(order_field(obj, "promised_ship_date", index, true),
+												   "promised_ship_date", index),
+									index, out->order_id);
+	nfound = 5;
+
+	v = order_field(obj, "status", index, false);
+	out->status = NULL;
+	if (v != NULL)
+	{
+		static const char *const statuses[] = {"paid", "shipping_requested",
+		"invoiced", "shipped", "cancelled"};
+		bool		ok = false;
+
+		nfound++;
+		out->status = json_to_string(v, "status", index);
+		for (int i = 0; i < lengthof(statuses); i++)
+			ok |= (strcmp(out->status, statuses[i]) == 0);
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("invalid status \"%s\" in element %d (order " INT64_FORMAT ")",
+							out->status, index, out->order_id),
+					 errdetail("The statuses are paid, shipping_requested, invoiced, shipped and cancelled.")));
+	}
+
+	/* Any other key is a typo the caller wants to hear about. */
+	if (JsonContainerSize(obj) > nfound)
+	{
+		JsonbIterator *it = JsonbIteratorInit(obj);
+		JsonbValue	key;
+		JsonbIteratorToken tok;
+
+		while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
+		{
+			bool		ok = false;
+			char	   *name;
+
+			if (tok != WJB_KEY)
+				continue;
+			name = pnstrdup(key.val.string.val, key.val.string.len);
+			for (int i = 0; i < lengthof(known); i++)
+				ok |= (strcmp(name, known[i]) == 0);
+			if (!ok)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("unknown key \"%s\" in element %d of orders",
+								name, index),
+						 errdetail("The keys are order_id, seller_id, customer_phone, product_name, promised_ship_date and status.")));
+		}
+	}
+}
+
+static JsonbValue *
+order_field(JsonbContainer *obj, const char *key, int index, bool required)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(obj, key, strlen(key), NULL);
+
+	if (v == NULL && required)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("element %d of orders has no \"%s\"", index, key)));
+	if (v != NULL && v->type == jbvNull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("\"%s\" is null in element %d of orders", key, index)));
+	return v;
+}
+
+static int64
+json_to_int64(JsonbValue *v, const char *key, int index)
+{
+	char	   *text;
+	char	   *end;
+	int64		result;
+
+	if (v->type != jbvNumeric)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" in element %d of orders is not a number", key, index)));
+	text = DatumGetCString(DirectFunctionCall1(numeric_out,
+											   NumericGetDatum(v->val.numeric)));
+	errno = 0;
+	result = strtoi64(text, &end, 10);
+	if (*end != '\0' || errno != 0 || result <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("\"%s\" in element %d of orders is %s, not a positive bigint",
+						key, index, text)));
+	return result;
+}
+
+static char *
+json_to_string(JsonbValue *v, const char *key, int index)
+{
+	if (v->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" in element %d of orders is not a string", key, index)));
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/*
+ * normalize_phone
+ *		Accept a Korean-style phone number with optional hyphens or spaces
+ *		(010-1234-5678) and return its digits; reject anything else, since a
+ *		wrong number would only be found when the TMS rejects the notice.
+ */
+static char *
+normalize_phone(const char *raw, int index, int64 order_id)
+{
+	char	   *digits = palloc(strlen(raw) + 1);
+	int			n = 0;
+	bool		ok = true;
+
+	for (const char *p = raw; *p; p++)
+	{
+		if (*p >= '0' && *p <= '9')
+			digits[n++] = *p;
+		else if (*p != '-' && *p != ' ')
+			ok = false;
+	}
+	digits[n] = '\0';
+	if (!ok || n < 10 || n > 11 || digits[0] != '0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid customer_phone \"%s\" in element %d (order " INT64_FORMAT ")",
+						raw, index, order_id),
+				 errdetail("A phone number has 10 or 11 digits starting with 0, optionally separated by hyphens, e.g. 010-1234-5678.")));
+	return digits;
+}
+
+/*
+ * parse_iso_date
+ *		Strict YYYY-MM-DD: the app sends dates in one format, and a lenient
+ *		parser would accept swapped months and days.
+ */
+static DateADT
+parse_iso_date(const char *s, int index, int64 order_id)
+{
+	int			y,
+				m,
+				d;
+	int			consumed = 0;
+	int			yy,
+				mm,
+				dd;
+
+	if (strlen(s) != 10 ||
+		sscanf(s, "%4d-%2d-%2d%n", &y, &m, &d, &consumed) != 3 ||
+		consumed != 10 || m < 1 || m > 12 || d < 1 || d > 31 || y < 1)
+		goto bad;
+	j2date(date2j(y, m, d), &yy, &mm, &dd);
+	if (yy != y || mm != m || dd != d)
+		goto bad;
+	return date2j(y, m, d) - POSTGRES_EPOCH_JDATE;
+
+bad:
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_DATETIME_FORMAT),
+			 errmsg("invalid promised_ship_date \"%s\" in element %d (order " INT64_FORMAT ")",
+					s, index, order_id),
+			 errdetail("Dates are written YYYY-MM-DD and must exist in the calendar.")));
+	return 0;
+}
+
+/* ----------------------------------------------------------------
+ * request_shipping(bigint[]) and register_invoice(bigint, text)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * courier_request_shipping
+ *		Payment completed: the orders become shipping_requested and their
+ *		invoice deadline starts.  Asking again for an order already
+ *		requested keeps its first deadline.
+ */
+Datum
+courier_request_shipping(PG_FUNCTION_ARGS)
+{
+	Datum	   *ids;
+	int			n;
+	Datum		arr;
+	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
+	Datum		values[2];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("order_ids must not be NULL")));
+	ids = check_order_ids(PG_GETARG_ARRAYTYPE_P(0), "order_ids", &n);
+	arr = int8_array(ids, n);
+
+	SPI_connect();
+	values[0] = arr;
+	values[1] = Int32GetDatum(courier_invoice_deadline_min);
+	if (SPI_execute_with_args(
+			"UPDATE courier.orders o"
+			"   SET status = 'shipping_requested',"
+			"       invoice_deadline = coalesce(o.invoice_deadline,"
+			"           statement_timestamp() + $2 * interval '1 minute'),"
+			"       updated_at = statement_timestamp()"
+			" WHERE o.order_id = ANY ($1)"
+			"   AND o.status IN ('paid', 'shipping_requested')",
+			2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "courier: could not update orders");
+	if (SPI_processed != (uint64) n)
+		report_unusable_orders(arr, "request shipping for");
+	SPI_finish();
+	PG_RETURN_INT32(n);
+}
+
+/*
+ * courier_register_invoice
+ *		The seller registered an invoice: the order is invoiced, and a notice
+ *		not yet on its way is dropped (a notice being sent right now, under
+ *		a lease, is left to finish).  Returns whether a notice was dropped.
+ */
+Datum
+courier_register_invoice(PG_FUNCTION_ARGS)
+{
+	int64		order_id;
+	text	   *invoice;
+	Oid			argtypes[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+	char	   *status;
+	bool		dropped;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL",
+						PG_ARGISNULL(0) ? "order_id" : "invoice_number")));
+	order_id = PG_GETARG_INT64(0);
+	invoice = PG_GETARG_TEXT_PP(1);
+	if (VARSIZE_ANY_EXHDR(invoice) == 0 || VARSIZE_ANY_EXHDR(invoice) > 100)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid invoice number for order " INT64_FORMAT, order_id),
+				 errdetail("An invoice number has 1 to 100 bytes.")));
+
+	values[0] = Int64GetDatum(order_id);
+	values[1] = PointerGetDatum(invoice);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT status::text FROM courier.orders"
+							  " WHERE order_id = $1 FOR UPDATE",
+							  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not read order");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("unknown order id " INT64_FORMAT, order_id),
+				 errhint("Register orders with courier.register_orders() first.")));
+	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (strcmp(status, "shipped") == 0 || strcmp(status, "cancelled") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot register an invoice for order " INT64_FORMAT ", which is %s",
+						order_id, status)));
+
+	if (SPI_execute_with_args(
+			"WITH inv AS ("
+			"    UPDATE courier.orders SET status = 'invoiced',"
+			"           invoice_number = $2, updated_at = statement_timestamp()"
+			"     WHERE order_id = $1"
+			"), dropped AS ("
+			"    DELETE FROM courier.work_items w"
+			"     WHERE w.stage = 'tms' AND w.order_id = $1 AND w.leased_by IS NULL"
+			"    RETURNING w.order_id, w.ship_date"
+			") "
+			"UPDATE courier.notices n SET status = 'dropped'"
+			"  FROM dropped d"
+			" WHERE n.order_id = d.order_id AND n.ship_date = d.ship_date",
+			2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "courier: could not register invoice");
+	dropped = SPI_processed > 0;
+	SPI_finish();
+	PG_RETURN_BOOL(dropped);
+}
+
+/* ----------------------------------------------------------------
+ * delay_orders(bigint[], text, date)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * courier_delay_orders
+ *		Validate a bulk delay, record the request and queue one logic item
+ *		per order; the logic workers are woken when the caller commits.
+ *		Returns the request id for courier.request_status().
+ *
+ * The happy path is two statements whatever the size: the INSERT of the
+ * items joins the ids with the orders and keeps only open ones, so one
+ * count tells whether every id was usable; only when it was not does a
+ * second look find which ids to name in the error.
+ */
+Datum
+courier_delay_orders(PG_FUNCTION_ARGS)
+{
+	Datum	   *ids;
+	int			n;
+	Datum		arr;
+	text	   *reason;
+	char	   *reason_str;
+	int			reason_chars;
+	DateADT		new_date;
+	DateADT		today;
+	Oid			argtypes[4] = {TEXTOID, DATEOID, INT4OID, INT8ARRAYOID};
+	Datum		values[4];
+	bool		isnull;
+	int64		request_id;
+
+	for (int i = 0; i < 3; i++)
+	{
+		static const char *const names[] = {"order_ids", "reason", "new_ship_date"};
+
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be NULL", names[i])));
+	}
+
+	/* reason: not blank, not longer than the limit */
+	reason = PG_GETARG_TEXT_PP(1);
+	reason_str = text_to_cstring(reason);
+	reason_chars = pg_mbstrlen(reason_str);
+	if (strspn(reason_str, " \t\r\n") == strlen(reason_str))
+		ereport(ERROR,
+				(errcode(ERRCODE_ZERO_LENGTH_CHARACTER_STRING),
+				 errmsg("reason is empty"),
+				 errdetail("Customers are told the reason for the delay, so it must say something.")));
+	if (reason_chars > courier_max_reason_length)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("reason has %d characters, more than the limit of %d",
+						reason_chars, courier_max_reason_length),
+				 errhint("Shorten the reason, or raise courier.max_reason_length.")));
+
+	/* new ship date: from today up to the horizon */
+	new_date = PG_GETARG_DATEADT(2);
+	today = GetSQLCurrentDate();
+	if (DATE_NOT_FINITE(new_date) || new_date < today)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("new ship date %s is in the past", date_to_cstring(new_date)),
+				 errdetail("Today is %s.", date_to_cstring(today))));
+	if (new_date > today + courier_max_delay_days)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("new ship date %s is more than %d days ahead",
+						date_to_cstring(new_date), courier_max_delay_days),
+				 errdetail("The latest allowed date is %s.",
+						   date_to_cstring(today + courier_max_delay_days)),
+				 errhint("Choose an earlier date, or raise courier.max_delay_days.")));
+
+	ids = check_order_ids(PG_GETARG_ARRAYTYPE_P(0), "order_ids", &n);
+	arr = int8_array(ids, n);
+
+	SPI_connect();
+	values[0] = PointerGetDatum(reason);
+	values[1] = DateADTGetDatum(new_date);
+	values[2] = Int32GetDatum(n);
+	values[3] = arr;
+	if (SPI_execute_with_args(
+			"INSERT INTO courier.requests (reason, new_ship_date, total)"
+			" VALUES ($1, $2, $3) RETURNING request_id",
+			3, argtypes, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "courier: could not insert request");
+	request_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+
+	argtypes[0] = INT8OID;
+	values[0] = Int64GetDatum(request_id);
+	if (SPI_execute_with_args(
+			"INSERT INTO courier.work_items (stage, seller_id, order_id, request_id)"
+			"SELECT 'logic', o.seller_id, o.order_id, $1"
+			"  FROM unnest($4) WITH ORDINALITY AS u(id, ord)"
+			"  JOIN courier.orders o ON o.order_id = u.id"
+			" WHERE o.status IN ('paid', 'shipping_requested')"
+			" ORDER BY u.ord",
+			4, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "courier: could not queue the request");
+	if (SPI_processed != (uint64) n)
+		report_unusable_orders(arr, "delay");
+
+	SPI_finish();
+	courier_wake_stage_at_commit(COURIER_STAGE_LOGIC);
+	PG_RETURN_INT64(request_id);
+}
+
+/* ----------------------------------------------------------------
+ * run_once(text) and backoff_delay(int)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * courier_run_once
+ *		Process one batch of a stage in the calling session and return the
+ *		number of items handled.  The switches apply here too: a stopped
+ *		stage handles nothing and says why.
+ */
+Datum
+courier_run_once(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	CourierStage stage = courier_stage_from_name(name);
+	const char *why;
+	int			handled;
+
+	if (!courier_stage_runnable(stage, &why))
+	{
+		ereport(NOTICE,
+				(errmsg("courier stage \"%s\" is stopped: %s", name, why)));
+		PG_RETURN_INT32(0);
+	}
+
+	SPI_connect();
+	handled = courier_run_batch(stage);
+	SPI_finish();
+	PG_RETURN_INT32(handled);
+}
+
+/*
+ * courier_backoff_delay
+ *		SQL face of courier_backoff_ms, used by the retry statement and by
+ *		tests of the arithmetic.
+ */
+Datum
+courier_backoff_delay(PG_FUNCTION_ARGS)
+{
+	int32		attempt = PG_GETARG_INT32(0);
+	double		ms = courier_backoff_ms(attempt);
+	Interval   *result = palloc0(sizeof(Interval));
+
+	result->time = (TimeOffset) (ms * 1000.0);
+	PG_RETURN_INTERVAL_P(result);
+}

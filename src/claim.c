@@ -1,0 +1,197 @@
+/*-------------------------------------------------------------------------
+ *
+ * claim.c
+ *		Claiming due work items: the one place that says which items a
+ *		worker of a stage takes next.
+ *
+ * An item is due when its not_before has passed.  The claim takes the
+ * oldest due items of one stage, LIMIT batch size, FOR UPDATE SKIP LOCKED,
+ * through the index work_items_due, so any number of workers share a
+ * queue without waiting on each other and without taking an item twice.
+ *
+ * Two ways to hold a claim:
+ *	- courier_claim_due: the row locks of the calling transaction are the
+ *	  claim (the logic stage does all its work in that transaction);
+ *	- courier_lease_due: the claim outlives the transaction as a lease:
+ *	  not_before moves to the lease's end and leased_by names the holder,
+ *	  so a sender can commit, go on the network, and if it dies the items
+ *	  fall due again by themselves when the lease runs out.
+ *
+ * The caller has SPI connected and a snapshot pushed.  A per-seller
+ * variant (for a sharded deployment) would be added beside these.
+ *
+ * IDENTIFICATION
+ *		src/claim.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+
+#include "courier.h"
+
+/* The due items of a stage, oldest first; %s is the stage name. */
+#define DUE_ITEMS_SQL \
+	"SELECT item_id, leased_by FROM courier.work_items " \
+	" WHERE stage = '%s' AND not_before <= statement_timestamp() " \
+	" ORDER BY not_before, item_id " \
+	" LIMIT $1 FOR UPDATE SKIP LOCKED"
+
+static SPIPlanPtr claim_plans[COURIER_NUM_STAGES];
+static SPIPlanPtr lease_plans[COURIER_NUM_STAGES];
+
+static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
+static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
+
+/*
+ * prepare_kept
+ *		Prepare a statement once per process and keep the plan.  Callers
+ *		cache the result in a static; the plan cache revalidates it if the
+ *		extension's tables are recreated.
+ */
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "courier: SPI_prepare failed (%s): %s",
+			 SPI_result_code_string(SPI_result), sql);
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "courier: SPI_keepplan failed");
+	return plan;
+}
+
+/*
+ * courier_execute_kept
+ *		Run a statement kept by the caller in *plan (preparing it on first
+ *		use) and check it succeeded.  Every courier statement goes through
+ *		here so the error handling is in one place.
+ */
+int
+courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
+					 Oid *argtypes, Datum *values, const char *nulls,
+					 int expected)
+{
+	int			ret;
+
+	if (*plan == NULL)
+		*plan = prepare_kept(sql, nargs, argtypes);
+	ret = SPI_execute_plan(*plan, values, nulls, false, 0);
+	if (ret != expected)
+		elog(ERROR, "courier: statement failed (%s): %s",
+			 SPI_result_code_string(ret), sql);
+	return ret;
+}
+
+/*
+ * courier_ids_to_array
+ *		Collect the int8 first column of the last SPI result into an int8[]
+ *		datum, allocated in the caller's (per-batch) context.
+ */
+Datum
+courier_ids_to_array(int *n)
+{
+	uint64		nrows = SPI_processed;
+	Datum	   *ids;
+
+	ids = palloc(sizeof(Datum) * Max(nrows, 1));
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+
+		ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+							   1, &isnull);
+	}
+	*n = (int) nrows;
+	return PointerGetDatum(construct_array(ids, (int) nrows, INT8OID,
+										   8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * execute_claim
+ *		Run a claim statement with the planner pinned to the ordered index
+ *		scan of work_items_due.
+ *
+ * The queue fills and empties faster than autovacuum analyzes it, so with
+ * the statistics it has the planner often believes few items are due and
+ * picks a bitmap scan that reads and sorts every due item: at a million
+ * items that is seconds per batch instead of a millisecond.  Turning off
+ * sorts and bitmap scans for this one statement (as a function's SET
+ * clause would) leaves the index scan that stops after LIMIT rows.
+ */
+static void
+execute_claim(SPIPlanPtr plan, Datum *values, int expected)
+{
+	int			save_nestlevel = NewGUCNestLevel();
+	int			ret;
+
+	(void) set_config_option("enable_sort", "off", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	ret = SPI_execute_plan(plan, values, NULL, false, 0);
+	AtEOXact_GUC(true, save_nestlevel);
+	if (ret != expected)
+		elog(ERROR, "courier: claim failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * courier_claim_due
+ *		Lock up to limit due items of a stage for the current transaction and
+ *		return their ids as an int8[] (in ascending claim order).
+ */
+Datum
+courier_claim_due(CourierStage stage, int limit, int *nclaimed)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(limit)};
+
+	if (claim_plans[stage] == NULL)
+		claim_plans[stage] = prepare_kept(psprintf(DUE_ITEMS_SQL,
+												   courier_stage_name(stage)),
+										  1, argtypes);
+	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
+	return courier_ids_to_array(nclaimed);
+}
+
+/*
+ * courier_lease_due
+ *		Claim up to limit due items of a stage as a lease that ends after
+ *		lease_ms, held by this process.  The result (SPI_tuptable) has the
+ *		columns item_id, order_id, ship_date, attempts, was_leased; was_leased
+ *		is true for an item whose previous lease ran out, i.e. whose holder
+ *		died with the outcome of its send unknown.
+ *
+ * The caller must commit before doing anything slow with the items.
+ */
+int
+courier_lease_due(CourierStage stage, int limit, int lease_ms)
+{
+	Oid			argtypes[3] = {INT4OID, INT4OID, INT4OID};
+	Datum		values[3] = {Int32GetDatum(limit), Int32GetDatum(lease_ms),
+	Int32GetDatum(MyProcPid)};
+
+	if (lease_plans[stage] == NULL)
+	{
+		char	   *due = psprintf(DUE_ITEMS_SQL, courier_stage_name(stage));
+
+		lease_plans[stage] = prepare_kept(psprintf(
+			"UPDATE courier.work_items w "
+			"   SET not_before = statement_timestamp() + $2 * interval '1 ms', "
+			"       leased_by = $3 "
+			"  FROM (%s) c "
+			" WHERE w.item_id = c.item_id "
+			"RETURNING w.item_id, w.order_id, w.ship_date, w.attempts, "
+			"          c.leased_by IS NOT NULL AS was_leased", due),
+			3, argtypes);
+	}
+	execute_claim(lease_plans[stage], values, SPI_OK_UPDATE_RETURNING);
+	return (int) SPI_processed;
+}

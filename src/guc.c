@@ -1,0 +1,215 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *		Every configuration parameter of courier, defined in one place.
+ *
+ * Operators flip the switches here with ALTER SYSTEM + pg_reload_conf(),
+ * so everything that may change at run time is PGC_SIGHUP; only what sizes
+ * shared memory or the set of worker processes at start is PGC_POSTMASTER.
+ * The README's configuration table is checked against this file by the
+ * test suite (test/t/001_readme_gucs.pl).
+ *
+ * IDENTIFICATION
+ *		src/guc.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+
+#include "courier.h"
+
+char	   *courier_database = NULL;
+bool		courier_enabled = true;
+bool		courier_pause_logic = false;
+bool		courier_pause_tms = false;
+int			courier_batch_size = 1000;
+int			courier_max_attempts = 5;
+int			courier_retry_base_ms = 1000;
+int			courier_retry_cap_ms = 300000;
+int			courier_max_orders_per_request = 100000;
+int			courier_max_reason_length = 200;
+int			courier_max_delay_days = 90;
+int			courier_invoice_deadline_min = 1440;
+int			courier_min_workers[COURIER_NUM_STAGES] = {1, 1};
+int			courier_max_workers[COURIER_NUM_STAGES] = {2, 2};
+int			courier_worker_idle_exit_ms = 60000;
+int			courier_idle_wakeup_ms = 10000;
+int			courier_lease_ms = 60000;
+
+/*
+ * courier_define_gucs
+ *		Define all courier.* parameters, then reserve the prefix so that a
+ *		misspelt courier.* setting is reported instead of silently ignored.
+ *
+ * Called from _PG_init, in the postmaster when preloaded or in a backend
+ * that loads the library later.
+ */
+void
+courier_define_gucs(void)
+{
+	/* Where the workers run */
+	DefineCustomStringVariable("courier.database",
+							   "Database in which courier's background workers run; empty for none.",
+							   NULL,
+							   &courier_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	/* Switches */
+	DefineCustomBoolVariable("courier.enabled",
+							 "Kill switch: when off, no stage processes work; requests still queue.",
+							 NULL,
+							 &courier_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("courier.pause_logic",
+							 "Pause the logic stage: delay requests queue but are not applied.",
+							 NULL,
+							 &courier_pause_logic,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("courier.pause_tms",
+							 "Pause the tms stage: notices queue but are not sent.",
+							 NULL,
+							 &courier_pause_tms,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	/* Batches and retries */
+	DefineCustomIntVariable("courier.batch_size",
+							"Items a worker claims and processes in one transaction.",
+							NULL,
+							&courier_batch_size,
+							1000, 1, 100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.max_attempts",
+							"Attempts an item gets before it moves to courier.failures.",
+							NULL,
+							&courier_max_attempts,
+							5, 1, 1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.retry_base",
+							"Back-off before the first retry; doubles with each further attempt.",
+							NULL,
+							&courier_retry_base_ms,
+							1000, 1, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.retry_cap",
+							"Longest back-off between two attempts.",
+							NULL,
+							&courier_retry_cap_ms,
+							300000, 1, 86400000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.lease_time",
+							"How long a sender holds claimed notices before they fall due again.",
+							NULL,
+							&courier_lease_ms,
+							60000, 1000, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	/* Validation limits of the app API */
+	DefineCustomIntVariable("courier.max_orders_per_request",
+							"Most orders one register_orders, request_shipping or delay_orders call may name.",
+							NULL,
+							&courier_max_orders_per_request,
+							100000, 1, 10000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.max_reason_length",
+							"Longest delay reason, in characters.",
+							NULL,
+							&courier_max_reason_length,
+							200, 1, 2000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.max_delay_days",
+							"How far ahead of today a new ship date may be, in days.",
+							NULL,
+							&courier_max_delay_days,
+							90, 0, 3650,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.invoice_deadline",
+							"Time after a shipping request by which an invoice is due.",
+							NULL,
+							&courier_invoice_deadline_min,
+							1440, 1, 525600,
+							PGC_SUSET,
+							GUC_UNIT_MIN,
+							NULL, NULL, NULL);
+
+	/* Worker pools */
+	DefineCustomIntVariable("courier.logic_min_workers",
+							"Logic-stage workers kept running even when idle.",
+							NULL,
+							&courier_min_workers[COURIER_STAGE_LOGIC],
+							1, 0, COURIER_MAX_WORKERS_PER_STAGE,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.logic_max_workers",
+							"Most logic-stage workers run while the backlog grows.",
+							NULL,
+							&courier_max_workers[COURIER_STAGE_LOGIC],
+							2, 0, COURIER_MAX_WORKERS_PER_STAGE,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_min_workers",
+							"TMS-stage workers kept running even when idle.",
+							NULL,
+							&courier_min_workers[COURIER_STAGE_TMS],
+							1, 0, COURIER_MAX_WORKERS_PER_STAGE,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_max_workers",
+							"Most TMS-stage workers run while the backlog grows.",
+							NULL,
+							&courier_max_workers[COURIER_STAGE_TMS],
+							2, 0, COURIER_MAX_WORKERS_PER_STAGE,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.worker_idle_exit",
+							"Idle time after which a worker above the stage minimum is retired.",
+							NULL,
+							&courier_worker_idle_exit_ms,
+							60000, 100, 86400000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.idle_wakeup",
+							"Longest sleep of an idle worker before it looks for due work anyway.",
+							NULL,
+							&courier_idle_wakeup_ms,
+							10000, 10, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("courier");
+}

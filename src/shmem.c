@@ -1,0 +1,175 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		courier's shared memory: the worker slots of each stage (pid and
+ *		latch, so that a commit can wake them), the launcher's latch and
+ *		the counters that metrics report.
+ *
+ * Waking is done at commit: a backend that queued work for a stage calls
+ * courier_wake_stage_at_commit(), and a transaction callback sets the
+ * stage's latches once when (and only if) the transaction commits.  This
+ * file does not decide what a worker does; it only lets processes find
+ * each other.
+ *
+ * IDENTIFICATION
+ *		src/shmem.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+
+#include "courier.h"
+
+CourierShared *courier_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* stages to wake when the current transaction commits */
+static bool wake_pending[COURIER_NUM_STAGES];
+static bool xact_callback_registered = false;
+
+static void courier_shmem_request_hook(void);
+static void courier_shmem_startup(void);
+static void courier_xact_callback(XactEvent event, void *arg);
+
+/*
+ * courier_shmem_install_hooks
+ *		Chain our hooks; PostgreSQL 15 only accepts shared-memory requests
+ *		from shmem_request_hook.  Called from _PG_init while preloading.
+ */
+void
+courier_shmem_install_hooks(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = courier_shmem_request_hook;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = courier_shmem_startup;
+}
+
+static void
+courier_shmem_request_hook(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CourierShared)));
+	RequestNamedLWLockTranche("courier", 1);
+}
+
+/*
+ * courier_shmem_startup
+ *		Create or attach to the shared state.  Runs in the postmaster (and in
+ *		EXEC_BACKEND children), under AddinShmemInitLock.
+ */
+static void
+courier_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	courier_shared = ShmemInitStruct("courier", sizeof(CourierShared), &found);
+	if (!found)
+	{
+		memset(courier_shared, 0, sizeof(CourierShared));
+		courier_shared->lock = &(GetNamedLWLockTranche("courier"))->lock;
+		for (int s = 0; s < COURIER_NUM_STAGES; s++)
+		{
+			CourierStageState *st = &courier_shared->stages[s];
+
+			pg_atomic_init_u64(&st->items_done, 0);
+			pg_atomic_init_u64(&st->items_retried, 0);
+			pg_atomic_init_u64(&st->items_failed, 0);
+			pg_atomic_init_u64(&st->batches, 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * courier_wake_stage
+ *		Set the latch of every running worker of a stage, and the launcher's
+ *		so that it can scale the pool.  Harmless when courier is not
+ *		preloaded (no shared memory) or no worker runs.
+ */
+void
+courier_wake_stage(CourierStage stage)
+{
+	CourierStageState *st;
+
+	if (courier_shared == NULL)
+		return;
+	st = &courier_shared->stages[stage];
+
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < COURIER_MAX_WORKERS_PER_STAGE; i++)
+	{
+		if (st->slots[i].pid != 0 && st->slots[i].latch != NULL)
+			SetLatch(st->slots[i].latch);
+	}
+	if (courier_shared->launcher_latch != NULL)
+		SetLatch(courier_shared->launcher_latch);
+	LWLockRelease(courier_shared->lock);
+}
+
+/*
+ * courier_wake_launcher
+ *		Ask the launcher to look at the pools again (a worker exited, a
+ *		setting changed).
+ */
+void
+courier_wake_launcher(void)
+{
+	if (courier_shared == NULL)
+		return;
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	if (courier_shared->launcher_latch != NULL)
+		SetLatch(courier_shared->launcher_latch);
+	LWLockRelease(courier_shared->lock);
+}
+
+/*
+ * courier_wake_stage_at_commit
+ *		Remember to wake a stage when the current transaction commits: a
+ *		30,000-row request wakes once, a rolled-back one not at all.
+ */
+void
+courier_wake_stage_at_commit(CourierStage stage)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(courier_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_pending[stage] = true;
+}
+
+static void
+courier_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			for (int s = 0; s < COURIER_NUM_STAGES; s++)
+			{
+				if (wake_pending[s])
+					courier_wake_stage((CourierStage) s);
+			}
+			memset(wake_pending, 0, sizeof(wake_pending));
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			memset(wake_pending, 0, sizeof(wake_pending));
+			break;
+		default:
+			break;
+	}
+}
