@@ -16,7 +16,8 @@ OBJS = \
 	src/retry.o \
 	src/logic.o \
 	src/api.o \
-	src/launcher.o
+	src/launcher.o \
+	src/worker.o
 
 EXTENSION = courier
 DATA = sql/courier--0.1.sql

@@ -33,6 +33,7 @@
 #include "utils/array.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "courier.h"
 
@@ -44,10 +45,19 @@
 	" LIMIT $1 FOR UPDATE SKIP LOCKED"
 
 static SPIPlanPtr claim_plans[COURIER_NUM_STAGES];
+
+/*
+ * The ids of the last claim, kept outside any transaction so that a worker
+ * whose batch died with an error can still charge the attempt to them.
+ */
+static int64 *last_claim = NULL;
+static int	last_claim_n = 0;
+static int	last_claim_size = 0;
 static SPIPlanPtr lease_plans[COURIER_NUM_STAGES];
 
 static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
+static void remember_claim(Datum ids);
 
 /*
  * prepare_kept
@@ -152,13 +162,55 @@ courier_claim_due(CourierStage stage, int limit, int *nclaimed)
 {
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1] = {Int32GetDatum(limit)};
+	Datum		result;
 
 	if (claim_plans[stage] == NULL)
 		claim_plans[stage] = prepare_kept(psprintf(DUE_ITEMS_SQL,
 												   courier_stage_name(stage)),
 										  1, argtypes);
 	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
-	return courier_ids_to_array(nclaimed);
+	result = courier_ids_to_array(nclaimed);
+	remember_claim(result);
+	return result;
+}
+
+/*
+ * remember_claim
+ *		Copy the ids of a claim to last_claim (TopMemoryContext).
+ */
+static void
+remember_claim(Datum ids)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(ids);
+	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+
+	if (n > last_claim_size)
+	{
+		if (last_claim)
+			pfree(last_claim);
+		last_claim = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * n);
+		last_claim_size = n;
+	}
+	if (n > 0)
+		memcpy(last_claim, ARR_DATA_PTR(arr), sizeof(int64) * n);
+	last_claim_n = n;
+}
+
+/*
+ * courier_last_claim
+ *		The ids of this process's last claim, as an int8[] in the current
+ *		memory context.
+ */
+Datum
+courier_last_claim(int *n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * Max(last_claim_n, 1));
+
+	for (int i = 0; i < last_claim_n; i++)
+		ids[i] = Int64GetDatum(last_claim[i]);
+	*n = last_claim_n;
+	return PointerGetDatum(construct_array(ids, last_claim_n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
 /*

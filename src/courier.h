@@ -80,6 +80,7 @@ extern void courier_define_gucs(void);
 /* One slot per worker that may run; a free slot has pid 0. */
 typedef struct CourierWorkerSlot
 {
+	bool		in_use;			/* reserved by the launcher for a worker */
 	pid_t		pid;
 	Latch	   *latch;
 	bool		busy;			/* processing a batch right now */
@@ -110,6 +111,9 @@ extern void courier_shmem_install_hooks(void);
 extern void courier_wake_stage_at_commit(CourierStage stage);
 extern void courier_wake_stage(CourierStage stage);
 extern void courier_wake_launcher(void);
+extern int	courier_reserve_slot(CourierStage stage);
+extern void courier_release_slot(CourierStage stage, int slot);
+extern int	courier_slots_in_use(CourierStage stage);
 
 /* ----------
  * Stages, names and switches (switches.c)
@@ -128,6 +132,7 @@ extern int	courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
 								 const char *nulls, int expected);
 extern Datum courier_ids_to_array(int *n);
 extern Datum courier_claim_due(CourierStage stage, int limit, int *nclaimed);
+extern Datum courier_last_claim(int *n);
 extern int	courier_lease_due(CourierStage stage, int limit, int lease_ms);
 extern void courier_charge_attempt(Datum item_ids, const char *error,
 								   const char *sqlstate, int http_status,

@@ -1,3 +1,266 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *		The launcher: a static background worker, registered when courier
+ *		is preloaded, that keeps each stage's pool of dynamic workers
+ *		between courier.<stage>_min_workers and _max_workers in the
+ *		database courier.database, adding workers while the backlog grows.
+ *
+ * Workers retire themselves when idle (worker.c); the launcher only
+ * starts them, so the two never race over who stops whom.  When
+ * max_worker_processes has no free slot the launcher says so, keeps the
+ * workers it has and tries again later.
+ *
+ * IDENTIFICATION
+ *		src/launcher.c
+ *
+ *-------------------------------------------------------------------------
+ */
 #include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
 #include "courier.h"
-void courier_register_launcher(void) {}
+
+/* Shortest time between two looks at the backlog. */
+#define LAUNCHER_MIN_INTERVAL_MS	100
+/* Longest sleep of the launcher when nothing happens. */
+#define LAUNCHER_MAX_INTERVAL_MS	1000
+/* How often to repeat the "no free worker slot" warning. */
+#define NO_SLOT_WARNING_INTERVAL_MS 60000
+
+static bool extension_ready(void);
+static int	due_backlog(CourierStage stage, int cap);
+static void balance_stage(CourierStage stage, bool ready);
+static bool start_worker(CourierStage stage);
+static void launcher_detach(int code, Datum arg);
+
+static TimestampTz last_no_slot_warning = 0;
+
+/*
+ * courier_register_launcher
+ *		Register the launcher with the postmaster; called from _PG_init while
+ *		preloading.  An empty courier.database means: no workers.
+ */
+void
+courier_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	if (courier_database == NULL || courier_database[0] == '\0')
+		return;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "courier");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "courier_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "courier launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "courier launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * courier_launcher_main
+ *		Look at every stage's pool whenever woken (a commit queued work, a
+ *		worker started or stopped, a reload) and at least once a second.
+ */
+void
+courier_launcher_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(courier_database, NULL, 0);
+
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	courier_shared->launcher_pid = MyProcPid;
+	courier_shared->launcher_latch = MyLatch;
+	LWLockRelease(courier_shared->lock);
+	on_shmem_exit(launcher_detach, (Datum) 0);
+
+	ereport(LOG,
+			(errmsg("courier launcher started in database \"%s\"",
+					courier_database)));
+
+	for (;;)
+	{
+		bool		ready;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		ready = extension_ready();
+		for (int s = 0; s < COURIER_NUM_STAGES; s++)
+			balance_stage((CourierStage) s, ready);
+		pgstat_report_stat(false);
+		pgstat_report_activity(STATE_IDLE, ready ? "balancing worker pools" :
+							   "waiting for CREATE EXTENSION courier");
+
+		/* Rate-limit: a storm of commits must not become a storm of counts. */
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 LAUNCHER_MIN_INTERVAL_MS, PG_WAIT_EXTENSION);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 LAUNCHER_MAX_INTERVAL_MS - LAUNCHER_MIN_INTERVAL_MS,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+static void
+launcher_detach(int code, Datum arg)
+{
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	courier_shared->launcher_pid = 0;
+	courier_shared->launcher_latch = NULL;
+	LWLockRelease(courier_shared->lock);
+}
+
+/*
+ * balance_stage
+ *		Start workers until the stage runs its minimum, then one more per
+ *		look while there is more than a batch of due work per worker, up to
+ *		the maximum.  Before CREATE EXTENSION nothing is started.
+ */
+static void
+balance_stage(CourierStage stage, bool ready)
+{
+	int			running = courier_slots_in_use(stage);
+	int			max = courier_max_workers[stage];
+	int			min = Min(courier_min_workers[stage], max);
+	const char *why;
+
+	if (!ready)
+		return;
+	if (stage == COURIER_STAGE_TMS)
+		return;					/* no sender in this version yet */
+	while (running < min)
+	{
+		if (!start_worker(stage))
+			return;
+		running++;
+	}
+	if (running < max && courier_stage_runnable(stage, &why) &&
+		due_backlog(stage, (running + 1) * courier_batch_size) >
+		running * courier_batch_size)
+		(void) start_worker(stage);
+}
+
+/*
+ * start_worker
+ *		Reserve a slot and register a dynamic worker for it.  On failure
+ *		(no free max_worker_processes slot) release the slot and warn, at
+ *		most once a minute.
+ */
+static bool
+start_worker(CourierStage stage)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	int			slot = courier_reserve_slot(stage);
+
+	if (slot < 0)
+		return false;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "courier");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "courier_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "courier %s worker %d",
+			 courier_stage_name(stage), slot);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "courier %s worker",
+			 courier_stage_name(stage));
+	worker.bgw_main_arg = Int32GetDatum(stage * COURIER_MAX_WORKERS_PER_STAGE + slot);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		courier_release_slot(stage, slot);
+		if (TimestampDifferenceExceeds(last_no_slot_warning, GetCurrentTimestamp(),
+									   NO_SLOT_WARNING_INTERVAL_MS))
+		{
+			last_no_slot_warning = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("courier launcher could not start a %s worker: no free background worker slot",
+							courier_stage_name(stage)),
+					 errdetail("%d %s workers are running; the launcher keeps them and tries again.",
+							   courier_slots_in_use(stage), courier_stage_name(stage)),
+					 errhint("Raise max_worker_processes (currently %d) or lower courier.%s_max_workers.",
+							 max_worker_processes, courier_stage_name(stage))));
+		}
+		return false;
+	}
+	pfree(handle);
+	return true;
+}
+
+/*
+ * extension_ready
+ *		Has CREATE EXTENSION courier been run in this database?  Workers are
+ *		only started once it has.
+ */
+static bool
+extension_ready(void)
+{
+	bool		ready;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'courier'",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not look up pg_extension");
+	ready = SPI_processed > 0;
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return ready;
+}
+
+/*
+ * due_backlog
+ *		Due items of a stage, counted up to cap: enough to decide on one more
+ *		worker without counting a million-row queue.
+ */
+static int
+due_backlog(CourierStage stage, int cap)
+{
+	int			n;
+	bool		isnull;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute(psprintf("SELECT count(*)::int FROM (SELECT 1 FROM courier.work_items"
+							 " WHERE stage = '%s' AND not_before <= now() LIMIT %d) d",
+							 courier_stage_name(stage), cap),
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not count the backlog");
+	n = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+									SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return n;
+}

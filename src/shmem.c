@@ -120,6 +120,56 @@ courier_wake_stage(CourierStage stage)
 }
 
 /*
+ * courier_reserve_slot
+ *		Reserve a free worker slot of a stage for a worker the launcher is
+ *		about to start; -1 when the stage has no free slot.  The slot stays
+ *		reserved until the worker exits (courier_release_slot), so the
+ *		launcher counts starting workers as running and never starts two
+ *		for one slot.
+ */
+int
+courier_reserve_slot(CourierStage stage)
+{
+	CourierStageState *st = &courier_shared->stages[stage];
+	int			found = -1;
+
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < COURIER_MAX_WORKERS_PER_STAGE; i++)
+	{
+		if (!st->slots[i].in_use)
+		{
+			memset(&st->slots[i], 0, sizeof(CourierWorkerSlot));
+			st->slots[i].in_use = true;
+			found = i;
+			break;
+		}
+	}
+	LWLockRelease(courier_shared->lock);
+	return found;
+}
+
+void
+courier_release_slot(CourierStage stage, int slot)
+{
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	memset(&courier_shared->stages[stage].slots[slot], 0,
+		   sizeof(CourierWorkerSlot));
+	LWLockRelease(courier_shared->lock);
+}
+
+int
+courier_slots_in_use(CourierStage stage)
+{
+	int			n = 0;
+
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < COURIER_MAX_WORKERS_PER_STAGE; i++)
+		n += courier_shared->stages[stage].slots[i].in_use ? 1 : 0;
+	LWLockRelease(courier_shared->lock);
+	return n;
+}
+
+/*
  * courier_wake_launcher
  *		Ask the launcher to look at the pools again (a worker exited, a
  *		setting changed).

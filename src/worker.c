@@ -1,0 +1,298 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The loop of a stage worker: a dynamic background worker started by
+ *		the launcher, which claims and processes batches of its stage, one
+ *		transaction per batch, and sleeps on its latch when nothing is due.
+ *
+ * Wake-ups come from commits that queue work for the stage (shmem.c) or
+ * from the earliest back-off of the stage falling due; a worker does not
+ * poll in a tight loop.  A worker idle for courier.worker_idle_exit while
+ * its stage runs more than courier.<stage>_min_workers retires itself.
+ *
+ * An error that escapes a batch (anything not isolated to one item) is
+ * caught at the loop's edge: logged with the stage and batch, the batch's
+ * items are charged an attempt in a fresh transaction, and the worker
+ * exits with code 1; the launcher starts a replacement.
+ *
+ * What a batch does is not here (logic.c, and the sender for tms).
+ *
+ * IDENTIFICATION
+ *		src/worker.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "courier.h"
+
+static CourierStage my_stage;
+static int	my_slot = -1;
+
+static void worker_attach(CourierStage stage, int slot);
+static void worker_detach(int code, Datum arg);
+static int	run_batch_transaction(long *sleep_ms);
+static long next_due_in_ms(void);
+static void charge_lost_batch(ErrorData *edata);
+static bool should_retire(void);
+static void set_busy(bool busy, bool worked);
+
+/*
+ * courier_worker_main
+ *		Entry point; main_arg packs the stage and the slot the launcher
+ *		reserved (stage * COURIER_MAX_WORKERS_PER_STAGE + slot).
+ */
+void
+courier_worker_main(Datum main_arg)
+{
+	int			arg = DatumGetInt32(main_arg);
+	char		idle_activity[64];
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	worker_attach(arg / COURIER_MAX_WORKERS_PER_STAGE,
+				  arg % COURIER_MAX_WORKERS_PER_STAGE);
+	BackgroundWorkerInitializeConnection(courier_database, NULL, 0);
+	SetConfigOption("application_name", MyBgworkerEntry->bgw_type,
+					PGC_USERSET, PGC_S_SESSION);
+	snprintf(idle_activity, sizeof(idle_activity), "%s: waiting for work",
+			 courier_stage_name(my_stage));
+
+	ereport(LOG,
+			(errmsg("courier %s worker started", courier_stage_name(my_stage))));
+
+	for (;;)
+	{
+		const char *why;
+		long		sleep_ms = courier_idle_wakeup_ms;
+		int			handled = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (!courier_stage_runnable(my_stage, &why))
+			pgstat_report_activity(STATE_IDLE, why);
+		else
+		{
+			MemoryContext batch_context = CurrentMemoryContext;
+
+			PG_TRY();
+			{
+				handled = run_batch_transaction(&sleep_ms);
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+
+				MemoryContextSwitchTo(batch_context);
+				edata = CopyErrorData();
+				FlushErrorState();
+				AbortCurrentTransaction();
+				charge_lost_batch(edata);
+				proc_exit(1);
+			}
+			PG_END_TRY();
+		}
+
+		if (handled > 0)
+			continue;			/* more may be due: no sleep */
+
+		if (should_retire())
+			proc_exit(0);
+		pgstat_report_activity(STATE_IDLE, idle_activity);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 sleep_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * worker_attach
+ *		Publish this process in its reserved slot so commits can wake it.
+ */
+static void
+worker_attach(CourierStage stage, int slot)
+{
+	CourierWorkerSlot *s;
+
+	my_stage = stage;
+	my_slot = slot;
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	s = &courier_shared->stages[stage].slots[slot];
+	s->in_use = true;
+	s->pid = MyProcPid;
+	s->latch = MyLatch;
+	s->busy = false;
+	s->idle_since = GetCurrentTimestamp();
+	LWLockRelease(courier_shared->lock);
+	on_shmem_exit(worker_detach, (Datum) 0);
+}
+
+static void
+worker_detach(int code, Datum arg)
+{
+	courier_release_slot(my_stage, my_slot);
+	courier_wake_launcher();
+}
+
+/*
+ * set_busy
+ *		Publish whether a batch is running; idle time counts from the end of
+ *		the last batch that found work.
+ */
+static void
+set_busy(bool busy, bool worked)
+{
+	CourierWorkerSlot *s = &courier_shared->stages[my_stage].slots[my_slot];
+
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	s->busy = busy;
+	if (worked)
+		s->idle_since = GetCurrentTimestamp();
+	LWLockRelease(courier_shared->lock);
+}
+
+/*
+ * run_batch_transaction
+ *		One batch in its own transaction.  When nothing was due, also find
+ *		when the stage's next item falls due and return the time to sleep
+ *		in *sleep_ms.
+ *
+ * Memory allocated by the batch lives in the SPI context and goes with
+ * SPI_finish, so nothing accumulates across batches.
+ */
+static int
+run_batch_transaction(long *sleep_ms)
+{
+	int			handled;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, courier_stage_name(my_stage));
+
+	set_busy(true, false);
+	handled = courier_run_batch(my_stage);
+	if (handled == 0)
+		*sleep_ms = Min(*sleep_ms, next_due_in_ms());
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	set_busy(false, handled > 0);
+	return handled;
+}
+
+/*
+ * next_due_in_ms
+ *		Milliseconds until the earliest not_before of this stage, so that an
+ *		item in back-off (or a lease running out) wakes the worker when due.
+ */
+static long
+next_due_in_ms(void)
+{
+	static SPIPlanPtr plan[COURIER_NUM_STAGES];
+	bool		isnull;
+	Datum		d;
+
+	courier_execute_kept(&plan[my_stage],
+						 psprintf("SELECT ceil(extract(epoch FROM"
+								  " min(not_before) - clock_timestamp()) * 1000)::bigint"
+								  "  FROM courier.work_items WHERE stage = '%s'",
+								  courier_stage_name(my_stage)),
+						 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return courier_idle_wakeup_ms;
+	return Max(DatumGetInt64(d), 0) + 1;
+}
+
+/*
+ * charge_lost_batch
+ *		After an error escaped a batch: log it with the stage and batch, and
+ *		charge one attempt to every item of the batch in a new transaction,
+ *		so that an item that kills workers ends in failures instead of
+ *		killing them forever.
+ */
+static void
+charge_lost_batch(ErrorData *edata)
+{
+	int			n;
+	Datum		ids;
+
+	ids = courier_last_claim(&n);
+	ereport(LOG,
+			(errmsg("courier %s worker: batch of %d items failed: %s",
+					courier_stage_name(my_stage), n, edata->message),
+			 errdetail("Every item of the batch is charged an attempt; the worker exits and is replaced.")));
+	if (n == 0)
+		return;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	courier_charge_attempt(ids, edata->message,
+						   unpack_sql_state(edata->sqlerrcode), 0, false);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * should_retire
+ *		An idle worker above its stage's minimum leaves after
+ *		courier.worker_idle_exit.  Decided under the exclusive lock so two
+ *		idle workers cannot both leave the stage below its minimum.
+ */
+static bool
+should_retire(void)
+{
+	CourierStageState *st = &courier_shared->stages[my_stage];
+	bool		retire = false;
+	int			running = 0;
+
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < COURIER_MAX_WORKERS_PER_STAGE; i++)
+		running += st->slots[i].in_use ? 1 : 0;
+	if (running > courier_max_workers[my_stage] ||
+		(running > courier_min_workers[my_stage] &&
+		 TimestampDifferenceExceeds(st->slots[my_slot].idle_since,
+									GetCurrentTimestamp(),
+									courier_worker_idle_exit_ms)))
+	{
+		retire = true;
+		st->slots[my_slot].in_use = false;	/* leaving: no longer counted */
+	}
+	LWLockRelease(courier_shared->lock);
+
+	if (retire)
+		ereport(LOG,
+				(errmsg("courier %s worker retiring after %d ms idle",
+						courier_stage_name(my_stage), courier_worker_idle_exit_ms)));
+	return retire;
+}
