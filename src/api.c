@@ -755,7 +755,12 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	/* new ship date: from today up to the horizon */
 	new_date = PG_GETARG_DATEADT(2);
 	today = GetSQLCurrentDate();
-	if (DATE_NOT_FINITE(new_date) || new_date < today)
+	if (DATE_NOT_FINITE(new_date))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("new ship date must be a calendar date, not %s",
+						date_to_cstring(new_date))));
+	if (new_date < today)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("new ship date %s is in the past", date_to_cstring(new_date)),

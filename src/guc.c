@@ -4,8 +4,10 @@
  *		Every configuration parameter of courier, defined in one place.
  *
  * Operators flip the switches here with ALTER SYSTEM + pg_reload_conf(),
- * so everything that may change at run time is PGC_SIGHUP; only what sizes
- * shared memory or the set of worker processes at start is PGC_POSTMASTER.
+ * so everything that may change at run time is PGC_SIGHUP, or PGC_SUSET
+ * where a superuser's session may also want its own value (batch size and
+ * retry tuning for run_once, validation limits); only what the postmaster
+ * needs at start is PGC_POSTMASTER.
  * The README's configuration table is checked against this file by the
  * test suite (test/t/001_readme_gucs.pl).
  *
@@ -91,7 +93,7 @@ courier_define_gucs(void)
 							NULL,
 							&courier_batch_size,
 							1000, 1, 100000,
-							PGC_SIGHUP,
+							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.max_attempts",
@@ -99,7 +101,7 @@ courier_define_gucs(void)
 							NULL,
 							&courier_max_attempts,
 							5, 1, 1000,
-							PGC_SIGHUP,
+							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.retry_base",
@@ -107,7 +109,7 @@ courier_define_gucs(void)
 							NULL,
 							&courier_retry_base_ms,
 							1000, 1, 3600000,
-							PGC_SIGHUP,
+							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.retry_cap",
@@ -115,7 +117,7 @@ courier_define_gucs(void)
 							NULL,
 							&courier_retry_cap_ms,
 							300000, 1, 86400000,
-							PGC_SIGHUP,
+							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.lease_time",
@@ -123,7 +125,7 @@ courier_define_gucs(void)
 							NULL,
 							&courier_lease_ms,
 							60000, 1000, 3600000,
-							PGC_SIGHUP,
+							PGC_SUSET,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
