@@ -46,7 +46,7 @@ CREATE TABLE courier.requests (
 	new_ship_date		date NOT NULL,
 	total				integer NOT NULL,
 	requested_by		name NOT NULL DEFAULT current_user,
-	created_at			timestamptz NOT NULL DEFAULT now()
+	created_at			timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 COMMENT ON TABLE courier.requests IS
 	'Bulk delay requests made by courier.delay_orders(); progress is derived by courier.request_status().';
@@ -86,7 +86,7 @@ CREATE TABLE courier.delay_history (
 	old_ship_date		date,
 	new_ship_date		date NOT NULL,
 	outcome				text NOT NULL CHECK (outcome IN ('delayed', 'unchanged', 'skipped')),
-	applied_at			timestamptz NOT NULL DEFAULT now(),
+	applied_at			timestamptz NOT NULL DEFAULT clock_timestamp(),
 	PRIMARY KEY (request_id, order_id)
 );
 COMMENT ON TABLE courier.delay_history IS
