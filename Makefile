@@ -15,6 +15,9 @@ OBJS = \
 	src/claim.o \
 	src/retry.o \
 	src/logic.o \
+	src/tms.o \
+	src/dispatch.o \
+	src/limits.o \
 	src/api.o \
 	src/launcher.o \
 	src/worker.o

@@ -100,14 +100,18 @@ CREATE TABLE courier.notices (
 	product_name		text NOT NULL,
 	reason				text NOT NULL,
 	status				text NOT NULL DEFAULT 'pending'
-		CHECK (status IN ('pending', 'delivered', 'dropped', 'failed')),
+		CHECK (status IN ('pending', 'delivered', 'dry_run', 'dropped', 'failed')),
 	created_at			timestamptz NOT NULL DEFAULT now(),
 	sent_at				timestamptz,
+	channel				text,
+	attempts			integer,
+	http_status			integer,
+	latency_ms			double precision,
 	provider_id			text,
 	PRIMARY KEY (order_id, ship_date)
 );
 COMMENT ON TABLE courier.notices IS
-	'The outbox: one delay notice per order and distinct new ship date, drained by the tms stage. The key is the idempotency key.';
+	'The outbox and delivery log: one delay notice per order and distinct new ship date, drained by the tms stage; the key is the idempotency key. Delivered notices keep the provider id, HTTP status, latency and attempts.';
 
 CREATE TABLE courier.failures (
 	failure_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -120,6 +124,7 @@ CREATE TABLE courier.failures (
 	attempts			integer NOT NULL,
 	last_error			text,
 	last_sqlstate		text,
+	last_http_status	integer,
 	errors				jsonb NOT NULL,
 	first_queued_at		timestamptz NOT NULL,
 	failed_at			timestamptz NOT NULL DEFAULT now(),

@@ -216,7 +216,8 @@ courier_last_claim(int *n)
 /*
  * courier_lease_due
  *		Claim up to limit due items of a stage as a lease that ends after
- *		lease_ms, held by this process.  The result (SPI_tuptable) has the
+ *		lease_ms, held by this process.  An item whose previous lease ran
+ *		out is charged that lost attempt, flagged outcome-unknown.  The result (SPI_tuptable) has the
  *		columns item_id, order_id, ship_date, attempts, was_leased; was_leased
  *		is true for an item whose previous lease ran out, i.e. whose holder
  *		died with the outcome of its send unknown.
@@ -237,7 +238,11 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 		lease_plans[stage] = prepare_kept(psprintf(
 			"UPDATE courier.work_items w "
 			"   SET not_before = statement_timestamp() + $2 * interval '1 ms', "
-			"       leased_by = $3 "
+			"       leased_by = $3, "
+			"       attempts = w.attempts + (c.leased_by IS NOT NULL)::int, "
+			"       errors = CASE WHEN c.leased_by IS NULL THEN w.errors ELSE w.errors || "
+			"           jsonb_build_object('at', clock_timestamp(), 'outcome_unknown', true, "
+			"               'error', 'the lease of sender ' || c.leased_by || ' ran out: outcome of its send unknown') END "
 			"  FROM (%s) c "
 			" WHERE w.item_id = c.item_id "
 			"RETURNING w.item_id, w.order_id, w.ship_date, w.attempts, "
@@ -245,5 +250,39 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 			3, argtypes);
 	}
 	execute_claim(lease_plans[stage], values, SPI_OK_UPDATE_RETURNING);
+	{
+		SPITupleTable *tuptable = SPI_tuptable;
+		uint64		processed = SPI_processed;
+		int			n;
+
+		remember_claim(courier_ids_to_array(&n));
+		SPI_tuptable = tuptable;
+		SPI_processed = processed;
+	}
 	return (int) SPI_processed;
+}
+
+/*
+ * courier_next_due_ms
+ *		Milliseconds until the earliest not_before of a stage (an item in
+ *		back-off, a lease running out), so an idle worker sleeps exactly
+ *		until then; courier.idle_wakeup when the queue is empty.
+ */
+long
+courier_next_due_ms(CourierStage stage)
+{
+	static SPIPlanPtr plans[COURIER_NUM_STAGES];
+	bool		isnull;
+	Datum		d;
+
+	courier_execute_kept(&plans[stage],
+						 psprintf("SELECT ceil(extract(epoch FROM"
+								  " min(not_before) - clock_timestamp()) * 1000)::bigint"
+								  "  FROM courier.work_items WHERE stage = '%s'",
+								  courier_stage_name(stage)),
+						 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return courier_idle_wakeup_ms;
+	return Min(Max(DatumGetInt64(d), 0) + 1, courier_idle_wakeup_ms);
 }

@@ -18,6 +18,8 @@
 
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "port/atomics.h"
@@ -69,6 +71,23 @@ extern int	courier_max_workers[COURIER_NUM_STAGES];
 extern int	courier_worker_idle_exit_ms;
 extern int	courier_idle_wakeup_ms;
 extern int	courier_lease_ms;
+extern int	courier_tms_mode;
+extern char *courier_tms_url;
+extern int	courier_tms_bulk_size;
+extern int	courier_tms_concurrency;
+extern int	courier_tms_rate_limit;
+extern int	courier_tms_timeout_ms;
+extern int	courier_tms_connect_timeout_ms;
+extern char *courier_tms_auth_header;
+extern char *courier_tms_hmac_access_key;
+extern char *courier_tms_hmac_secret;
+extern char *courier_tms_idempotency_header;
+extern int	courier_tms_max_response_bytes;
+extern bool courier_tms_tls_verify;
+extern int	courier_tms_max_notice_age_min;
+extern int	courier_tms_breaker_threshold;
+extern int	courier_tms_breaker_cooldown_ms;
+extern char *courier_notice_template;
 
 extern void courier_define_gucs(void);
 
@@ -96,12 +115,38 @@ typedef struct CourierStageState
 	pg_atomic_uint64 batches;
 } CourierStageState;
 
+/* Send limits shared by all TMS senders (limits.c). */
+typedef enum CourierBreakerState
+{
+	COURIER_BREAKER_CLOSED = 0,
+	COURIER_BREAKER_OPEN,
+	COURIER_BREAKER_PROBING
+} CourierBreakerState;
+
+typedef struct CourierTmsLimits
+{
+	slock_t		mutex;
+	double		tokens;			/* rate limiter bucket */
+	TimestampTz refilled_at;
+	double		rate_factor;	/* 1, halved by each 429/503, grows back */
+	TimestampTz factor_changed_at;
+	TimestampTz throttled_until;	/* Retry-After for every sender */
+	CourierBreakerState breaker;
+	int			consecutive_failures;
+	TimestampTz breaker_opened_at;
+	bool		unauthorized;	/* the breaker opened on 401/403 */
+	pg_atomic_uint64 requests;
+	pg_atomic_uint64 throttled;
+	pg_atomic_uint64 breaker_opened;
+} CourierTmsLimits;
+
 typedef struct CourierShared
 {
 	LWLock	   *lock;			/* protects the slots and launcher fields */
 	pid_t		launcher_pid;
 	Latch	   *launcher_latch;
 	CourierStageState stages[COURIER_NUM_STAGES];
+	CourierTmsLimits tms;
 } CourierShared;
 
 extern CourierShared *courier_shared;
@@ -114,6 +159,16 @@ extern void courier_wake_launcher(void);
 extern int	courier_reserve_slot(CourierStage stage);
 extern void courier_release_slot(CourierStage stage, int slot);
 extern int	courier_slots_in_use(CourierStage stage);
+
+/* ----------
+ * Shared TMS limits (limits.c) and the tms stage (tms.c)
+ * ----------
+ */
+extern void courier_limits_init(CourierTmsLimits *lim);
+extern long courier_limits_send_wait_ms(const char **why);
+extern int	courier_tms_worker_batch(volatile sig_atomic_t *stop_requested,
+									 long *sleep_ms);
+extern int	courier_tms_run_once(void);
 
 /* ----------
  * Stages, names and switches (switches.c)
@@ -134,9 +189,12 @@ extern Datum courier_ids_to_array(int *n);
 extern Datum courier_claim_due(CourierStage stage, int limit, int *nclaimed);
 extern Datum courier_last_claim(int *n);
 extern int	courier_lease_due(CourierStage stage, int limit, int lease_ms);
+extern long courier_next_due_ms(CourierStage stage);
 extern void courier_charge_attempt(Datum item_ids, const char *error,
 								   const char *sqlstate, int http_status,
 								   bool permanent);
+extern void courier_charge_items(Datum ids, Datum errors, Datum sqlstates,
+								 Datum http, Datum permanent, Datum unknown);
 extern double courier_backoff_ms(int attempt);
 
 /* ----------

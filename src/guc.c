@@ -39,6 +39,30 @@ int			courier_max_workers[COURIER_NUM_STAGES] = {2, 2};
 int			courier_worker_idle_exit_ms = 60000;
 int			courier_idle_wakeup_ms = 10000;
 int			courier_lease_ms = 60000;
+int			courier_tms_mode = COURIER_TMS_LIVE;
+char	   *courier_tms_url = NULL;
+int			courier_tms_bulk_size = 1;
+int			courier_tms_concurrency = 16;
+int			courier_tms_rate_limit = 0;
+int			courier_tms_timeout_ms = 10000;
+int			courier_tms_connect_timeout_ms = 2000;
+char	   *courier_tms_auth_header = NULL;
+char	   *courier_tms_hmac_access_key = NULL;
+char	   *courier_tms_hmac_secret = NULL;
+char	   *courier_tms_idempotency_header = NULL;
+int			courier_tms_max_response_bytes = 1048576;
+bool		courier_tms_tls_verify = true;
+int			courier_tms_max_notice_age_min = 1440;
+int			courier_tms_breaker_threshold = 10;
+int			courier_tms_breaker_cooldown_ms = 5000;
+char	   *courier_notice_template = NULL;
+
+static const struct config_enum_entry tms_mode_options[] = {
+	{"live", COURIER_TMS_LIVE, false},
+	{"dry_run", COURIER_TMS_DRY_RUN, false},
+	{"off", COURIER_TMS_OFF, false},
+	{NULL, 0, false}
+};
 
 /*
  * courier_define_gucs
@@ -212,6 +236,145 @@ courier_define_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	/* The TMS stage: what is sent where, how fast */
+	DefineCustomEnumVariable("courier.tms_mode",
+							 "TMS mode: live sends, dry_run renders and logs without HTTP, off lets notices accumulate.",
+							 NULL,
+							 &courier_tms_mode,
+							 COURIER_TMS_LIVE,
+							 tms_mode_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.tms_url",
+							   "URL the TMS stage POSTs notices to; empty: the stage waits.",
+							   NULL,
+							   &courier_tms_url,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_bulk_size",
+							"Messages per TMS request.",
+							NULL,
+							&courier_tms_bulk_size,
+							1, 1, 1000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_concurrency",
+							"TMS requests in flight at once, per sender.",
+							NULL,
+							&courier_tms_concurrency,
+							16, 1, 256,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_rate_limit",
+							"Messages per second all senders together may send; 0 for no limit.",
+							NULL,
+							&courier_tms_rate_limit,
+							0, 0, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_timeout",
+							"Longest a TMS request may take, connection included.",
+							NULL,
+							&courier_tms_timeout_ms,
+							10000, 100, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_connect_timeout",
+							"Longest wait for a connection to the TMS.",
+							NULL,
+							&courier_tms_connect_timeout_ms,
+							2000, 100, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.tms_auth_header",
+							   "A whole header line sent with every TMS request, e.g. X-Secret-Key: ... (secret).",
+							   NULL,
+							   &courier_tms_auth_header,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.tms_hmac_access_key",
+							   "Access key for HMAC-signed TMS requests (SENS style); empty for none (secret).",
+							   NULL,
+							   &courier_tms_hmac_access_key,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.tms_hmac_secret",
+							   "Secret key that signs TMS requests with HMAC-SHA256 (secret).",
+							   NULL,
+							   &courier_tms_hmac_secret,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.tms_idempotency_header",
+							   "Name of the header that carries a request's idempotency key.",
+							   NULL,
+							   &courier_tms_idempotency_header,
+							   "Idempotency-Key",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_max_response_size",
+							"Largest TMS response body read; a larger one counts as a failed request.",
+							NULL,
+							&courier_tms_max_response_bytes,
+							1048576, 1024, 67108864,
+							PGC_SIGHUP,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("courier.tms_tls_verify",
+							 "Verify the TMS server's TLS certificate and host name.",
+							 NULL,
+							 &courier_tms_tls_verify,
+							 true,
+							 PGC_SIGHUP,
+							 GUC_SUPERUSER_ONLY,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_max_notice_age",
+							"A notice older than this goes to failures instead of being sent late.",
+							NULL,
+							&courier_tms_max_notice_age_min,
+							1440, 1, 525600,
+							PGC_SUSET,
+							GUC_UNIT_MIN,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_breaker_threshold",
+							"Failed TMS requests in a row that open the circuit breaker.",
+							NULL,
+							&courier_tms_breaker_threshold,
+							10, 1, 100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.tms_breaker_cooldown",
+							"How long an open breaker waits before it lets one probe request through.",
+							NULL,
+							&courier_tms_breaker_cooldown_ms,
+							5000, 10, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.notice_template",
+							   "Text of a delay notice; {order_id}, {product}, {reason} and {new_ship_date} are replaced.",
+							   NULL,
+							   &courier_notice_template,
+							   "[{product}] Order {order_id}: shipping is delayed ({reason}). New ship date: {new_ship_date}.",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("courier");
 }

@@ -148,8 +148,6 @@ balance_stage(CourierStage stage, bool ready)
 
 	if (!ready)
 		return;
-	if (stage == COURIER_STAGE_TMS)
-		return;					/* no sender in this version yet */
 	while (running < min)
 	{
 		if (!start_worker(stage))

@@ -216,10 +216,7 @@ courier_run_batch(CourierStage stage)
 		case COURIER_STAGE_LOGIC:
 			return courier_logic_run_batch();
 		case COURIER_STAGE_TMS:
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("the tms stage has no sender in this version")));
-			break;
+			return courier_tms_run_once();
 		default:
 			elog(ERROR, "courier: unknown stage %d", (int) stage);
 	}

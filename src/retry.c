@@ -21,30 +21,37 @@
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 
 #include "courier.h"
 
 /*
- * One statement: items whose attempts run out (or that failed permanently)
- * move to failures, the others get their next not_before.  The two halves
- * touch disjoint rows, so they can share a statement.
+ * One statement for a whole batch of failed items: the ones whose attempts
+ * run out (or that failed permanently) move to failures with their history,
+ * the others get their next not_before.  The two halves touch disjoint
+ * rows, so they can share a statement.
  */
 static const char *const charge_sql =
-"WITH entry AS ("
-"    SELECT jsonb_build_object('at', statement_timestamp(), 'error', $2::text,"
-"                              'sqlstate', $3::text, 'http_status', $4::int) AS e"
+"WITH r AS ("
+"    SELECT u.*, jsonb_strip_nulls(jsonb_build_object("
+"               'at', clock_timestamp(), 'error', u.error, 'sqlstate', u.sqlstate,"
+"               'http_status', u.http_status,"
+"               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
+"      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[])"
+"           AS u(item_id, error, sqlstate, http_status, permanent, unknown)"
 "), moved AS ("
-"    DELETE FROM courier.work_items w"
-"     WHERE w.item_id = ANY ($1) AND (w.attempts + 1 >= $5 OR $6)"
-"    RETURNING w.*"
+"    DELETE FROM courier.work_items w USING r"
+"     WHERE w.item_id = r.item_id AND (w.attempts + 1 >= $7 OR r.permanent)"
+"    RETURNING w.*, r.e, r.error AS last_error, r.sqlstate AS last_sqlstate,"
+"              r.http_status AS last_http_status"
 "), failed AS ("
 "    INSERT INTO courier.failures (item_id, stage, seller_id, order_id,"
-"        request_id, ship_date, attempts, last_error, last_sqlstate, errors,"
-"        first_queued_at)"
+"        request_id, ship_date, attempts, last_error, last_sqlstate,"
+"        last_http_status, errors, first_queued_at)"
 "    SELECT m.item_id, m.stage, m.seller_id, m.order_id, m.request_id,"
-"           m.ship_date, m.attempts + 1, $2, $3,"
-"           m.errors || (SELECT e FROM entry), m.created_at"
+"           m.ship_date, m.attempts + 1, m.last_error, m.last_sqlstate,"
+"           m.last_http_status, m.errors || m.e, m.created_at"
 "      FROM moved m"
 "    RETURNING stage, order_id, ship_date"
 "), failed_notices AS ("
@@ -56,8 +63,9 @@ static const char *const charge_sql =
 "   SET attempts = w.attempts + 1,"
 "       not_before = statement_timestamp() + courier.backoff_delay(w.attempts + 1),"
 "       leased_by = NULL,"
-"       errors = w.errors || (SELECT e FROM entry)"
-" WHERE w.item_id = ANY ($1) AND NOT (w.attempts + 1 >= $5 OR $6)";
+"       errors = w.errors || r.e"
+"  FROM r"
+" WHERE w.item_id = r.item_id AND NOT (w.attempts + 1 >= $7 OR r.permanent)";
 
 static SPIPlanPtr charge_plan = NULL;
 
@@ -83,36 +91,67 @@ courier_backoff_ms(int attempt)
 }
 
 /*
- * courier_charge_attempt
- *		Charge one failed attempt to the given items (an int8[] datum).
- *		permanent sends them to failures at once, whatever their attempts.
+ * courier_charge_items
+ *		Charge one failed attempt to each item of a batch, each with its own
+ *		reason.  All arguments are arrays of the same length: int8 ids, text
+ *		errors, text sqlstates and int4 HTTP statuses (elements may be NULL),
+ *		bool permanent (straight to failures), bool unknown (the outcome of
+ *		a send is not known: flagged in the history).
  *
- * Runs in the caller's transaction (SPI connected); for the logic stage
+ * Runs in the caller's transaction with SPI connected; for the logic stage
  * that is after the failed subtransaction was rolled back, so the charge
- * itself commits with the batch.  sqlstate or http_status may be absent
- * (NULL / 0).
+ * commits with the rest of the batch.
+ */
+void
+courier_charge_items(Datum ids, Datum errors, Datum sqlstates, Datum http,
+					 Datum permanent, Datum unknown)
+{
+	Oid			argtypes[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT4OID};
+	Datum		values[7] = {ids, errors, sqlstates, http, permanent, unknown,
+	Int32GetDatum(courier_max_attempts)};
+
+	courier_execute_kept(&charge_plan, charge_sql, 7, argtypes, values, NULL,
+						 SPI_OK_UPDATE);
+}
+
+/*
+ * courier_charge_attempt
+ *		Charge one attempt to every item of an int8[] for the same reason
+ *		(an item that failed alone, or a batch that died as a whole).
  */
 void
 courier_charge_attempt(Datum item_ids, const char *error, const char *sqlstate,
 					   int http_status, bool permanent)
 {
-	Oid			argtypes[6] = {INT8ARRAYOID, TEXTOID, TEXTOID, INT4OID,
-	INT4OID, BOOLOID};
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	ArrayType  *arr = DatumGetArrayTypeP(item_ids);
+	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	Datum	   *errs = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *states = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *https = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *perms = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *unknowns = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *state_nulls = palloc(sizeof(bool) * Max(n, 1));
+	bool	   *http_nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
 
-	values[0] = item_ids;
-	values[1] = CStringGetTextDatum(error ? error : "unknown error");
-	if (sqlstate)
-		values[2] = CStringGetTextDatum(sqlstate);
-	else
-		nulls[2] = 'n';
-	values[3] = Int32GetDatum(http_status);
-	if (http_status == 0)
-		nulls[3] = 'n';
-	values[4] = Int32GetDatum(courier_max_attempts);
-	values[5] = BoolGetDatum(permanent);
-
-	courier_execute_kept(&charge_plan, charge_sql, 6, argtypes, values, nulls,
-						 SPI_OK_UPDATE);
+	for (int i = 0; i < n; i++)
+	{
+		errs[i] = CStringGetTextDatum(error ? error : "unknown error");
+		states[i] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
+		state_nulls[i] = (sqlstate == NULL);
+		https[i] = Int32GetDatum(http_status);
+		http_nulls[i] = (http_status == 0);
+		perms[i] = BoolGetDatum(permanent);
+		unknowns[i] = BoolGetDatum(false);
+	}
+	courier_charge_items(item_ids,
+						 PointerGetDatum(construct_array(errs, n, TEXTOID, -1, false, TYPALIGN_INT)),
+						 PointerGetDatum(construct_md_array(states, state_nulls, 1, dims, lbs,
+															TEXTOID, -1, false, TYPALIGN_INT)),
+						 PointerGetDatum(construct_md_array(https, http_nulls, 1, dims, lbs,
+															INT4OID, 4, true, TYPALIGN_INT)),
+						 PointerGetDatum(construct_array(perms, n, BOOLOID, 1, true, TYPALIGN_CHAR)),
+						 PointerGetDatum(construct_array(unknowns, n, BOOLOID, 1, true, TYPALIGN_CHAR)));
 }

@@ -89,6 +89,7 @@ courier_shmem_startup(void)
 			pg_atomic_init_u64(&st->items_failed, 0);
 			pg_atomic_init_u64(&st->batches, 0);
 		}
+		courier_limits_init(&courier_shared->tms);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

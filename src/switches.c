@@ -69,6 +69,17 @@ courier_stage_runnable(CourierStage stage, const char **why)
 		*why = "courier.pause_tms is on";
 		return false;
 	}
+	if (stage == COURIER_STAGE_TMS && courier_tms_mode == COURIER_TMS_OFF)
+	{
+		*why = "courier.tms_mode is off";
+		return false;
+	}
+	if (stage == COURIER_STAGE_TMS && courier_tms_mode == COURIER_TMS_LIVE &&
+		(courier_tms_url == NULL || courier_tms_url[0] == '\0'))
+	{
+		*why = "courier.tms_url is not set";
+		return false;
+	}
 	*why = NULL;
 	return true;
 }

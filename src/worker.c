@@ -44,14 +44,15 @@
 
 static CourierStage my_stage;
 static int	my_slot = -1;
+static volatile sig_atomic_t got_sigterm = false;
 
 static void worker_attach(CourierStage stage, int slot);
 static void worker_detach(int code, Datum arg);
 static int	run_batch_transaction(long *sleep_ms);
-static long next_due_in_ms(void);
 static void charge_lost_batch(ErrorData *edata);
 static bool should_retire(void);
 static void set_busy(bool busy, bool worked);
+static void worker_sigterm(SIGNAL_ARGS);
 
 /*
  * courier_worker_main
@@ -65,7 +66,7 @@ courier_worker_main(Datum main_arg)
 	char		idle_activity[64];
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 
 	worker_attach(arg / COURIER_MAX_WORKERS_PER_STAGE,
@@ -79,11 +80,12 @@ courier_worker_main(Datum main_arg)
 	ereport(LOG,
 			(errmsg("courier %s worker started", courier_stage_name(my_stage))));
 
-	for (;;)
+	while (!got_sigterm)
 	{
 		const char *why;
 		long		sleep_ms = courier_idle_wakeup_ms;
 		int			handled = 0;
+		long		wait;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -94,13 +96,22 @@ courier_worker_main(Datum main_arg)
 
 		if (!courier_stage_runnable(my_stage, &why))
 			pgstat_report_activity(STATE_IDLE, why);
+		else if (my_stage == COURIER_STAGE_TMS &&
+				 (wait = courier_limits_send_wait_ms(&why)) > 0)
+		{
+			pgstat_report_activity(STATE_IDLE, why);
+			sleep_ms = wait;
+		}
 		else
 		{
 			MemoryContext batch_context = CurrentMemoryContext;
 
 			PG_TRY();
 			{
-				handled = run_batch_transaction(&sleep_ms);
+				if (my_stage == COURIER_STAGE_TMS)
+					handled = courier_tms_worker_batch(&got_sigterm, &sleep_ms);
+				else
+					handled = run_batch_transaction(&sleep_ms);
 			}
 			PG_CATCH();
 			{
@@ -121,11 +132,32 @@ courier_worker_main(Datum main_arg)
 
 		if (should_retire())
 			proc_exit(0);
-		pgstat_report_activity(STATE_IDLE, idle_activity);
+		if (sleep_ms == courier_idle_wakeup_ms || handled == 0)
+			pgstat_report_activity(STATE_IDLE, idle_activity);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 sleep_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+
+	ereport(LOG,
+			(errmsg("courier %s worker shutting down", courier_stage_name(my_stage))));
+	proc_exit(0);
+}
+
+/*
+ * worker_sigterm
+ *		Ask the loop to stop after the batch in hand: a logic batch is short
+ *		and commits; a sender stops starting requests, waits for those in
+ *		flight and records every outcome, releasing what it did not send.
+ */
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
 }
 
 /*
@@ -197,7 +229,7 @@ run_batch_transaction(long *sleep_ms)
 	set_busy(true, false);
 	handled = courier_run_batch(my_stage);
 	if (handled == 0)
-		*sleep_ms = Min(*sleep_ms, next_due_in_ms());
+		*sleep_ms = Min(*sleep_ms, courier_next_due_ms(my_stage));
 
 	SPI_finish();
 	PopActiveSnapshot();
@@ -205,30 +237,6 @@ run_batch_transaction(long *sleep_ms)
 	pgstat_report_stat(false);
 	set_busy(false, handled > 0);
 	return handled;
-}
-
-/*
- * next_due_in_ms
- *		Milliseconds until the earliest not_before of this stage, so that an
- *		item in back-off (or a lease running out) wakes the worker when due.
- */
-static long
-next_due_in_ms(void)
-{
-	static SPIPlanPtr plan[COURIER_NUM_STAGES];
-	bool		isnull;
-	Datum		d;
-
-	courier_execute_kept(&plan[my_stage],
-						 psprintf("SELECT ceil(extract(epoch FROM"
-								  " min(not_before) - clock_timestamp()) * 1000)::bigint"
-								  "  FROM courier.work_items WHERE stage = '%s'",
-								  courier_stage_name(my_stage)),
-						 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		return courier_idle_wakeup_ms;
-	return Max(DatumGetInt64(d), 0) + 1;
 }
 
 /*

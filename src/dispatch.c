@@ -1,0 +1,755 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch.c
+ *		HTTP dispatch of TMS messages with libcurl's multi interface: builds
+ *		the requests (bulk JSON, auth and idempotency headers, HMAC
+ *		signature), keeps up to courier.tms_concurrency of them in flight
+ *		over kept-alive connections, and classifies each answer into one
+ *		outcome per message.
+ *
+ * The wait is on the process latch and curl's sockets together: curl's
+ * sockets live in a private epoll set whose descriptor is one event of a
+ * WaitEventSet beside the latch and postmaster death, with curl's timer as
+ * the timeout.  So SIGTERM, SIGHUP and barriers are seen at once even while
+ * requests hang.
+ *
+ * libcurl's callbacks never palloc nor ereport (a longjmp through libcurl
+ * leaves it broken): they write into malloc'd buffers and flags, and
+ * everything that may fail is done after curl_multi_* returns.
+ *
+ * This file knows nothing of the database: no SPI, no transaction.  What
+ * the outcomes mean for the queue is tms.c's business; shared limits (rate,
+ * breaker) are asked through the hooks.
+ *
+ * IDENTIFICATION
+ *		src/dispatch.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/epoll.h>
+#include <curl/curl.h>
+
+#include "common/base64.h"
+#include "common/hmac.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "courier.h"
+#include "dispatch.h"
+
+#define MAX_TRANSFERS 256		/* bounds courier.tms_concurrency */
+#define DEFAULT_RETRY_AFTER_MS 1000
+
+/* One request in flight: messages [first, first + count) of the batch. */
+typedef struct Transfer
+{
+	CURL	   *easy;
+	bool		busy;
+	int			first;
+	int			count;
+	StringInfoData body;
+	struct curl_slist *headers;
+	char	   *resp;			/* malloc'd: written by a curl callback */
+	size_t		resp_len;
+	size_t		resp_cap;
+	bool		resp_overflow;
+	long		retry_after_ms; /* from a Retry-After header, -1 if none */
+	TimestampTz started;
+	char		errbuf[CURL_ERROR_SIZE];
+} Transfer;
+
+static bool initialized = false;
+static CURLM *multi = NULL;
+static int	epfd = -1;
+static long curl_timeout_ms = -1;	/* from curl's timer callback */
+static WaitEventSet *wait_set = NULL;
+static Transfer transfers[MAX_TRANSFERS];
+
+static void dispatch_init(void);
+static void dispatch_cleanup(int code, Datum arg);
+static int	socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
+					  void *socketp);
+static int	timer_cb(CURLM *m, long timeout_ms, void *userp);
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata);
+static size_t header_cb(char *buffer, size_t size, size_t nitems, void *userdata);
+static Transfer *start_transfer(CourierMessage *msgs, int first, int count);
+static void finish_transfer(Transfer *t, CURLcode rc, CourierMessage *msgs,
+							const CourierDispatchHooks *hooks);
+static void drive_curl(bool socket_ready);
+static void set_outcome(CourierMessage *m, CourierOutcome outcome, bool unknown,
+						int http_status, const char *code, const char *error);
+static void apply_results(Transfer *t, CourierMessage *msgs, int http_status);
+static void add_hmac_headers(Transfer *t);
+static void release_transfer(Transfer *t);
+
+/*
+ * dispatch_init
+ *		Once per process, after fork: libcurl's global state, the multi
+ *		handle kept for the life of the process (so connections and DNS
+ *		answers are reused across batches), the epoll set and the wait set.
+ */
+static void
+dispatch_init(void)
+{
+	if (initialized)
+		return;
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		elog(ERROR, "courier: curl_global_init failed");
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(ERROR, "courier: curl_multi_init failed");
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (epfd < 0)
+		elog(ERROR, "courier: epoll_create1 failed: %m");
+
+	curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+	curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, epfd, NULL, NULL);
+
+	for (int i = 0; i < MAX_TRANSFERS; i++)
+		transfers[i].easy = NULL;
+
+	on_proc_exit(dispatch_cleanup, (Datum) 0);
+	initialized = true;
+}
+
+static void
+dispatch_cleanup(int code, Datum arg)
+{
+	for (int i = 0; i < MAX_TRANSFERS; i++)
+	{
+		if (transfers[i].easy)
+		{
+			curl_multi_remove_handle(multi, transfers[i].easy);
+			curl_easy_cleanup(transfers[i].easy);
+		}
+	}
+	curl_multi_cleanup(multi);
+	curl_global_cleanup();
+}
+
+/* curl callbacks: no palloc, no ereport ------------------------------- */
+
+static int
+socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = fd;
+	if (what == CURL_POLL_REMOVE)
+	{
+		(void) epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+		return 0;
+	}
+	if (what & CURL_POLL_IN)
+		ev.events |= EPOLLIN;
+	if (what & CURL_POLL_OUT)
+		ev.events |= EPOLLOUT;
+	if (epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) != 0)
+		(void) epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+	return 0;
+}
+
+static int
+timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+	curl_timeout_ms = timeout_ms;
+	return 0;
+}
+
+static size_t
+write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	Transfer   *t = (Transfer *) userdata;
+	size_t		n = size * nmemb;
+
+	if (t->resp_len + n > (size_t) courier_tms_max_response_bytes)
+	{
+		t->resp_overflow = true;
+		return 0;				/* makes curl fail with CURLE_WRITE_ERROR */
+	}
+	if (t->resp_len + n + 1 > t->resp_cap)
+	{
+		size_t		cap = Max(t->resp_cap * 2, t->resp_len + n + 1);
+		char	   *p = realloc(t->resp, Max(cap, 4096));
+
+		if (p == NULL)
+			return 0;
+		t->resp = p;
+		t->resp_cap = Max(cap, 4096);
+	}
+	memcpy(t->resp + t->resp_len, ptr, n);
+	t->resp_len += n;
+	t->resp[t->resp_len] = '\0';
+	return n;
+}
+
+/*
+ * header_cb
+ *		Pick up Retry-After, in seconds or as an HTTP-date.
+ */
+static size_t
+header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
+{
+	Transfer   *t = (Transfer *) userdata;
+	size_t		n = size * nitems;
+	static const char name[] = "retry-after:";
+
+	if (n > sizeof(name) && pg_strncasecmp(buffer, name, sizeof(name) - 1) == 0)
+	{
+		char		value[128];
+		size_t		len = Min(n - (sizeof(name) - 1), sizeof(value) - 1);
+		char	   *v = value;
+		char	   *end;
+		long		secs;
+
+		memcpy(value, buffer + sizeof(name) - 1, len);
+		value[len] = '\0';
+		while (*v == ' ' || *v == '\t')
+			v++;
+		secs = strtol(v, &end, 10);
+		if (end != v && (*end == '\r' || *end == '\n' || *end == '\0'))
+			t->retry_after_ms = Max(secs, 0) * 1000;
+		else
+		{
+			time_t		when = curl_getdate(v, NULL);
+
+			if (when > 0)
+				t->retry_after_ms = Max((long) (when - time(NULL)), 0) * 1000;
+		}
+	}
+	return n;
+}
+
+/* ------------------------------------------------------------------ */
+
+/*
+ * courier_dispatch
+ *		Send msgs[0..n) and give each an outcome.  Returns when every
+ *		message has one, or (after hooks->should_stop) when every request
+ *		started has finished; messages never sent stay PENDING.
+ *
+ * Called with no transaction open in workers.  An ERROR (query cancel in
+ * a backend's run_once) removes the transfers in flight before going on.
+ */
+void
+courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
+{
+	int			next = 0;
+	int			in_flight = 0;
+	bool		stopping = false;
+	int			bulk = Max(courier_tms_bulk_size, 1);
+	int			concurrency = Min(Max(courier_tms_concurrency, 1), MAX_TRANSFERS);
+
+	dispatch_init();
+	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) concurrency);
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) concurrency);
+
+	for (int i = 0; i < n; i++)
+		set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
+
+	PG_TRY();
+	{
+		while (next < n || in_flight > 0)
+		{
+			long		timeout;
+			long		rate_wait = -1;
+			WaitEvent	event;
+			int			nevents;
+			CURLMsg    *done;
+			int			left;
+
+			/* start what the limits allow */
+			while (!stopping && next < n && in_flight < concurrency)
+			{
+				int			count = Min(bulk, n - next);
+				int			wait = hooks->acquire(count);
+
+				if (wait > 0)
+				{
+					rate_wait = wait;
+					break;
+				}
+				if (start_transfer(msgs, next, count) == NULL)
+					break;
+				next += count;
+				in_flight++;
+			}
+			if (in_flight == 0 && (stopping || next >= n))
+				break;
+
+			timeout = curl_timeout_ms >= 0 ? curl_timeout_ms : 1000;
+			if (rate_wait >= 0)
+				timeout = Min(timeout, rate_wait);
+			nevents = WaitEventSetWait(wait_set, timeout, &event, 1,
+									   PG_WAIT_EXTENSION);
+			if (nevents > 0 && (event.events & WL_LATCH_SET))
+			{
+				ResetLatch(MyLatch);
+				CHECK_FOR_INTERRUPTS();
+				if (hooks->should_stop())
+					stopping = true;
+			}
+			drive_curl(nevents > 0 && (event.events & WL_SOCKET_READABLE));
+
+			while ((done = curl_multi_info_read(multi, &left)) != NULL)
+			{
+				Transfer   *t;
+
+				if (done->msg != CURLMSG_DONE)
+					continue;
+				curl_easy_getinfo(done->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+				finish_transfer(t, done->data.result, msgs, hooks);
+				in_flight--;
+			}
+			if (!stopping && hooks->should_stop())
+				stopping = true;
+		}
+	}
+	PG_CATCH();
+	{
+		for (int i = 0; i < MAX_TRANSFERS; i++)
+		{
+			if (transfers[i].busy)
+				release_transfer(&transfers[i]);
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * drive_curl
+ *		Let curl act on the sockets that are ready, or on its timer.
+ */
+static void
+drive_curl(bool socket_ready)
+{
+	int			running;
+
+	if (socket_ready)
+	{
+		struct epoll_event evs[64];
+		int			nev = epoll_wait(epfd, evs, lengthof(evs), 0);
+
+		for (int i = 0; i < nev; i++)
+		{
+			int			mask = 0;
+
+			if (evs[i].events & EPOLLIN)
+				mask |= CURL_CSELECT_IN;
+			if (evs[i].events & EPOLLOUT)
+				mask |= CURL_CSELECT_OUT;
+			if (evs[i].events & (EPOLLERR | EPOLLHUP))
+				mask |= CURL_CSELECT_ERR;
+			curl_multi_socket_action(multi, evs[i].data.fd, mask, &running);
+		}
+	}
+	/* the timer: on expiry, and cheaply always, so no deadline is missed */
+	curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/*
+ * start_transfer
+ *		Build and add one request for msgs[first..first+count).
+ */
+static Transfer *
+start_transfer(CourierMessage *msgs, int first, int count)
+{
+	Transfer   *t = NULL;
+	char	   *idem;
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	for (int i = 0; i < MAX_TRANSFERS; i++)
+	{
+		if (!transfers[i].busy)
+		{
+			t = &transfers[i];
+			break;
+		}
+	}
+	if (t == NULL)
+	{
+		MemoryContextSwitchTo(old);
+		return NULL;
+	}
+
+	if (t->easy == NULL)
+		t->easy = curl_easy_init();
+	else
+		curl_easy_reset(t->easy);
+	if (t->easy == NULL)
+		elog(ERROR, "courier: curl_easy_init failed");
+
+	t->busy = true;
+	t->first = first;
+	t->count = count;
+	t->resp = NULL;
+	t->resp_len = 0;
+	t->resp_cap = 0;
+	t->resp_overflow = false;
+	t->retry_after_ms = -1;
+	t->headers = NULL;
+	t->errbuf[0] = '\0';
+
+	/* body: {"messages": [{"id": ..., "to": ..., ...}, ...]} */
+	initStringInfo(&t->body);
+	appendStringInfoString(&t->body, "{\"messages\": [");
+	for (int i = first; i < first + count; i++)
+	{
+		CourierMessage *m = &msgs[i];
+
+		if (i > first)
+			appendStringInfoString(&t->body, ", ");
+		appendStringInfoString(&t->body, "{\"id\": ");
+		escape_json(&t->body, m->key);
+		appendStringInfoString(&t->body, ", \"to\": ");
+		escape_json(&t->body, m->to);
+		appendStringInfoString(&t->body, ", \"channel\": ");
+		escape_json(&t->body, m->channel);
+		if (m->subject)
+		{
+			appendStringInfoString(&t->body, ", \"subject\": ");
+			escape_json(&t->body, m->subject);
+		}
+		appendStringInfoString(&t->body, ", \"text\": ");
+		escape_json(&t->body, m->text);
+		appendStringInfoChar(&t->body, '}');
+	}
+	appendStringInfoString(&t->body, "]}");
+
+	/*
+	 * The request's idempotency key: the message's own for one message;
+	 * for a bulk request the first and last keys and the count, which are
+	 * the same whenever the same messages are sent together again.
+	 */
+	if (count == 1)
+		idem = psprintf("%s: %s", courier_tms_idempotency_header, msgs[first].key);
+	else
+		idem = psprintf("%s: bulk-%s-%s-%d", courier_tms_idempotency_header,
+						msgs[first].key, msgs[first + count - 1].key, count);
+	t->headers = curl_slist_append(t->headers, "Content-Type: application/json");
+	t->headers = curl_slist_append(t->headers, "Expect:");
+	t->headers = curl_slist_append(t->headers, idem);
+	if (courier_tms_auth_header && courier_tms_auth_header[0])
+		t->headers = curl_slist_append(t->headers, courier_tms_auth_header);
+	if (courier_tms_hmac_access_key && courier_tms_hmac_access_key[0])
+		add_hmac_headers(t);
+	pfree(idem);
+
+	curl_easy_setopt(t->easy, CURLOPT_URL, courier_tms_url);
+	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body.data);
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) t->body.len);
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
+	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) courier_tms_timeout_ms);
+	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS,
+					 (long) courier_tms_connect_timeout_ms);
+	curl_easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, courier_tms_tls_verify ? 1L : 0L);
+	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, courier_tms_tls_verify ? 2L : 0L);
+
+	t->started = GetCurrentTimestamp();
+	MemoryContextSwitchTo(old);
+
+	if (curl_multi_add_handle(multi, t->easy) != CURLM_OK)
+	{
+		release_transfer(t);
+		elog(ERROR, "courier: curl_multi_add_handle failed");
+	}
+	return t;
+}
+
+/*
+ * add_hmac_headers
+ *		Sign the request the way Naver Cloud SENS does: a millisecond
+ *		timestamp, the access key, and base64(HMAC-SHA256(secret,
+ *		"POST <path>\n<timestamp>\n<access key>")).  Computed per attempt,
+ *		since the timestamp is part of what is signed.
+ */
+static void
+add_hmac_headers(Transfer *t)
+{
+	CURLU	   *u = curl_url();
+	char	   *path = NULL;
+	char	   *query = NULL;
+	char	   *ts;
+	char	   *to_sign;
+	uint8		mac[32];
+	char		b64[64];
+	int			b64len;
+	pg_hmac_ctx *ctx;
+
+	if (curl_url_set(u, CURLUPART_URL, courier_tms_url, 0) == CURLUE_OK)
+	{
+		curl_url_get(u, CURLUPART_PATH, &path, 0);
+		curl_url_get(u, CURLUPART_QUERY, &query, 0);
+	}
+	ts = psprintf(INT64_FORMAT, (int64) (GetCurrentTimestamp() / 1000 +
+										 (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000));
+	to_sign = psprintf("POST %s%s%s\n%s\n%s", path ? path : "/",
+					   query ? "?" : "", query ? query : "",
+					   ts, courier_tms_hmac_access_key);
+
+	ctx = pg_hmac_create(PG_SHA256);
+	if (ctx == NULL ||
+		pg_hmac_init(ctx, (const uint8 *) courier_tms_hmac_secret,
+					 strlen(courier_tms_hmac_secret)) < 0 ||
+		pg_hmac_update(ctx, (const uint8 *) to_sign, strlen(to_sign)) < 0 ||
+		pg_hmac_final(ctx, mac, sizeof(mac)) < 0)
+		elog(ERROR, "courier: could not compute the HMAC signature");
+	pg_hmac_free(ctx);
+	b64len = pg_b64_encode((const char *) mac, sizeof(mac), b64, sizeof(b64) - 1);
+	b64[Max(b64len, 0)] = '\0';
+
+	t->headers = curl_slist_append(t->headers,
+								   psprintf("x-ncp-apigw-timestamp: %s", ts));
+	t->headers = curl_slist_append(t->headers,
+								   psprintf("x-ncp-iam-access-key: %s",
+											courier_tms_hmac_access_key));
+	t->headers = curl_slist_append(t->headers,
+								   psprintf("x-ncp-apigw-signature-v2: %s", b64));
+	curl_free(path);
+	curl_free(query);
+	curl_url_cleanup(u);
+}
+
+static void
+release_transfer(Transfer *t)
+{
+	curl_multi_remove_handle(multi, t->easy);
+	curl_slist_free_all(t->headers);
+	t->headers = NULL;
+	if (t->body.data)
+		pfree(t->body.data);
+	t->body.data = NULL;
+	free(t->resp);
+	t->resp = NULL;
+	t->busy = false;
+}
+
+static void
+set_outcome(CourierMessage *m, CourierOutcome outcome, bool unknown,
+			int http_status, const char *code, const char *error)
+{
+	m->outcome = outcome;
+	m->unknown = unknown;
+	m->http_status = http_status;
+	strlcpy(m->code, code, sizeof(m->code));
+	strlcpy(m->error, error, sizeof(m->error));
+	if (outcome != COURIER_OUT_DELIVERED)
+		m->provider_id[0] = '\0';
+}
+
+/*
+ * finish_transfer
+ *		Classify a finished request and give its messages their outcomes.
+ *
+ *	transport error before anything was sent		RETRY
+ *	timeout / reset / no answer after sending		RETRY, unknown
+ *	2xx												per message: accepted ->
+ *													DELIVERED, rejected ->
+ *													REJECTED, absent ->
+ *													DELIVERED; unreadable
+ *													body -> RETRY, unknown
+ *	429, 503										THROTTLED (Retry-After)
+ *	401, 403										UNAUTHORIZED
+ *	408, other 5xx									RETRY
+ *	other 4xx										REJECTED
+ */
+static void
+finish_transfer(Transfer *t, CURLcode rc, CourierMessage *msgs,
+				const CourierDispatchHooks *hooks)
+{
+	long		http = 0;
+	curl_off_t	sent = 0;
+	double		latency;
+	CourierOutcome klass;
+	bool		unknown = false;
+	char		error[256];
+
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &http);
+	curl_easy_getinfo(t->easy, CURLINFO_SIZE_UPLOAD_T, &sent);
+	latency = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
+
+	if (rc != CURLE_OK)
+	{
+		bool		answered_2xx = (http >= 200 && http < 300);
+
+		klass = COURIER_OUT_RETRY;
+		unknown = (sent > 0) || answered_2xx;
+		if (t->resp_overflow)
+			snprintf(error, sizeof(error),
+					 "response larger than courier.tms_max_response_size (%d bytes)",
+					 courier_tms_max_response_bytes);
+		else
+			snprintf(error, sizeof(error), "%s%s%s", curl_easy_strerror(rc),
+					 t->errbuf[0] ? ": " : "", t->errbuf);
+		for (int i = t->first; i < t->first + t->count; i++)
+			set_outcome(&msgs[i], klass, unknown, (int) http,
+						curl_easy_strerror(rc), error);
+	}
+	else if (http >= 200 && http < 300)
+	{
+		klass = COURIER_OUT_DELIVERED;
+		apply_results(t, msgs, (int) http);
+		if (msgs[t->first].outcome == COURIER_OUT_RETRY)
+			klass = COURIER_OUT_RETRY;	/* unreadable answer */
+	}
+	else
+	{
+		const char *code;
+
+		snprintf(error, sizeof(error), "TMS answered HTTP %ld", http);
+		if (http == 429 || http == 503)
+		{
+			klass = COURIER_OUT_THROTTLED;
+			code = "throttled";
+		}
+		else if (http == 401 || http == 403)
+		{
+			klass = COURIER_OUT_UNAUTHORIZED;
+			code = "unauthorized";
+		}
+		else if (http == 408 || http >= 500 || http < 200 || (http >= 300 && http < 400))
+		{
+			klass = COURIER_OUT_RETRY;
+			code = "http_error";
+		}
+		else
+		{
+			klass = COURIER_OUT_REJECTED;
+			code = "http_rejected";
+		}
+		for (int i = t->first; i < t->first + t->count; i++)
+			set_outcome(&msgs[i], klass, false, (int) http, code, error);
+	}
+
+	for (int i = t->first; i < t->first + t->count; i++)
+	{
+		msgs[i].latency_ms = latency;
+		msgs[i].retry_after_ms = t->retry_after_ms >= 0 ?
+			(int) Min(t->retry_after_ms, 3600000L) : DEFAULT_RETRY_AFTER_MS;
+	}
+	hooks->request_done(klass, msgs[t->first].retry_after_ms);
+	release_transfer(t);
+}
+
+/*
+ * apply_results
+ *		Read {"results": [{"id", "status", "code", "provider_id"}, ...]} of a
+ *		2xx answer.  A message without an entry counts as accepted.  An
+ *		answer that does not parse leaves every message RETRY and unknown:
+ *		the provider may well have taken them, and the retry carries the same
+ *		idempotency key.
+ */
+static void
+apply_results(Transfer *t, CourierMessage *msgs, int http_status)
+{
+	Jsonb	   *jb = NULL;
+	JsonbValue *results;
+	MemoryContext old = CurrentMemoryContext;
+
+	for (int i = t->first; i < t->first + t->count; i++)
+		set_outcome(&msgs[i], COURIER_OUT_DELIVERED, false, http_status,
+					"accepted", "");
+
+	if (t->resp_len == 0)
+		return;					/* no body: every message accepted */
+
+	PG_TRY();
+	{
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(t->resp)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(old);
+		FlushErrorState();
+		jb = NULL;
+	}
+	PG_END_TRY();
+
+	if (jb == NULL || JB_ROOT_IS_SCALAR(jb) || !JB_ROOT_IS_OBJECT(jb) ||
+		(results = getKeyJsonValueFromContainer(&jb->root, "results", 7, NULL)) == NULL ||
+		results->type != jbvBinary || !JsonContainerIsArray(results->val.binary.data))
+	{
+		for (int i = t->first; i < t->first + t->count; i++)
+			set_outcome(&msgs[i], COURIER_OUT_RETRY, true, http_status,
+						"malformed_response", "TMS answered 2xx with an unreadable body");
+		return;
+	}
+
+	for (uint32 r = 0; r < JsonContainerSize(results->val.binary.data); r++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(results->val.binary.data, r);
+		JsonbValue *id,
+				   *status,
+				   *code,
+				   *pid;
+		char	   *idstr;
+		int			match = -1;
+
+		if (e == NULL || e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
+			continue;
+		id = getKeyJsonValueFromContainer(e->val.binary.data, "id", 2, NULL);
+		if (id == NULL || id->type != jbvString)
+			continue;
+		idstr = pnstrdup(id->val.string.val, id->val.string.len);
+
+		/* results usually come in request order: try that first */
+		if ((int) r < t->count && strcmp(msgs[t->first + r].key, idstr) == 0)
+			match = t->first + r;
+		for (int i = t->first; match < 0 && i < t->first + t->count; i++)
+		{
+			if (strcmp(msgs[i].key, idstr) == 0)
+				match = i;
+		}
+		if (match < 0)
+			continue;
+
+		status = getKeyJsonValueFromContainer(e->val.binary.data, "status", 6, NULL);
+		code = getKeyJsonValueFromContainer(e->val.binary.data, "code", 4, NULL);
+		pid = getKeyJsonValueFromContainer(e->val.binary.data, "provider_id", 11, NULL);
+		if (status && status->type == jbvString &&
+			status->val.string.len == 8 &&
+			strncmp(status->val.string.val, "rejected", 8) == 0)
+		{
+			char	   *c = (code && code->type == jbvString) ?
+				pnstrdup(code->val.string.val, code->val.string.len) : pstrdup("rejected");
+			char	   *err = psprintf("TMS rejected the message: %s", c);
+
+			set_outcome(&msgs[match], COURIER_OUT_REJECTED, false, http_status, c, err);
+		}
+		else if (pid && pid->type == jbvString)
+		{
+			int			len = Min(pid->val.string.len,
+								  (int) sizeof(msgs[match].provider_id) - 1);
+
+			memcpy(msgs[match].provider_id, pid->val.string.val, len);
+			msgs[match].provider_id[len] = '\0';
+		}
+	}
+}

@@ -1,0 +1,68 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch.h
+ *		The HTTP dispatcher's interface: messages in, one outcome per
+ *		message out.  Used by the tms stage (tms.c).
+ *
+ * IDENTIFICATION
+ *		src/dispatch.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef COURIER_DISPATCH_H
+#define COURIER_DISPATCH_H
+
+/*
+ * What became of one message.  The numbering is stored nowhere; tms.c maps
+ * outcomes onto the retry state.
+ */
+typedef enum CourierOutcome
+{
+	COURIER_OUT_PENDING = 0,	/* not sent: the sender stopped first */
+	COURIER_OUT_DELIVERED,		/* accepted by the provider */
+	COURIER_OUT_REJECTED,		/* permanent failure of this message */
+	COURIER_OUT_RETRY,			/* 5xx, 408, timeout, connection error */
+	COURIER_OUT_THROTTLED,		/* 429/503: not before retry_after_ms */
+	COURIER_OUT_UNAUTHORIZED	/* 401/403: our credentials, not the message */
+} CourierOutcome;
+
+typedef struct CourierMessage
+{
+	/* input */
+	const char *key;			/* stable idempotency key */
+	const char *to;
+	const char *channel;		/* "sms" or "lms" */
+	const char *subject;		/* NULL for none */
+	const char *text;
+
+	/* output */
+	CourierOutcome outcome;
+	bool		unknown;		/* sent, but no usable answer: may be delivered */
+	int			http_status;	/* 0 when no response came */
+	int			retry_after_ms; /* THROTTLED: wait at least this long */
+	double		latency_ms;
+	char		code[64];		/* provider's result code, or curl's error */
+	char		provider_id[128];
+	char		error[256];		/* why it failed, for the failure history */
+} CourierMessage;
+
+/* Shared limits the dispatcher asks before and tells after each request. */
+typedef struct CourierDispatchHooks
+{
+	/* 0: a request of n messages may start now; else ms to wait */
+	int			(*acquire) (int n);
+	/* the outcome class of a finished request */
+	void		(*request_done) (CourierOutcome outcome, int retry_after_ms);
+	/* true: start no further request (shutdown, breaker opened) */
+	bool		(*should_stop) (void);
+} CourierDispatchHooks;
+
+extern void courier_dispatch(CourierMessage *msgs, int n,
+							 const CourierDispatchHooks *hooks);
+
+/* limits.c: the shared limits behind the hooks */
+extern int	courier_limits_acquire(int n);
+extern void courier_limits_report(CourierOutcome outcome, int retry_after_ms);
+extern bool courier_limits_breaker_open(void);
+
+#endif							/* COURIER_DISPATCH_H */

@@ -1,0 +1,266 @@
+/*-------------------------------------------------------------------------
+ *
+ * limits.c
+ *		Limits every TMS sender shares through shared memory: the send rate
+ *		(courier.tms_rate_limit, a token bucket, lowered while the provider
+ *		answers 429/503), the provider's Retry-After, and the circuit
+ *		breaker that stops sending when the provider keeps failing, lets one
+ *		probe request through after courier.tms_breaker_cooldown, and
+ *		closes when the probe succeeds.
+ *
+ * The dispatcher asks before each request (courier_limits_acquire) and
+ * reports after it (courier_limits_report); a sender asks before leasing
+ * a batch (courier_limits_send_wait_ms).  All state is under one spinlock,
+ * held for a few instructions; logging happens after releasing it.
+ *
+ * IDENTIFICATION
+ *		src/limits.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+#include "courier.h"
+#include "dispatch.h"
+
+#define MIN_RATE_FACTOR		0.05
+#define PROBE_WAIT_MS		100
+
+static CourierTmsLimits local_limits;	/* without shared memory (not preloaded) */
+
+static CourierTmsLimits *limits(void);
+
+void
+courier_limits_init(CourierTmsLimits *lim)
+{
+	memset(lim, 0, sizeof(CourierTmsLimits));
+	SpinLockInit(&lim->mutex);
+	lim->rate_factor = 1.0;
+	lim->breaker = COURIER_BREAKER_CLOSED;
+	pg_atomic_init_u64(&lim->requests, 0);
+	pg_atomic_init_u64(&lim->throttled, 0);
+	pg_atomic_init_u64(&lim->breaker_opened, 0);
+}
+
+static CourierTmsLimits *
+limits(void)
+{
+	static bool local_ready = false;
+
+	if (courier_shared != NULL)
+		return &courier_shared->tms;
+	if (!local_ready)
+	{
+		courier_limits_init(&local_limits);
+		local_ready = true;
+	}
+	return &local_limits;
+}
+
+static long
+ms_until(TimestampTz t, TimestampTz now)
+{
+	return t > now ? (long) ((t - now) / 1000) + 1 : 0;
+}
+
+/*
+ * courier_limits_send_wait_ms
+ *		How long a sender should wait before leasing a batch: while the
+ *		breaker is open (until its cooldown ends) or the provider asked
+ *		everyone to back off.  0 when sending may go on; *why names the
+ *		reason otherwise.
+ */
+long
+courier_limits_send_wait_ms(const char **why)
+{
+	CourierTmsLimits *lim = limits();
+	TimestampTz now = GetCurrentTimestamp();
+	long		wait = 0;
+
+	*why = NULL;
+	SpinLockAcquire(&lim->mutex);
+	if (lim->breaker == COURIER_BREAKER_OPEN)
+	{
+		wait = ms_until(TimestampTzPlusMilliseconds(lim->breaker_opened_at,
+													courier_tms_breaker_cooldown_ms), now);
+		*why = lim->unauthorized ? "tms: circuit breaker open (TMS refused our credentials)" :
+			"tms: circuit breaker open";
+	}
+	else if (lim->breaker == COURIER_BREAKER_PROBING)
+	{
+		wait = PROBE_WAIT_MS;
+		*why = "tms: circuit breaker probing";
+	}
+	if (wait == 0 && lim->throttled_until > now)
+	{
+		wait = ms_until(lim->throttled_until, now);
+		*why = "tms: throttled by the TMS (Retry-After)";
+	}
+	SpinLockRelease(&lim->mutex);
+	return wait;
+}
+
+/*
+ * courier_limits_acquire
+ *		May a request of n messages start now?  Returns 0 (and takes n
+ *		tokens) or the milliseconds to wait.  An open breaker past its
+ *		cooldown lets exactly one request through as the probe.
+ */
+int
+courier_limits_acquire(int n)
+{
+	CourierTmsLimits *lim = limits();
+	TimestampTz now = GetCurrentTimestamp();
+	long		wait = 0;
+
+	SpinLockAcquire(&lim->mutex);
+	if (lim->breaker == COURIER_BREAKER_OPEN)
+	{
+		wait = ms_until(TimestampTzPlusMilliseconds(lim->breaker_opened_at,
+													courier_tms_breaker_cooldown_ms), now);
+		if (wait == 0)
+			lim->breaker = COURIER_BREAKER_PROBING;	/* this request probes */
+		SpinLockRelease(&lim->mutex);
+		return (int) wait;
+	}
+	if (lim->breaker == COURIER_BREAKER_PROBING)
+	{
+		SpinLockRelease(&lim->mutex);
+		return PROBE_WAIT_MS;
+	}
+	if (lim->throttled_until > now)
+	{
+		wait = ms_until(lim->throttled_until, now);
+		SpinLockRelease(&lim->mutex);
+		return (int) wait;
+	}
+
+	/* grow the rate factor back by 10% a second without throttling */
+	if (lim->rate_factor < 1.0 &&
+		TimestampDifferenceExceeds(lim->factor_changed_at, now, 1000))
+	{
+		lim->rate_factor = Min(1.0, lim->rate_factor * 1.1);
+		lim->factor_changed_at = now;
+	}
+
+	if (courier_tms_rate_limit > 0)
+	{
+		double		rate = courier_tms_rate_limit * lim->rate_factor;
+		double		capacity = Max(rate / 10.0, (double) n);	/* 100 ms burst */
+
+		if (lim->refilled_at == 0)
+		{
+			lim->tokens = capacity;
+			lim->refilled_at = now;
+		}
+		lim->tokens = Min(capacity, lim->tokens +
+						  rate * (double) (now - lim->refilled_at) / 1000000.0);
+		lim->refilled_at = now;
+		if (lim->tokens >= n)
+			lim->tokens -= n;
+		else
+			wait = (long) ((n - lim->tokens) * 1000.0 / rate) + 1;
+	}
+	SpinLockRelease(&lim->mutex);
+	if (wait == 0)
+		pg_atomic_fetch_add_u64(&lim->requests, 1);
+	return (int) wait;
+}
+
+/*
+ * courier_limits_report
+ *		Feed the outcome class of a finished request to the breaker and the
+ *		rate: successes close a probing breaker; failures in a row open it;
+ *		401/403 opens it at once; 429/503 pause everyone for Retry-After and
+ *		halve the rate.
+ */
+void
+courier_limits_report(CourierOutcome outcome, int retry_after_ms)
+{
+	CourierTmsLimits *lim = limits();
+	TimestampTz now = GetCurrentTimestamp();
+	const char *opened = NULL;
+	bool		closed = false;
+
+	SpinLockAcquire(&lim->mutex);
+	switch (outcome)
+	{
+		case COURIER_OUT_DELIVERED:
+		case COURIER_OUT_REJECTED:
+			lim->consecutive_failures = 0;
+			if (lim->breaker != COURIER_BREAKER_CLOSED)
+			{
+				lim->breaker = COURIER_BREAKER_CLOSED;
+				lim->unauthorized = false;
+				closed = true;
+			}
+			break;
+		case COURIER_OUT_THROTTLED:
+			lim->throttled_until = Max(lim->throttled_until,
+									   TimestampTzPlusMilliseconds(now, retry_after_ms));
+			if (TimestampDifferenceExceeds(lim->factor_changed_at, now, 1000))
+			{
+				lim->rate_factor = Max(MIN_RATE_FACTOR, lim->rate_factor / 2.0);
+				lim->factor_changed_at = now;
+			}
+			if (lim->breaker == COURIER_BREAKER_PROBING)
+				lim->breaker = COURIER_BREAKER_CLOSED;	/* it answers */
+			pg_atomic_fetch_add_u64(&lim->throttled, 1);
+			break;
+		case COURIER_OUT_UNAUTHORIZED:
+			if (lim->breaker != COURIER_BREAKER_OPEN)
+				opened = "the TMS refused courier's credentials (HTTP 401/403)";
+			lim->breaker = COURIER_BREAKER_OPEN;
+			lim->breaker_opened_at = now;
+			lim->unauthorized = true;
+			break;
+		case COURIER_OUT_RETRY:
+			lim->consecutive_failures++;
+			if (lim->breaker == COURIER_BREAKER_PROBING ||
+				(lim->breaker == COURIER_BREAKER_CLOSED &&
+				 lim->consecutive_failures >= courier_tms_breaker_threshold))
+			{
+				if (lim->breaker == COURIER_BREAKER_CLOSED)
+					opened = "TMS requests keep failing";
+				lim->breaker = COURIER_BREAKER_OPEN;
+				lim->breaker_opened_at = now;
+			}
+			break;
+		case COURIER_OUT_PENDING:
+			break;
+	}
+	SpinLockRelease(&lim->mutex);
+
+	if (opened)
+	{
+		pg_atomic_fetch_add_u64(&lim->breaker_opened, 1);
+		ereport(WARNING,
+				(errmsg("courier: TMS circuit breaker opened: %s", opened),
+				 errdetail("Sending stops; one probe request is tried every %d ms until the TMS answers.",
+						   courier_tms_breaker_cooldown_ms),
+				 errhint("Check courier.tms_url and the credentials, and the provider's status.")));
+	}
+	if (closed)
+		ereport(LOG,
+				(errmsg("courier: TMS circuit breaker closed: the TMS answers again")));
+}
+
+/*
+ * courier_limits_breaker_open
+ *		True while the breaker is not closed: a sender stops starting new
+ *		requests of its batch.
+ */
+bool
+courier_limits_breaker_open(void)
+{
+	CourierTmsLimits *lim = limits();
+	bool		open;
+
+	SpinLockAcquire(&lim->mutex);
+	open = (lim->breaker == COURIER_BREAKER_OPEN);
+	SpinLockRelease(&lim->mutex);
+	return open;
+}
