@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# courier demo: the whole pipeline on a throwaway cluster.
+#
+#   bash scripts/demo.sh            (as root on Debian 12, or as any user
+#                                    once the packages are installed)
+#
+# Installs what it needs, builds courier and the mock TMS, starts a
+# PostgreSQL 15 cluster in a temporary directory (127.0.0.1, courier
+# preloaded, workers on) and the mock TMS on a free port, then plays the
+# story: 30,000 paid orders, one bulk delay after a rain storm, the logic
+# workers apply it, the TMS workers send the notices; it prints what
+# happened and cleans everything up.
+#
+# Environment: DEMO_ORDERS (default 30000), DEMO_BULK (messages per TMS
+# request, default 100), COURIER_SKIP_DEPS=1 to skip the apt step.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ORDERS=${DEMO_ORDERS:-30000}
+BULK=${DEMO_BULK:-100}
+PGBIN=/usr/lib/postgresql/15/bin
+
+# shellcheck source=test/lib/cluster.sh
+source "$REPO/test/lib/cluster.sh"
+
+say() { printf '\n== %s\n' "$*"; }
+now_ms() { date +%s%3N; }
+
+if [[ -z ${COURIER_SKIP_DEPS:-} && $(id -u) -eq 0 ]]; then
+	say "installing packages (Debian)"
+	bash "$REPO/scripts/install_deps.sh"
+fi
+
+say "building courier and the mock TMS"
+make -s -C "$REPO" PG_CONFIG=$PGBIN/pg_config >/dev/null
+make -s -C "$REPO" PG_CONFIG=$PGBIN/pg_config install >/dev/null
+make -s -C "$REPO/test/mock_tms" >/dev/null
+
+WORK=$(mktemp -d /tmp/courier-demo.XXXXXX)
+chmod 755 "$WORK"
+[[ $(id -u) -eq 0 ]] && chown postgres "$WORK"
+MOCK_PID=
+cleanup() {
+	[[ -n $MOCK_PID ]] && kill "$MOCK_PID" 2>/dev/null || true
+	cluster_stop "$WORK/data" >/dev/null 2>&1 || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say "starting the mock TMS"
+"$REPO/test/mock_tms/mock_tms" --port 0 >"$WORK/mock.out" 2>&1 &
+MOCK_PID=$!
+for _ in $(seq 100); do
+	grep -q listening "$WORK/mock.out" 2>/dev/null && break
+	sleep 0.05
+done
+MOCK=$(sed -n 's/^mock_tms listening on \(.*\)$/\1/p' "$WORK/mock.out")
+[[ -n $MOCK ]] || { echo "mock TMS did not start"; cat "$WORK/mock.out"; exit 1; }
+echo "mock TMS on http://$MOCK"
+mock_stat() { curl -s "http://$MOCK/_stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+
+say "starting a throwaway PostgreSQL 15 cluster"
+cluster_init "$WORK/data" "$WORK/initdb.log"
+cat >>"$WORK/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$WORK'
+shared_preload_libraries = 'courier'
+courier.database = 'postgres'
+courier.tms_url = 'http://$MOCK/send'
+courier.tms_bulk_size = $BULK
+courier.logic_max_workers = 2
+courier.tms_max_workers = 2
+max_worker_processes = 16
+EOF
+cluster_start "$WORK/data" 55600 "$WORK/server.log"
+PORT=$CLUSTER_PORT
+sql() { psql_on "$PORT" postgres -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+echo "cluster on 127.0.0.1:$PORT"
+
+sql -c "CREATE EXTENSION courier"
+
+say "registering $ORDERS paid orders of super-sweet corn"
+t0=$(now_ms)
+sql -c "SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
+	'order_id', g, 'seller_id', 1 + g % 40,
+	'customer_phone', '010-' || lpad((g / 10000)::text, 4, '0') || '-' || lpad((g % 10000)::text, 4, '0'),
+	'product_name', 'Super-sweet corn 10kg',
+	'promised_ship_date', to_char(current_date + 1, 'YYYY-MM-DD'))))
+  FROM generate_series(1, $ORDERS) g" >/dev/null
+sql -c "SELECT courier.request_shipping(array_agg(g)) FROM generate_series(1, $ORDERS) g" >/dev/null
+echo "registered and shipping requested in $(( $(now_ms) - t0 )) ms"
+
+say "the app rejects a bad request, all or nothing"
+sql -c "SELECT courier.delay_orders(ARRAY[1, 2, 999999999], 'rain', current_date + 3)" 2>&1 | sed 's/^/  /' || true
+echo "  requests recorded after the rejected call: $(sql -c 'SELECT count(*) FROM courier.requests')"
+
+say "a storm: the seller delays all $ORDERS orders by 4 days in one call"
+t_start=$(now_ms)
+REQ=$(sql -c "SELECT courier.delay_orders(array_agg(g), 'Heavy rain delayed the harvest', current_date + 5)
+                FROM generate_series(1, $ORDERS) g")
+t_enqueued=$(now_ms)
+echo "request $REQ validated and queued in $(( t_enqueued - t_start )) ms"
+
+t_applied=
+t_sent=
+deadline=$(( $(now_ms) + 120000 ))
+while (( $(now_ms) < deadline )); do
+	if [[ -z $t_applied ]]; then
+		done_n=$(sql -c "SELECT done + failed FROM courier.request_status($REQ)")
+		[[ $done_n -ge $ORDERS ]] && t_applied=$(now_ms)
+	fi
+	delivered=$(mock_stat delivered)
+	if [[ ${delivered:-0} -ge $ORDERS ]]; then
+		t_sent=$(now_ms)
+		[[ -z $t_applied ]] && t_applied=$t_sent
+		break
+	fi
+	sleep 0.01
+done
+
+say "what happened"
+printf '  %-46s %s\n' "orders delayed (logic stage)" "$(sql -c "SELECT done FROM courier.request_status($REQ)")"
+printf '  %-46s %s ms\n' "commit -> all delays applied by the workers" "$(( ${t_applied:-$t_start} - t_start ))"
+printf '  %-46s %s ms\n' "commit -> all notices accepted by the TMS" "$(( ${t_sent:-0} - t_start ))"
+printf '  %-46s %s\n' "TMS requests / messages / delivered / dupes" \
+	"$(mock_stat requests) / $(mock_stat messages_received) / $(mock_stat delivered) / $(mock_stat duplicates)"
+sql -c "SELECT '  notices ' || status || ': ' || count(*) FROM courier.notices GROUP BY status ORDER BY status"
+sql -c "SELECT '  failures: ' || count(*) FROM courier.failures"
+sql -c "SELECT '  items still queued: ' || count(*) FROM courier.work_items"
+echo "  a delivered notice:"
+sql -c "SELECT '    ' || order_id || ' ' || ship_date || ' via ' || channel || ', HTTP ' || http_status
+               || ', provider id ' || provider_id || ', ' || round(latency_ms::numeric, 1) || ' ms'
+          FROM courier.notices WHERE status = 'delivered' ORDER BY order_id LIMIT 1"
+echo "  the workers:"
+sql -c "SELECT '    ' || backend_type || ': ' || coalesce(query, '') FROM pg_stat_activity
+         WHERE backend_type LIKE 'courier%' ORDER BY backend_type"
+if [[ -z $t_sent ]]; then
+	echo "not every notice was delivered within 120 s"
+	exit 1
+fi
