@@ -21,6 +21,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
@@ -39,6 +40,7 @@ PG_FUNCTION_INFO_V1(courier_register_invoice);
 PG_FUNCTION_INFO_V1(courier_delay_orders);
 PG_FUNCTION_INFO_V1(courier_run_once);
 PG_FUNCTION_INFO_V1(courier_backoff_delay);
+PG_FUNCTION_INFO_V1(courier_shared_counters);
 
 /* How many offending values an error message names. */
 #define NAMED_IN_ERROR 5
@@ -855,4 +857,68 @@ courier_backoff_delay(PG_FUNCTION_ARGS)
 
 	result->time = (TimeOffset) (ms * 1000.0);
 	PG_RETURN_INTERVAL_P(result);
+}
+
+/*
+ * courier_shared_counters
+ *		The counters in shared memory as (stage, counter, value) rows, for
+ *		courier.metrics().  Empty when courier is not preloaded.
+ */
+Datum
+courier_shared_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (courier_shared == NULL)
+		return (Datum) 0;
+
+	for (int s = 0; s < COURIER_NUM_STAGES; s++)
+	{
+		CourierStageState *st = &courier_shared->stages[s];
+		struct
+		{
+			const char *name;
+			uint64		value;
+		}			rows[] = {
+			{"done", pg_atomic_read_u64(&st->items_done)},
+			{"failed", pg_atomic_read_u64(&st->items_failed)},
+			{"batches", pg_atomic_read_u64(&st->batches)},
+		};
+
+		for (int i = 0; i < lengthof(rows); i++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, false};
+
+			values[0] = CStringGetTextDatum(courier_stage_name((CourierStage) s));
+			values[1] = CStringGetTextDatum(rows[i].name);
+			values[2] = Int64GetDatum((int64) rows[i].value);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	{
+		CourierTmsLimits *lim = &courier_shared->tms;
+		struct
+		{
+			const char *name;
+			uint64		value;
+		}			rows[] = {
+			{"tms_requests", pg_atomic_read_u64(&lim->requests)},
+			{"tms_throttled", pg_atomic_read_u64(&lim->throttled)},
+			{"tms_breaker_opened", pg_atomic_read_u64(&lim->breaker_opened)},
+		};
+
+		for (int i = 0; i < lengthof(rows); i++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, false};
+
+			values[0] = CStringGetTextDatum("tms");
+			values[1] = CStringGetTextDatum(rows[i].name);
+			values[2] = Int64GetDatum((int64) rows[i].value);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	return (Datum) 0;
 }

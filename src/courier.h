@@ -88,6 +88,9 @@ extern int	courier_tms_max_notice_age_min;
 extern int	courier_tms_breaker_threshold;
 extern int	courier_tms_breaker_cooldown_ms;
 extern char *courier_notice_template;
+extern char *courier_notice_template_v2;
+extern char *courier_alert_url;
+extern int	courier_retention_min;
 
 extern void courier_define_gucs(void);
 
@@ -177,6 +180,8 @@ extern int	courier_tms_run_once(void);
 extern const char *courier_stage_name(CourierStage stage);
 extern CourierStage courier_stage_from_name(const char *name);
 extern bool courier_stage_runnable(CourierStage stage, const char **why);
+extern void courier_define_rollouts(void);
+extern bool courier_switch_is_on(const char *name, int64 key);
 
 /* ----------
  * Claiming and retry state (claim.c, retry.c)

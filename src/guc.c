@@ -56,6 +56,11 @@ int			courier_tms_max_notice_age_min = 1440;
 int			courier_tms_breaker_threshold = 10;
 int			courier_tms_breaker_cooldown_ms = 5000;
 char	   *courier_notice_template = NULL;
+char	   *courier_notice_template_v2 = NULL;
+char	   *courier_alert_url = NULL;
+int			courier_retention_min = 43200;
+char	   *courier_overdue_reason = NULL;
+int			courier_overdue_delay_days = 2;
 
 static const struct config_enum_entry tms_mode_options[] = {
 	{"live", COURIER_TMS_LIVE, false},
@@ -375,6 +380,53 @@ courier_define_gucs(void)
 							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("courier.notice_template_v2",
+							   "Text of a delay notice for orders inside the notice_v2 rollout.",
+							   NULL,
+							   &courier_notice_template_v2,
+							   "[{product}] Sorry! Order {order_id} now ships {new_ship_date}: {reason}.",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+
+	/* Schedules */
+	DefineCustomStringVariable("courier.alert_url",
+							   "URL courier.failure_digest() alerts are POSTed to; empty for NOTIFY only.",
+							   NULL,
+							   &courier_alert_url,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.retention",
+							"Age after which courier.prune() deletes delivered notices, history and discarded failures.",
+							NULL,
+							&courier_retention_min,
+							43200, 1, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MIN,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("courier.overdue_reason",
+							   "Reason courier.sweep_overdue() gives customers whose order missed its invoice deadline.",
+							   NULL,
+							   &courier_overdue_reason,
+							   "Preparing your shipment is taking longer than planned",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.overdue_delay_days",
+							"Days from today to the new ship date courier.sweep_overdue() announces.",
+							NULL,
+							&courier_overdue_delay_days,
+							2, 0, 3650,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	/* Rollout switches: courier.rollout.<name> */
+	courier_define_rollouts();
 
 	MarkGUCPrefixReserved("courier");
 }

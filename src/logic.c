@@ -34,7 +34,8 @@
 /*
  * Apply the delays of the items $1.  An order named by several items of
  * the batch takes the newest request's date; the notice is written only
- * when the promised date really changes, and once per (order, new date).
+ * when the promised date really changes, and once per (order, new date),
+ * in the variant the notice_v2 rollout switch gives the order.
  * Orders that were invoiced, shipped or cancelled (or are gone) meanwhile
  * are skipped.  Every item gets a history row, and leaves the queue.
  */
@@ -59,10 +60,12 @@ static const char *const apply_sql =
 "      FROM latest l"
 "     WHERE o.order_id = l.order_id AND o.promised_ship_date <> l.new_ship_date"
 "    RETURNING o.order_id, l.new_ship_date, o.seller_id, o.customer_phone,"
-"              o.product_name, l.reason"
+"              o.product_name, l.reason,"
+"              CASE WHEN courier.switch_enabled('notice_v2', o.order_id)"
+"                   THEN 'v2' ELSE 'v1' END"
 "), notice AS ("
 "    INSERT INTO courier.notices (order_id, ship_date, seller_id,"
-"                                 customer_phone, product_name, reason)"
+"                                 customer_phone, product_name, reason, variant)"
 "    SELECT * FROM changed"
 "    ON CONFLICT (order_id, ship_date) DO NOTHING"
 "    RETURNING order_id, ship_date, seller_id"

@@ -4,6 +4,12 @@
  *		Stage names and the operator's switches: whether a stage may run
  *		now (the kill switch courier.enabled and the per-stage pauses).
  *
+ * Also the rollout switches: courier.rollout.<name>, a percentage (or
+ * on/off) of orders that take a new path.  Whether an order is in is
+ * decided by a stable hash of the switch name and the order id, so the same
+ * order always takes the same path and raising the percentage only adds
+ * orders.  courier.switch_enabled(name, key) evaluates one from SQL.
+ *
  * The switches are GUCs (guc.c) so that ALTER SYSTEM + pg_reload_conf()
  * reaches running workers; this file only interprets them.  Nothing here
  * touches the database.
@@ -15,7 +21,32 @@
  */
 #include "postgres.h"
 
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
 #include "courier.h"
+
+PG_FUNCTION_INFO_V1(courier_switch_enabled);
+
+/*
+ * The rollout switches courier knows.  PostgreSQL 15's ALTER SYSTEM only
+ * accepts parameters a module defined, so each is a GUC of its own.
+ */
+typedef struct RolloutSwitch
+{
+	const char *name;
+	const char *description;
+	int			boot_percent;
+	char	   *value;			/* the GUC's string, checked by check_rollout */
+} RolloutSwitch;
+
+static RolloutSwitch rollouts[] = {
+	{"notice_v2", "Share of orders whose notices use courier.notice_template_v2.", 0, NULL},
+	{"overdue_sweep", "Share of overdue orders courier.sweep_overdue() notifies.", 100, NULL},
+};
+
+static bool check_rollout(char **newval, void **extra, GucSource source);
 
 static const char *const stage_names[COURIER_NUM_STAGES] = {"logic", "tms"};
 
@@ -82,4 +113,119 @@ courier_stage_runnable(CourierStage stage, const char **why)
 	}
 	*why = NULL;
 	return true;
+}
+
+/*
+ * parse_percent
+ *		"on"/"off"/"true"/"false", or 0 to 100 with an optional "%".
+ */
+static int
+parse_percent(const char *s)
+{
+	char	   *end;
+	long		v;
+
+	if (pg_strcasecmp(s, "on") == 0 || pg_strcasecmp(s, "true") == 0)
+		return 100;
+	if (pg_strcasecmp(s, "off") == 0 || pg_strcasecmp(s, "false") == 0)
+		return 0;
+	v = strtol(s, &end, 10);
+	if (end == s || (*end != '\0' && strcmp(end, "%") != 0) || v < 0 || v > 100)
+		return -1;
+	return (int) v;
+}
+
+static bool
+check_rollout(char **newval, void **extra, GucSource source)
+{
+	if (parse_percent(*newval) < 0)
+	{
+		GUC_check_errdetail("A rollout switch is a percentage from 0 to 100, or on or off.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * courier_define_rollouts
+ *		Define courier.rollout.<name> for every known switch.  Called from
+ *		courier_define_gucs, before the prefix is reserved.
+ */
+void
+courier_define_rollouts(void)
+{
+	for (int i = 0; i < lengthof(rollouts); i++)
+	{
+		char		boot[8];
+
+		snprintf(boot, sizeof(boot), "%d", rollouts[i].boot_percent);
+		DefineCustomStringVariable(psprintf("courier.rollout.%s", rollouts[i].name),
+								   rollouts[i].description,
+								   NULL,
+								   &rollouts[i].value,
+								   pstrdup(boot),
+								   PGC_SIGHUP,
+								   0,
+								   check_rollout, NULL, NULL);
+	}
+}
+
+/*
+ * rollout_bucket
+ *		The order's place, 0 to 99, on a switch's scale: FNV-1a over the
+ *		switch name and the key.  It is stable across processes, restarts
+ *		and versions (no seed, no PostgreSQL hash function that may change),
+ *		and independent between switches.
+ */
+static int
+rollout_bucket(const char *name, int64 key)
+{
+	uint64		h = UINT64CONST(14695981039346656037);
+
+	for (const char *p = name; *p; p++)
+	{
+		h ^= (unsigned char) *p;
+		h *= UINT64CONST(1099511628211);
+	}
+	for (int i = 0; i < 8; i++)
+	{
+		h ^= (unsigned char) ((uint64) key >> (8 * i));
+		h *= UINT64CONST(1099511628211);
+	}
+	return (int) (h % 100);
+}
+
+/*
+ * courier_switch_is_on
+ *		Is key (an order id) inside switch name's rollout?
+ */
+bool
+courier_switch_is_on(const char *name, int64 key)
+{
+	for (int i = 0; i < lengthof(rollouts); i++)
+	{
+		if (strcmp(rollouts[i].name, name) == 0)
+		{
+			int			percent = parse_percent(rollouts[i].value);
+
+			return rollout_bucket(name, key) < percent;
+		}
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("unknown rollout switch \"%s\"", name),
+			 errhint("The switches are notice_v2 and overdue_sweep (courier.rollout.<name>).")));
+	return false;
+}
+
+/*
+ * courier_switch_enabled
+ *		SQL: courier.switch_enabled(name text, key bigint) returns boolean.
+ */
+Datum
+courier_switch_enabled(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_BOOL(courier_switch_is_on(name, PG_GETARG_INT64(1)));
 }

@@ -95,7 +95,8 @@ static const char *const render_sql =
 "SELECT w.item_id, n.customer_phone,"
 "       'dn-' || n.order_id || '-' || to_char(n.ship_date, 'YYYYMMDD') AS key,"
 "       n.created_at < statement_timestamp() - $3 * interval '1 minute' AS expired,"
-"       replace(replace(replace(replace($2,"
+"       replace(replace(replace(replace("
+"           CASE n.variant WHEN 'v2' THEN $4 ELSE $2 END,"
 "           '{order_id}', n.order_id::text),"
 "           '{new_ship_date}', to_char(n.ship_date, 'YYYY-MM-DD')),"
 "           '{product}', n.product_name),"
@@ -223,8 +224,8 @@ tms_lease(TmsBatch *b)
 {
 	int			n;
 	Datum		ids;
-	Oid			argtypes[3] = {INT8ARRAYOID, TEXTOID, INT4OID};
-	Datum		values[3];
+	Oid			argtypes[4] = {INT8ARRAYOID, TEXTOID, INT4OID, TEXTOID};
+	Datum		values[4];
 	MemoryContext old;
 
 	memset(b, 0, sizeof(TmsBatch));
@@ -237,7 +238,8 @@ tms_lease(TmsBatch *b)
 	values[0] = ids;
 	values[1] = CStringGetTextDatum(courier_notice_template);
 	values[2] = Int32GetDatum(courier_tms_max_notice_age_min);
-	courier_execute_kept(&render_plan, render_sql, 3, argtypes, values, NULL,
+	values[3] = CStringGetTextDatum(courier_notice_template_v2);
+	courier_execute_kept(&render_plan, render_sql, 4, argtypes, values, NULL,
 						 SPI_OK_SELECT);
 
 	old = MemoryContextSwitchTo(batch_context);
