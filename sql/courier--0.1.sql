@@ -62,6 +62,7 @@ CREATE TABLE courier.work_items (
 	attempts			integer NOT NULL DEFAULT 0,
 	not_before			timestamptz NOT NULL DEFAULT now(),
 	leased_by			integer,
+	solo				boolean NOT NULL DEFAULT false,
 	errors				jsonb NOT NULL DEFAULT '[]',
 	created_at			timestamptz NOT NULL DEFAULT now(),
 	CHECK ((stage = 'logic') = (request_id IS NOT NULL)),
@@ -77,6 +78,8 @@ COMMENT ON COLUMN courier.work_items.not_before IS
 	'The item is not claimed before this time: now for new work, the back-off after a failed attempt, the lease expiry while a sender holds it.';
 COMMENT ON COLUMN courier.work_items.leased_by IS
 	'pid of the sender holding a lease; the lease ends at not_before, so a dead sender''s items fall due again by themselves.';
+COMMENT ON COLUMN courier.work_items.solo IS
+	'The item''s batch died as a whole: it is retried alone, so only the culprit pays another attempt.';
 COMMENT ON COLUMN courier.work_items.errors IS
 	'One object per failed attempt: at, error, sqlstate, http_status.';
 

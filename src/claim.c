@@ -39,7 +39,7 @@
 
 /* The due items of a stage, oldest first; %s is the stage name. */
 #define DUE_ITEMS_SQL \
-	"SELECT item_id, leased_by FROM courier.work_items " \
+	"SELECT item_id, leased_by, solo FROM courier.work_items " \
 	" WHERE stage = '%s' AND not_before <= statement_timestamp() " \
 	" ORDER BY not_before, item_id " \
 	" LIMIT $1 FOR UPDATE SKIP LOCKED"
@@ -57,7 +57,6 @@ static SPIPlanPtr lease_plans[COURIER_NUM_STAGES];
 
 static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
-static void remember_claim(Datum ids);
 
 /*
  * prepare_kept
@@ -155,7 +154,8 @@ execute_claim(SPIPlanPtr plan, Datum *values, int expected)
 /*
  * courier_claim_due
  *		Lock up to limit due items of a stage for the current transaction and
- *		return their ids as an int8[] (in ascending claim order).
+ *		return their ids as an int8[] (in ascending claim order).  The claim's
+ *		rows (item_id, leased_by, solo) stay in SPI_tuptable for the caller.
  */
 Datum
 courier_claim_due(CourierStage stage, int limit, int *nclaimed)
@@ -170,16 +170,17 @@ courier_claim_due(CourierStage stage, int limit, int *nclaimed)
 										  1, argtypes);
 	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
 	result = courier_ids_to_array(nclaimed);
-	remember_claim(result);
+	courier_remember_claim(result);
 	return result;
 }
 
 /*
- * remember_claim
- *		Copy the ids of a claim to last_claim (TopMemoryContext).
+ * courier_remember_claim
+ *		Copy the ids of a claim to last_claim (TopMemoryContext): the items
+ *		a batch death is charged to.
  */
-static void
-remember_claim(Datum ids)
+void
+courier_remember_claim(Datum ids)
 {
 	ArrayType  *arr = DatumGetArrayTypeP(ids);
 	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
@@ -255,7 +256,7 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 		uint64		processed = SPI_processed;
 		int			n;
 
-		remember_claim(courier_ids_to_array(&n));
+		courier_remember_claim(courier_ids_to_array(&n));
 		SPI_tuptable = tuptable;
 		SPI_processed = processed;
 	}

@@ -193,6 +193,7 @@ extern int	courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
 extern Datum courier_ids_to_array(int *n);
 extern Datum courier_claim_due(CourierStage stage, int limit, int *nclaimed);
 extern Datum courier_last_claim(int *n);
+extern void courier_remember_claim(Datum ids);
 extern int	courier_lease_due(CourierStage stage, int limit, int lease_ms);
 extern long courier_next_due_ms(CourierStage stage);
 extern void courier_charge_attempt(Datum item_ids, const char *error,
@@ -200,6 +201,8 @@ extern void courier_charge_attempt(Datum item_ids, const char *error,
 								   bool permanent);
 extern void courier_charge_items(Datum ids, Datum errors, Datum sqlstates,
 								 Datum http, Datum permanent, Datum unknown);
+extern void courier_charge_lost_batch(Datum item_ids, const char *error,
+									  const char *sqlstate);
 extern double courier_backoff_ms(int attempt);
 
 /* ----------

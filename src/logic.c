@@ -114,6 +114,25 @@ courier_logic_run_batch(void)
 
 	deconstruct_array(DatumGetArrayTypeP(claimed), INT8OID, 8,
 					  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &ids, NULL, &n);
+
+	/*
+	 * An item whose batch died as a whole is retried alone, in a batch of
+	 * its own, so that only the culprit is charged again; the other claimed
+	 * items are left untouched and unlocked at commit.
+	 */
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i],
+									   SPI_tuptable->tupdesc, 3, &isnull)))
+		{
+			ids = &ids[i];
+			n = 1;
+			courier_remember_claim(ids_array(ids, 1));
+			break;
+		}
+	}
 	failed = apply_isolating_failures(ids, n);
 	if (failed < n)
 		courier_wake_stage_at_commit(COURIER_STAGE_TMS);

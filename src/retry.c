@@ -155,3 +155,23 @@ courier_charge_attempt(Datum item_ids, const char *error, const char *sqlstate,
 						 PointerGetDatum(construct_array(perms, n, BOOLOID, 1, true, TYPALIGN_CHAR)),
 						 PointerGetDatum(construct_array(unknowns, n, BOOLOID, 1, true, TYPALIGN_CHAR)));
 }
+
+/*
+ * courier_charge_lost_batch
+ *		A batch died as a whole (an error no subtransaction could isolate,
+ *		such as a cancel): charge every item an attempt and mark it solo, so
+ *		the logic stage retries each alone and only the culprit pays again.
+ */
+void
+courier_charge_lost_batch(Datum item_ids, const char *error, const char *sqlstate)
+{
+	static SPIPlanPtr solo_plan = NULL;
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		values[1] = {item_ids};
+
+	courier_charge_attempt(item_ids, error, sqlstate, 0, false);
+	courier_execute_kept(&solo_plan,
+						 "UPDATE courier.work_items SET solo = true"
+						 " WHERE item_id = ANY ($1)",
+						 1, argtypes, values, NULL, SPI_OK_UPDATE);
+}

@@ -86,6 +86,7 @@ courier_worker_main(Datum main_arg)
 		long		sleep_ms = courier_idle_wakeup_ms;
 		int			handled = 0;
 		long		wait;
+		const char *activity;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -94,12 +95,13 @@ courier_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		activity = idle_activity;
 		if (!courier_stage_runnable(my_stage, &why))
-			pgstat_report_activity(STATE_IDLE, why);
+			activity = why;
 		else if (my_stage == COURIER_STAGE_TMS &&
 				 (wait = courier_limits_send_wait_ms(&why)) > 0)
 		{
-			pgstat_report_activity(STATE_IDLE, why);
+			activity = why;
 			sleep_ms = wait;
 		}
 		else
@@ -132,8 +134,7 @@ courier_worker_main(Datum main_arg)
 
 		if (should_retire())
 			proc_exit(0);
-		if (sleep_ms == courier_idle_wakeup_ms || handled == 0)
-			pgstat_report_activity(STATE_IDLE, idle_activity);
+		pgstat_report_activity(STATE_IDLE, activity);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 sleep_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -264,8 +265,8 @@ charge_lost_batch(ErrorData *edata)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	courier_charge_attempt(ids, edata->message,
-						   unpack_sql_state(edata->sqlerrcode), 0, false);
+	courier_charge_lost_batch(ids, edata->message,
+							  unpack_sql_state(edata->sqlerrcode));
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
