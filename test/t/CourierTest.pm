@@ -1,0 +1,261 @@
+
+# CourierTest.pm
+#	Shared helpers of courier's TAP tests (test/t/*.pl): a preloaded
+#	throwaway cluster with the extension created, bulk set-up of orders and
+#	delay requests done server-side (so the statements in the server log
+#	stay short), counting queries, and polling a condition with a deadline.
+#
+# Waiting is always polling with a deadline, never a bare sleep.  The
+# polling here tolerates connection errors, so it also waits across a
+# crash restart or a server start.
+#
+# The tests find this module through "use lib" on their own directory, so
+# they run under plain prove as well as under test/run_all.sh.
+
+package CourierTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+our @EXPORT = qw(
+  courier_node
+  register_orders
+  delay_orders
+  query
+  poll_until
+  poll_for
+  check_nothing_lost
+  logic_workers
+  log_offset
+  poll_log
+);
+
+# The settings every courier test cluster runs with; a test adds its own
+# after these (later lines win in postgresql.conf).
+my $BASE_CONF = <<'EOC';
+shared_preload_libraries = 'courier'
+courier.database = 'postgres'
+max_worker_processes = 16
+courier.retry_base = '10ms'
+EOC
+
+# courier_node(NAME, conf => EXTRA_CONF, create => 1)
+#	A started cluster with courier preloaded and (unless create => 0) the
+#	extension created in the database postgres, which is where the
+#	launcher starts workers.
+sub courier_node
+{
+	my ($name, %opt) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+
+	$node->init;
+	$node->append_conf('postgresql.conf', $BASE_CONF);
+	$node->append_conf('postgresql.conf', $opt{conf}) if defined $opt{conf};
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION courier')
+	  if $opt{create} // 1;
+	return $node;
+}
+
+# register_orders(NODE, FIRST_ID, LAST_ID)
+#	Register the orders FIRST_ID..LAST_ID (promised in 3 days), in calls of
+#	at most 100,000 (courier.max_orders_per_request).  Returns how many.
+sub register_orders
+{
+	my ($node, $first, $last) = @_;
+	my $n = 0;
+
+	for (my $lo = $first; $lo <= $last; $lo += 100_000)
+	{
+		my $hi = $lo + 99_999 > $last ? $last : $lo + 99_999;
+
+		$n += $node->safe_psql(
+			'postgres', qq{
+			SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
+				'order_id', g,
+				'seller_id', g % 50 + 1,
+				'customer_phone', format('010-%s-%s',
+					lpad((g / 10000 % 10000)::text, 4, '0'),
+					lpad((g % 10000)::text, 4, '0')),
+				'product_name', 'super-sweet corn 10kg',
+				'promised_ship_date', to_char(current_date + 3, 'YYYY-MM-DD'))))
+			  FROM generate_series($lo, $hi) AS g});
+	}
+	return $n;
+}
+
+# delay_orders(NODE, FIRST_ID, LAST_ID, DAYS)
+#	One delay request for the orders FIRST_ID..LAST_ID to today + DAYS
+#	(default 10); returns the request id.
+sub delay_orders
+{
+	my ($node, $first, $last, $days) = @_;
+	$days //= 10;
+	return $node->safe_psql(
+		'postgres', qq{
+		SELECT courier.delay_orders(
+			array(SELECT generate_series($first, $last)::bigint),
+			'harvest delayed by rain', current_date + $days)});
+}
+
+# query(NODE, SQL): the result of SQL in the database postgres (dies on error).
+sub query
+{
+	my ($node, $sql) = @_;
+	return $node->safe_psql('postgres', $sql);
+}
+
+# poll_until(NODE, SQL, EXPECTED, TIMEOUT_SECONDS)
+#	Run SQL every 100 ms until its output equals EXPECTED or the deadline
+#	passes.  Errors (server restarting, not yet accepting connections) count
+#	as "not yet".  Returns true on success; on timeout prints the last
+#	output and returns false, so the caller's ok() fails with it.
+sub poll_until
+{
+	my ($node, $sql, $expected, $timeout) = @_;
+	my $deadline = time() + ($timeout // 60);
+	my ($out, $err) = ('', '');
+
+	while (1)
+	{
+		my $timed_out = 0;
+		$node->psql(
+			'postgres', $sql,
+			stdout => \$out,
+			stderr => \$err,
+			timeout => 30,
+			timed_out => \$timed_out);
+		$err = 'psql timed out' if $timed_out;
+		chomp $out;
+		return 1 if $out eq $expected && $err eq '';
+		last if time() > $deadline;
+		usleep(100_000);
+	}
+	diag("poll_until timed out after ${timeout}s\n  query: $sql\n"
+		  . "  expected: $expected\n  last output: $out\n  last stderr: $err");
+	return 0;
+}
+
+# poll_for(NODE, SQL, TIMEOUT_SECONDS)
+#	Run SQL every 100 ms until it returns a non-empty result, and return
+#	that result; undef (after a diagnostic) when the deadline passes.
+sub poll_for
+{
+	my ($node, $sql, $timeout) = @_;
+	my $deadline = time() + ($timeout // 60);
+	my ($out, $err) = ('', '');
+
+	while (1)
+	{
+		my $timed_out = 0;
+		$node->psql(
+			'postgres', $sql,
+			stdout => \$out,
+			stderr => \$err,
+			timeout => 30,
+			timed_out => \$timed_out);
+		$err = 'psql timed out' if $timed_out;
+		chomp $out;
+		return $out if $out ne '' && $err eq '';
+		last if time() > $deadline;
+		usleep(100_000);
+	}
+	diag("poll_for timed out after ${timeout}s\n  query: $sql\n"
+		  . "  last stderr: $err");
+	return undef;
+}
+
+# check_nothing_lost(NODE, REQUEST_ID, FIRST_ID, LAST_ID, DAYS)
+#	After a request for the orders FIRST_ID..LAST_ID (to today + DAYS) has
+#	drained: every order is in exactly one of done (history), failed
+#	(failures) or pending (logic queue), with nothing failed or pending,
+#	no order twice in the history, and exactly one notice and one tms item
+#	per order.  Emits the assertions itself.
+sub check_nothing_lost
+{
+	my ($node, $req, $first, $last, $days) = @_;
+	my $n = $last - $first + 1;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+	is(query($node,
+		"SELECT total, done, failed, pending FROM courier.request_status($req)"),
+		"$n|$n|0|0", "request_status: $n total, $n done, 0 failed, 0 pending");
+	is(query($node, qq{
+		WITH o AS (SELECT order_id FROM courier.orders
+					WHERE order_id BETWEEN $first AND $last),
+			 h AS (SELECT order_id, count(*) AS n FROM courier.delay_history
+					WHERE request_id = $req GROUP BY order_id),
+			 f AS (SELECT order_id, count(*) AS n FROM courier.failures
+					WHERE request_id = $req AND stage = 'logic' GROUP BY order_id),
+			 w AS (SELECT order_id, count(*) AS n FROM courier.work_items
+					WHERE request_id = $req AND stage = 'logic' GROUP BY order_id)
+		SELECT count(*) FILTER (WHERE coalesce(h.n, 0) + coalesce(f.n, 0) + coalesce(w.n, 0) = 1),
+			   count(*) FILTER (WHERE coalesce(h.n, 0) + coalesce(f.n, 0) + coalesce(w.n, 0) <> 1)
+		  FROM o LEFT JOIN h USING (order_id) LEFT JOIN f USING (order_id)
+				 LEFT JOIN w USING (order_id)}),
+		"$n|0", "each of the $n orders is in exactly one of done, failed, pending");
+	is(query($node,
+		"SELECT count(*), count(DISTINCT order_id) FROM courier.delay_history"
+		  . " WHERE request_id = $req"),
+		"$n|$n", "$n history rows, no order twice");
+	is(query($node,
+		"SELECT count(*) FROM courier.work_items"
+		  . " WHERE stage = 'logic' AND request_id = $req"),
+		'0', 'no logic item of the request is left');
+	is(query($node,
+		"SELECT count(*) FROM courier.failures WHERE request_id = $req"),
+		'0', 'no item of the request failed');
+	is(query($node,
+		"SELECT count(*), count(DISTINCT order_id) FROM courier.notices"
+		  . " WHERE order_id BETWEEN $first AND $last"
+		  . "   AND ship_date = current_date + $days"),
+		"$n|$n", "notices == orders: one notice per order ($n)");
+	is(query($node,
+		"SELECT count(*), count(DISTINCT order_id) FROM courier.work_items"
+		  . " WHERE stage = 'tms' AND order_id BETWEEN $first AND $last"),
+		"$n|$n", "one tms item per notice ($n)");
+	return;
+}
+
+# logic_workers(NODE): how many logic workers pg_stat_activity shows.
+sub logic_workers
+{
+	my ($node) = @_;
+	return query($node,
+		"SELECT count(*) FROM pg_stat_activity"
+		  . " WHERE backend_type = 'courier logic worker'");
+}
+
+# log_offset(NODE): the current size of the server log, to look only at
+# what is logged after this point.
+sub log_offset
+{
+	my ($node) = @_;
+	return -s $node->logfile;
+}
+
+# poll_log(NODE, REGEX, OFFSET, TIMEOUT_SECONDS)
+#	Read the server log from OFFSET every 100 ms until REGEX matches or the
+#	deadline passes; returns whether it matched.
+sub poll_log
+{
+	my ($node, $regex, $offset, $timeout) = @_;
+	my $deadline = time() + ($timeout // 60);
+
+	while (1)
+	{
+		return 1 if slurp_file($node->logfile, $offset) =~ $regex;
+		last if time() > $deadline;
+		usleep(100_000);
+	}
+	diag("poll_log timed out after ${timeout}s waiting for $regex");
+	return 0;
+}
+
+1;
