@@ -168,6 +168,8 @@ extern int	courier_slots_in_use(CourierStage stage);
  * ----------
  */
 extern void courier_limits_init(CourierTmsLimits *lim);
+extern int	courier_post_json(const char *url, const char *json, char *error,
+							  size_t errlen);
 extern long courier_limits_send_wait_ms(const char **why);
 extern int	courier_tms_worker_batch(volatile sig_atomic_t *stop_requested,
 									 long *sleep_ms);

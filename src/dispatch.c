@@ -91,6 +91,7 @@ static void set_outcome(CourierMessage *m, CourierOutcome outcome, bool unknown,
 static void apply_results(Transfer *t, CourierMessage *msgs, int http_status);
 static void add_hmac_headers(Transfer *t);
 static void release_transfer(Transfer *t);
+static size_t discard_cb(char *ptr, size_t size, size_t nmemb, void *userdata);
 
 /*
  * dispatch_init
@@ -197,6 +198,12 @@ write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	t->resp_len += n;
 	t->resp[t->resp_len] = '\0';
 	return n;
+}
+
+static size_t
+discard_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	return size * nmemb;
 }
 
 /*
@@ -752,4 +759,53 @@ apply_results(Transfer *t, CourierMessage *msgs, int http_status)
 			msgs[match].provider_id[len] = '\0';
 		}
 	}
+}
+
+/*
+ * courier_post_json
+ *		POST one JSON document (an alert) to url, with the TMS stage's TLS
+ *		and timeout settings, and return the HTTP status (0 when no answer
+ *		came; *error then says why).  Blocking, bounded by
+ *		courier.tms_timeout; the caller holds no transaction.
+ */
+int
+courier_post_json(const char *url, const char *json, char *error, size_t errlen)
+{
+	CURL	   *easy;
+	struct curl_slist *headers = NULL;
+	CURLcode	rc;
+	long		http = 0;
+	char		errbuf[CURL_ERROR_SIZE] = "";
+
+	dispatch_init();
+	easy = curl_easy_init();
+	if (easy == NULL)
+	{
+		strlcpy(error, "curl_easy_init failed", errlen);
+		return 0;
+	}
+	headers = curl_slist_append(headers, "Content-Type: application/json");
+	curl_easy_setopt(easy, CURLOPT_URL, url);
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, json);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) courier_tms_timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) courier_tms_connect_timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, courier_tms_tls_verify ? 1L : 0L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, courier_tms_tls_verify ? 2L : 0L);
+	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, discard_cb);
+
+	rc = curl_easy_perform(easy);
+	if (rc == CURLE_OK)
+		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &http);
+	else
+		snprintf(error, errlen, "%s%s%s", curl_easy_strerror(rc),
+				 errbuf[0] ? ": " : "", errbuf);
+	if (rc == CURLE_OK && (http < 200 || http >= 300))
+		snprintf(error, errlen, "alert URL answered HTTP %ld", http);
+	curl_slist_free_all(headers);
+	curl_easy_cleanup(easy);
+	return (int) http;
 }

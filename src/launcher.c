@@ -7,7 +7,9 @@
  *		database courier.database, adding workers while the backlog grows.
  *
  * Workers retire themselves when idle (worker.c); the launcher only
- * starts them, so the two never race over who stops whom.  When
+ * starts them, so the two never race over who stops whom.  The launcher
+ * also POSTs alerts (courier.alerts, raised by failure_digest) to
+ * courier.alert_url, outside any transaction.  When
  * max_worker_processes has no free slot the launcher says so, keeps the
  * workers it has and tries again later.
  *
@@ -19,6 +21,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -27,7 +30,9 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -45,6 +50,7 @@ static int	due_backlog(CourierStage stage, int cap);
 static void balance_stage(CourierStage stage, bool ready);
 static bool start_worker(CourierStage stage);
 static void launcher_detach(int code, Datum arg);
+static void post_alerts(void);
 
 static TimestampTz last_no_slot_warning = 0;
 
@@ -109,6 +115,8 @@ courier_launcher_main(Datum main_arg)
 		ready = extension_ready();
 		for (int s = 0; s < COURIER_NUM_STAGES; s++)
 			balance_stage((CourierStage) s, ready);
+		if (ready && courier_alert_url[0] != '\0')
+			post_alerts();
 		pgstat_report_stat(false);
 		pgstat_report_activity(STATE_IDLE, ready ? "balancing worker pools" :
 							   "waiting for CREATE EXTENSION courier");
@@ -261,4 +269,72 @@ due_backlog(CourierStage stage, int cap)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	return n;
+}
+
+/*
+ * post_alerts
+ *		POST the alerts not yet posted to courier.alert_url: read them in one
+ *		transaction, post with none open, record each result in another.  An
+ *		alert is tried at most ten times.
+ */
+static void
+post_alerts(void)
+{
+	int			n;
+	int64		ids[5];
+	char	   *payloads[5];
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute("SELECT alert_id, payload::text FROM courier.alerts"
+					" WHERE posted_at IS NULL AND post_attempts < 10"
+					" ORDER BY alert_id LIMIT 5", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not read alerts");
+	n = (int) SPI_processed;
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		payloads[i] = MemoryContextStrdup(TopMemoryContext,
+										  SPI_getvalue(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 2));
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	for (int i = 0; i < n; i++)
+	{
+		char		error[256] = "";
+		int			http = courier_post_json(courier_alert_url, payloads[i],
+											 error, sizeof(error));
+		bool		ok = (http >= 200 && http < 300);
+		Oid			argtypes[3] = {INT8OID, BOOLOID, TEXTOID};
+		Datum		values[3] = {Int64GetDatum(ids[i]), BoolGetDatum(ok),
+		CStringGetTextDatum(error)};
+
+		if (!ok)
+			ereport(WARNING,
+					(errmsg("courier could not post alert " INT64_FORMAT " to courier.alert_url: %s",
+							ids[i], error)));
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_execute_with_args("UPDATE courier.alerts"
+								  "   SET post_attempts = post_attempts + 1,"
+								  "       posted_at = CASE WHEN $2 THEN now() END,"
+								  "       post_error = nullif($3, '')"
+								  " WHERE alert_id = $1",
+								  3, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "courier: could not record an alert");
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pfree(payloads[i]);
+	}
 }

@@ -164,7 +164,7 @@ courier_define_rollouts(void)
 								   NULL,
 								   &rollouts[i].value,
 								   pstrdup(boot),
-								   PGC_SIGHUP,
+								   PGC_SUSET,
 								   0,
 								   check_rollout, NULL, NULL);
 	}
