@@ -25,7 +25,7 @@ OBJS = \
 EXTENSION = courier
 DATA = sql/courier--0.1.sql
 
-REGRESS = register_orders delay_orders logic_stage failures
+REGRESS = register_orders delay_orders logic_stage failures operating
 REGRESS_OPTS = --load-extension=courier
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -367,7 +367,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
 	cutoff timestamptz := now() - coalesce(retention,
-		make_interval(mins => current_setting('courier.retention')::integer));
+		current_setting('courier.retention')::interval);
 	n bigint;
 BEGIN
 	IF chunk IS NULL OR chunk < 1 THEN
