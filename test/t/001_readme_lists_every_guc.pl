@@ -19,11 +19,16 @@ sub slurp
 my $guc_c = slurp("$repo/src/guc.c");
 my $readme = slurp("$repo/README.md");
 
-my %defined = map { $_ => 1 } ($guc_c =~ /DefineCustom\w+Variable\(\s*"(courier\.[a-z_.]+)"/g);
+my $switches_c = slurp("$repo/src/switches.c");
+
+# the parameters of guc.c, and the rollout switches switches.c defines
+my %defined = map { $_ => 1 } ($guc_c =~ /DefineCustom\w+Variable\(\s*"(courier\.[a-z0-9_.]+)"/g);
+my ($rollouts) = $switches_c =~ /static RolloutSwitch rollouts\[\] = \{(.*?)\};/s;
+$defined{"courier.rollout.$_"} = 1 for ($rollouts // '') =~ /\{"([a-z_0-9]+)",/g;
 my ($config) = $readme =~ /^## Configuration\n(.*?)^## /ms;
 ok(defined $config, 'README has a Configuration section');
 $config //= '';
-my %documented = map { $_ => 1 } ($config =~ /^\|\s*`(courier\.[a-z_.]+)`\s*\|/mg);
+my %documented = map { $_ => 1 } ($config =~ /^\|\s*`(courier\.[a-z0-9_.]+)`\s*\|/mg);
 
 cmp_ok(scalar(keys %defined), '>', 20, 'src/guc.c defines the parameters');
 for my $name (sort keys %defined)
