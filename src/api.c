@@ -59,6 +59,8 @@ typedef struct OrderInput
 static Datum *check_order_ids(ArrayType *arr, const char *argname, int *n);
 static void check_no_duplicates(Datum *ids, int n, const char *argname);
 static void report_unusable_orders(Datum ids_array, const char *action);
+static int64 find_offending_orders(Datum ids_array, const char *join_where,
+								   bool with_status, StringInfo list);
 static void parse_order(JsonbValue *elem, int index, OrderInput *out);
 static JsonbValue *order_field(JsonbContainer *obj, const char *key,
 							   int index, bool required);
@@ -170,32 +172,14 @@ check_no_duplicates(Datum *ids, int n, const char *argname)
 static void
 report_unusable_orders(Datum ids_array, const char *action)
 {
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1] = {ids_array};
 	StringInfoData list;
-	uint64		nrows;
+	int64		total;
 
-	if (SPI_execute_with_args(
-			"SELECT u.id, o.status::text, count(*) OVER ()"
-			"  FROM unnest($1) WITH ORDINALITY AS u(id, ord)"
-			"  LEFT JOIN courier.orders o ON o.order_id = u.id"
-			" WHERE o.order_id IS NULL"
-			" ORDER BY u.ord LIMIT " CppAsString2(NAMED_IN_ERROR),
-			1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "courier: could not look up unknown orders");
-	nrows = SPI_processed;
-	if (nrows > 0)
-	{
-		bool		isnull;
-		int64		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc,
-														3, &isnull));
-
-		initStringInfo(&list);
-		for (uint64 i = 0; i < nrows; i++)
-			appendStringInfo(&list, "%s%s", i ? ", " : "",
-							 SPI_getvalue(SPI_tuptable->vals[i],
-										  SPI_tuptable->tupdesc, 1));
+	total = find_offending_orders(ids_array,
+								  "LEFT JOIN courier.orders o ON o.order_id = u.id"
+								  " WHERE o.order_id IS NULL",
+								  false, &list);
+	if (total > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("%lld unknown order id%s", (long long) total,
@@ -203,31 +187,12 @@ report_unusable_orders(Datum ids_array, const char *action)
 				 errdetail("Not registered: %s%s.", list.data,
 						   total > NAMED_IN_ERROR ? ", ..." : ""),
 				 errhint("Register orders with courier.register_orders() first.")));
-	}
 
-	if (SPI_execute_with_args(
-			"SELECT u.id, o.status::text, count(*) OVER ()"
-			"  FROM unnest($1) WITH ORDINALITY AS u(id, ord)"
-			"  JOIN courier.orders o ON o.order_id = u.id"
-			" WHERE o.status NOT IN ('paid', 'shipping_requested')"
-			" ORDER BY u.ord LIMIT " CppAsString2(NAMED_IN_ERROR),
-			1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "courier: could not look up closed orders");
-	nrows = SPI_processed;
-	if (nrows > 0)
-	{
-		bool		isnull;
-		int64		total = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc,
-														3, &isnull));
-
-		initStringInfo(&list);
-		for (uint64 i = 0; i < nrows; i++)
-			appendStringInfo(&list, "%sorder %s is %s", i ? ", " : "",
-							 SPI_getvalue(SPI_tuptable->vals[i],
-										  SPI_tuptable->tupdesc, 1),
-							 SPI_getvalue(SPI_tuptable->vals[i],
-										  SPI_tuptable->tupdesc, 2));
+	total = find_offending_orders(ids_array,
+								  "JOIN courier.orders o ON o.order_id = u.id"
+								  " WHERE o.status NOT IN ('paid', 'shipping_requested')",
+								  true, &list);
+	if (total > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot %s %lld order%s that %s already closed",
@@ -236,8 +201,45 @@ report_unusable_orders(Datum ids_array, const char *action)
 				 errdetail("Closed: %s%s.", list.data,
 						   total > NAMED_IN_ERROR ? ", ..." : ""),
 				 errhint("Only paid or shipping_requested orders can be changed.")));
-	}
+
 	elog(ERROR, "courier: orders changed while the request was validated");
+}
+
+/*
+ * find_offending_orders
+ *		Count the ids of a request that the join-and-filter clause keeps, and
+ *		list the first few in *list ("5, 9" or, with_status, "order 5 is
+ *		shipped, order 9 is cancelled") in the order the caller gave them.
+ */
+static int64
+find_offending_orders(Datum ids_array, const char *join_where, bool with_status,
+					  StringInfo list)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		values[1] = {ids_array};
+	bool		isnull;
+
+	if (SPI_execute_with_args(psprintf("SELECT u.id, o.status::text, count(*) OVER ()"
+									   "  FROM unnest($1) WITH ORDINALITY AS u(id, ord) %s"
+									   " ORDER BY u.ord LIMIT %d",
+									   join_where, NAMED_IN_ERROR),
+							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not look up the offending orders");
+	initStringInfo(list);
+	if (SPI_processed == 0)
+		return 0;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *id = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		if (with_status)
+			appendStringInfo(list, "%sorder %s is %s", i ? ", " : "", id,
+							 SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2));
+		else
+			appendStringInfo(list, "%s%s", i ? ", " : "", id);
+	}
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									   3, &isnull));
 }
 
 static Datum

@@ -219,6 +219,8 @@ extern int	courier_run_batch(CourierStage stage);
  * ----------
  */
 extern void courier_register_launcher(void);
+extern void courier_begin_transaction(void);
+extern void courier_commit_transaction(void);
 extern PGDLLEXPORT void courier_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void courier_worker_main(Datum main_arg);
 

@@ -229,17 +229,12 @@ extension_ready(void)
 {
 	bool		ready;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	courier_begin_transaction();
 	if (SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'courier'",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not look up pg_extension");
 	ready = SPI_processed > 0;
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	courier_commit_transaction();
 	return ready;
 }
 
@@ -254,10 +249,7 @@ due_backlog(CourierStage stage, int cap)
 	int			n;
 	bool		isnull;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	courier_begin_transaction();
 	if (SPI_execute(psprintf("SELECT count(*)::int FROM (SELECT 1 FROM courier.work_items"
 							 " WHERE stage = '%s' AND not_before <= now() LIMIT %d) d",
 							 courier_stage_name(stage), cap),
@@ -265,9 +257,7 @@ due_backlog(CourierStage stage, int cap)
 		elog(ERROR, "courier: could not count the backlog");
 	n = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 									SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	courier_commit_transaction();
 	return n;
 }
 
@@ -284,10 +274,7 @@ post_alerts(void)
 	int64		ids[5];
 	char	   *payloads[5];
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	courier_begin_transaction();
 	if (SPI_execute("SELECT alert_id, payload::text FROM courier.alerts"
 					" WHERE posted_at IS NULL AND post_attempts < 10"
 					" ORDER BY alert_id LIMIT 5", true, 0) != SPI_OK_SELECT)
@@ -303,9 +290,7 @@ post_alerts(void)
 										  SPI_getvalue(SPI_tuptable->vals[i],
 													   SPI_tuptable->tupdesc, 2));
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	courier_commit_transaction();
 
 	for (int i = 0; i < n; i++)
 	{
@@ -321,10 +306,7 @@ post_alerts(void)
 			ereport(WARNING,
 					(errmsg("courier could not post alert " INT64_FORMAT " to courier.alert_url: %s",
 							ids[i], error)));
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
+		courier_begin_transaction();
 		if (SPI_execute_with_args("UPDATE courier.alerts"
 								  "   SET post_attempts = post_attempts + 1,"
 								  "       posted_at = CASE WHEN $2 THEN now() END,"
@@ -332,9 +314,7 @@ post_alerts(void)
 								  " WHERE alert_id = $1",
 								  3, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "courier: could not record an alert");
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		courier_commit_transaction();
 		pfree(payloads[i]);
 	}
 }

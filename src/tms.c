@@ -78,8 +78,6 @@ static int	euckr_length(const char *text);
 static void tms_send(TmsBatch *b);
 static void tms_record(TmsBatch *b);
 static bool stop_requested(void);
-static void begin_batch_transaction(void);
-static void commit_batch_transaction(void);
 
 static const CourierDispatchHooks hooks = {
 	courier_limits_acquire,
@@ -148,20 +146,20 @@ courier_tms_worker_batch(volatile sig_atomic_t *stop, long *sleep_ms)
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextReset(batch_context);
 
-	begin_batch_transaction();
+	courier_begin_transaction();
 	tms_lease(&batch);
 	if (batch.n == 0)
 		*sleep_ms = Min(*sleep_ms, courier_next_due_ms(COURIER_STAGE_TMS));
-	commit_batch_transaction();
+	courier_commit_transaction();
 	if (batch.n == 0)
 		return 0;
 
 	pgstat_report_activity(STATE_RUNNING, "tms: sending");
 	tms_send(&batch);
 
-	begin_batch_transaction();
+	courier_begin_transaction();
 	tms_record(&batch);
-	commit_batch_transaction();
+	courier_commit_transaction();
 	return batch.n;
 }
 
@@ -186,24 +184,6 @@ courier_tms_run_once(void)
 	tms_send(&batch);
 	tms_record(&batch);
 	return batch.n;
-}
-
-static void
-begin_batch_transaction(void)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-}
-
-static void
-commit_batch_transaction(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
 }
 
 static bool

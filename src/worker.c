@@ -221,10 +221,7 @@ run_batch_transaction(long *sleep_ms)
 {
 	int			handled;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	courier_begin_transaction();
 	pgstat_report_activity(STATE_RUNNING, courier_stage_name(my_stage));
 
 	set_busy(true, false);
@@ -232,12 +229,39 @@ run_batch_transaction(long *sleep_ms)
 	if (handled == 0)
 		*sleep_ms = Min(*sleep_ms, courier_next_due_ms(my_stage));
 
+	courier_commit_transaction();
+	set_busy(false, handled > 0);
+	return handled;
+}
+
+/*
+ * courier_begin_transaction
+ *		Start a transaction in a background worker with SPI connected and a
+ *		snapshot pushed: every transaction of the launcher and the workers
+ *		starts here.
+ */
+void
+courier_begin_transaction(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/*
+ * courier_commit_transaction
+ *		Undo courier_begin_transaction and commit.  SPI_finish frees what the
+ *		batch allocated; pgstat_report_stat tells autovacuum about the churn
+ *		(without it the queue tables would never be vacuumed).
+ */
+void
+courier_commit_transaction(void)
+{
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
-	set_busy(false, handled > 0);
-	return handled;
 }
 
 /*
@@ -261,15 +285,10 @@ charge_lost_batch(ErrorData *edata)
 	if (n == 0)
 		return;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	courier_begin_transaction();
 	courier_charge_lost_batch(ids, edata->message,
 							  unpack_sql_state(edata->sqlerrcode));
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	courier_commit_transaction();
 }
 
 /*
