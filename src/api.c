@@ -842,6 +842,15 @@ courier_run_once(PG_FUNCTION_ARGS)
 	SPI_connect();
 	handled = courier_run_batch(stage);
 	SPI_finish();
+	if (courier_batch_error != NULL)
+	{
+		ereport(WARNING,
+				(errmsg("courier %s batch of %d items failed as a whole: %s",
+						name, handled, courier_batch_error->message),
+				 errdetail("Every item of the batch was charged an attempt and will be retried alone.")));
+		FreeErrorData(courier_batch_error);
+		courier_batch_error = NULL;
+	}
 	PG_RETURN_INT32(handled);
 }
 

@@ -212,6 +212,7 @@ extern double courier_backoff_ms(int attempt);
  * ----------
  */
 extern int	courier_logic_run_batch(void);
+extern ErrorData *courier_batch_error;
 extern int	courier_run_batch(CourierStage stage);
 
 /* ----------

@@ -87,6 +87,10 @@ static const char *const apply_sql =
 
 static SPIPlanPtr apply_plan = NULL;
 
+/* set when the last batch died as a whole; see apply_or_charge_batch */
+ErrorData  *courier_batch_error = NULL;
+
+static int	apply_or_charge_batch(Datum *ids, int n);
 static int	apply_isolating_failures(Datum *ids, int n);
 static void apply_items(Datum *ids, int n);
 static Datum ids_array(Datum *ids, int n);
@@ -133,7 +137,7 @@ courier_logic_run_batch(void)
 			break;
 		}
 	}
-	failed = apply_isolating_failures(ids, n);
+	failed = apply_or_charge_batch(ids, n);
 	if (failed < n)
 		courier_wake_stage_at_commit(COURIER_STAGE_TMS);
 
@@ -145,6 +149,46 @@ courier_logic_run_batch(void)
 		pg_atomic_fetch_add_u64(&st->items_failed, failed);
 	}
 	return n;
+}
+
+/*
+ * apply_or_charge_batch
+ *		Apply the batch; if it dies as a whole (an error that is not about
+ *		one item: a cancel), charge every item one attempt and mark it solo
+ *		while the claim's row locks are still held, so that no other worker
+ *		can take the items before the charge is in, and leave the error in
+ *		courier_batch_error for the caller (a worker exits, run_once warns).
+ *		Returns the number of items charged.
+ *
+ * The subtransactions of apply_isolating_failures are already rolled back
+ * when its error arrives here, so the claiming transaction is intact.
+ */
+static int
+apply_or_charge_batch(Datum *ids, int n)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	int			failed = 0;
+
+	PG_TRY();
+	{
+		failed = apply_isolating_failures(ids, n);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(TopMemoryContext);
+		courier_batch_error = CopyErrorData();
+		FlushErrorState();
+		MemoryContextSwitchTo(oldcontext);
+	}
+	PG_END_TRY();
+
+	if (courier_batch_error != NULL)
+	{
+		courier_charge_lost_batch(ids_array(ids, n), courier_batch_error->message,
+								  unpack_sql_state(courier_batch_error->sqlerrcode));
+		failed = n;
+	}
+	return failed;
 }
 
 /*

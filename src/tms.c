@@ -56,7 +56,8 @@ typedef enum Verdict
 	VERDICT_SEND = 0,
 	VERDICT_TOO_LONG,
 	VERDICT_UNSUPPORTED,
-	VERDICT_EXPIRED
+	VERDICT_EXPIRED,
+	VERDICT_EXHAUSTED
 } Verdict;
 
 typedef struct TmsBatch
@@ -70,6 +71,7 @@ typedef struct TmsBatch
 
 static MemoryContext batch_context = NULL;
 static volatile sig_atomic_t *stop_flag = NULL;
+static TimestampTz lease_started = 0;
 static SPIPlanPtr render_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
@@ -98,13 +100,21 @@ static const char *const render_sql =
 "           '{order_id}', n.order_id::text),"
 "           '{new_ship_date}', to_char(n.ship_date, 'YYYY-MM-DD')),"
 "           '{product}', n.product_name),"
-"           '{reason}', n.reason) AS text"
+"           '{reason}', n.reason) AS text,"
+"       w.attempts"
 "  FROM unnest($1::bigint[]) WITH ORDINALITY AS c(item_id, ord)"
 "  JOIN courier.work_items w ON w.item_id = c.item_id"
 "  JOIN courier.notices n ON n.order_id = w.order_id AND n.ship_date = w.ship_date"
 " ORDER BY c.ord";
 
-/* Delivered items leave the queue and are logged; released ones fall due. */
+/* attempts lost with dead senders count too: column 6 of render_sql */
+#define RENDER_ATTEMPTS_COLUMN 6
+
+/*
+ * Delivered items leave the queue and are logged, whoever holds them now (a
+ * delivery is a fact); released ones fall due, if this sender still holds
+ * them.
+ */
 static const char *const record_sql =
 "WITH r AS ("
 "    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[],"
@@ -113,7 +123,6 @@ static const char *const record_sql =
 "), done AS ("
 "    DELETE FROM courier.work_items w USING r"
 "     WHERE w.item_id = r.item_id AND r.status IN ('delivered', 'dry_run')"
-"       AND w.leased_by = $8"
 "    RETURNING w.order_id, w.ship_date, w.attempts, r.*"
 "), logged AS ("
 "    UPDATE courier.notices n"
@@ -186,10 +195,20 @@ courier_tms_run_once(void)
 	return batch.n;
 }
 
+/*
+ * stop_requested
+ *		Stop starting requests on shutdown, when the breaker opens, or when
+ *		half the lease is gone (rate limits or Retry-After made the batch
+ *		slow): what is not sent by then is released, so that no other
+ *		sender takes over items this one is still sending.
+ */
 static bool
 stop_requested(void)
 {
-	return (stop_flag != NULL && *stop_flag) || courier_limits_breaker_open();
+	return (stop_flag != NULL && *stop_flag) ||
+		courier_limits_breaker_open() ||
+		TimestampDifferenceExceeds(lease_started, GetCurrentTimestamp(),
+								   courier_lease_ms / 2);
 }
 
 /*
@@ -210,6 +229,7 @@ tms_lease(TmsBatch *b)
 
 	memset(b, 0, sizeof(TmsBatch));
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
+	lease_started = GetCurrentTimestamp();
 	n = courier_lease_due(COURIER_STAGE_TMS, courier_batch_size, courier_lease_ms);
 	if (n == 0)
 		return;
@@ -242,6 +262,9 @@ tms_lease(TmsBatch *b)
 		bytes = euckr_length(m->text);
 		if (DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)))
 			b->verdict[i] = VERDICT_EXPIRED;
+		else if (DatumGetInt32(SPI_getbinval(tup, desc, RENDER_ATTEMPTS_COLUMN,
+											 &isnull)) >= courier_max_attempts)
+			b->verdict[i] = VERDICT_EXHAUSTED;
 		else if (bytes < 0)
 			b->verdict[i] = VERDICT_UNSUPPORTED;
 		else if (bytes > LMS_MAX_BYTES)
@@ -380,6 +403,10 @@ tms_record(TmsBatch *b)
 				permanent = true;
 				error = psprintf("message of %d bytes in EUC-KR exceeds the LMS limit of %d",
 								 euckr_length(m->text), LMS_MAX_BYTES);
+				break;
+			case VERDICT_EXHAUSTED:
+				permanent = true;
+				error = "attempts used up by senders that died while sending it";
 				break;
 			case VERDICT_UNSUPPORTED:
 				permanent = true;

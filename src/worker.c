@@ -50,7 +50,7 @@ static void worker_attach(CourierStage stage, int slot);
 static void worker_detach(int code, Datum arg);
 static int	run_batch_transaction(long *sleep_ms);
 static void charge_lost_batch(ErrorData *edata);
-static bool should_retire(void);
+static bool should_retire(long *sleep_ms);
 static void set_busy(bool busy, bool worked);
 static void worker_sigterm(SIGNAL_ARGS);
 
@@ -129,10 +129,19 @@ courier_worker_main(Datum main_arg)
 			PG_END_TRY();
 		}
 
+		if (courier_batch_error != NULL)
+		{
+			ereport(LOG,
+					(errmsg("courier %s worker: batch of %d items failed: %s",
+							courier_stage_name(my_stage), handled,
+							courier_batch_error->message),
+					 errdetail("Every item of the batch is charged an attempt; the worker exits and is replaced.")));
+			proc_exit(1);
+		}
 		if (handled > 0)
 			continue;			/* more may be due: no sleep */
 
-		if (should_retire())
+		if (should_retire(&sleep_ms))
 			proc_exit(0);
 		pgstat_report_activity(STATE_IDLE, activity);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -186,7 +195,13 @@ worker_attach(CourierStage stage, int slot)
 static void
 worker_detach(int code, Datum arg)
 {
-	courier_release_slot(my_stage, my_slot);
+	CourierWorkerSlot *s = &courier_shared->stages[my_stage].slots[my_slot];
+
+	/* a retired worker's slot may already belong to its successor */
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	if (s->pid == MyProcPid)
+		memset(s, 0, sizeof(CourierWorkerSlot));
+	LWLockRelease(courier_shared->lock);
 	courier_wake_launcher();
 }
 
@@ -294,11 +309,12 @@ charge_lost_batch(ErrorData *edata)
 /*
  * should_retire
  *		An idle worker above its stage's minimum leaves after
- *		courier.worker_idle_exit.  Decided under the exclusive lock so two
+ *		courier.worker_idle_exit; until then *sleep_ms is capped so that it
+ *		wakes when that time is up.  Decided under the exclusive lock so two
  *		idle workers cannot both leave the stage below its minimum.
  */
 static bool
-should_retire(void)
+should_retire(long *sleep_ms)
 {
 	CourierStageState *st = &courier_shared->stages[my_stage];
 	bool		retire = false;
@@ -315,6 +331,14 @@ should_retire(void)
 	{
 		retire = true;
 		st->slots[my_slot].in_use = false;	/* leaving: no longer counted */
+	}
+	else if (running > courier_min_workers[my_stage])
+	{
+		/* wake up when the idle time is up, not only when work comes */
+		long		idle_ms = (long) ((GetCurrentTimestamp() -
+									   st->slots[my_slot].idle_since) / 1000);
+
+		*sleep_ms = Min(*sleep_ms, Max(courier_worker_idle_exit_ms - idle_ms, 0) + 1);
 	}
 	LWLockRelease(courier_shared->lock);
 

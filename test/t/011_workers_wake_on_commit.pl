@@ -15,7 +15,8 @@ use CourierTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = courier_node('wake', conf => "courier.idle_wakeup = '1h'");
+my $node = courier_node(
+	'wake', logic_only => 1, conf => "courier.idle_wakeup = '1h'");
 
 is(register_orders($node, 1, 10), 10, 'register_orders registers 10 orders');
 

@@ -15,7 +15,8 @@ use CourierTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = courier_node('switches');
+my $node = courier_node(
+	'switches', logic_only => 1);
 
 is(register_orders($node, 1, 2000), 2000, 'register_orders registers 2000 orders');
 ok( poll_until(

@@ -20,7 +20,7 @@ my $N = 100_000;
 # PostgreSQL::Test::Cluster writes restart_after_crash = off; a crash test
 # needs the postmaster to reinitialise after the kill.
 my $node = courier_node(
-	'kill9', conf => qq{
+	'kill9', logic_only => 1, conf => qq{
 restart_after_crash = on
 courier.batch_size = 1000
 });

@@ -17,7 +17,8 @@ use Test::More;
 
 my $N = 100_000;
 
-my $node = courier_node('immediate', conf => 'courier.batch_size = 1000');
+my $node = courier_node(
+	'immediate', logic_only => 1, conf => 'courier.batch_size = 1000');
 
 is(register_orders($node, 1, $N), $N, "register_orders registers $N orders");
 my $req = delay_orders($node, 1, $N, 10);

@@ -22,7 +22,7 @@ my @poison = (50, 450, 777);    # each in a different batch of 100
 my $poison_list = join(', ', @poison);
 
 my $node = courier_node(
-	'batch_error', conf => q{
+	'batch_error', logic_only => 1, conf => q{
 courier.max_attempts = 3
 courier.batch_size = 100
 });

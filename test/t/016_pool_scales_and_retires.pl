@@ -23,7 +23,7 @@ use Time::HiRes qw(time usleep);
 my $N = 200_000;
 
 my $node = courier_node(
-	'pool', conf => q{
+	'pool', logic_only => 1, conf => q{
 courier.logic_min_workers = 1
 courier.logic_max_workers = 3
 courier.worker_idle_exit = '500ms'

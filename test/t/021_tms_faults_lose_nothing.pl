@@ -7,20 +7,24 @@
 #	failed ones are in courier.failures with their reasons, and what
 #	courier marks delivered is exactly what the provider delivered:
 #
-#	  courier-delivered  ⊆  mock-delivered  ⊆  all notices, and an id the
-#	  mock delivered that courier did not mark delivered belongs to a
-#	  failed notice whose history says the outcome of a send was unknown;
-#	  a duplicate at the mock (a re-send of an id it already had) can only
-#	  come from a retry, so there are at most as many as retries.
+#	  courier-delivered is a subset of mock-delivered, itself a subset of
+#	  all notices; an id the mock delivered that courier did not mark
+#	  delivered belongs to a failed notice whose history says the outcome
+#	  of a send was unknown; a duplicate at the mock (a re-send of an id it
+#	  already had) can only come from a retry, so there are at most as
+#	  many as retries.
 #
 #	With this mock a faulted request delivers nothing, so in practice the
 #	two sets are equal and there are no duplicates; the test allows what a
 #	real provider may legitimately cause and reports the figures.
 #
-#	Then, deterministically: a 2xx with an unreadable body is retried with
-#	the history entry flagged outcome_unknown (the provider may well have
-#	taken the message), until courier.max_attempts moves the notice to
-#	courier.failures with every attempt in its history.
+#	Then each fault alone, deterministically: a 2xx with an unreadable
+#	body, a connection reset after the request and no answer within
+#	courier.tms_timeout are retried with every history entry flagged
+#	outcome_unknown (the provider may well have taken the message), until
+#	courier.max_attempts moves the notice to courier.failures; a connection
+#	refused is retried without the flag (nothing was sent); a 429 with
+#	Retry-After charges no attempt and is re-sent no sooner than asked.
 
 use strict;
 use warnings;
@@ -71,9 +75,11 @@ if (wait_for(sub { mock_stats($mock)->{delivered} >= $N / 2 }, 120,
 
 ok( poll_until(
 		$node,
-		"SELECT count(*) FROM courier.work_items WHERE stage = 'tms'",
-		'0', 180),
-	'the tms queue drains despite the faults');
+		"SELECT (SELECT count(*) FROM courier.notices"
+		  . "       WHERE ship_date = current_date + 10) = $N"
+		  . "   AND NOT EXISTS (SELECT 1 FROM courier.work_items WHERE stage = 'tms')",
+		't', 180),
+	"all $N notices are written and the tms queue drains despite the faults");
 ok(wait_for(sub { mock_stats($mock)->{in_flight} == 0 }, 10,
 		'mock has no request in flight'),
 	'the mock has no request in flight');
@@ -148,7 +154,8 @@ is(query($node, qq{
 	'0', 'every delivered notice has sent_at, HTTP 200 and a provider id');
 
 # Courier and the provider agree on what was delivered.
-my %mock_ids = map { $_ => 1 } @{ mock_delivered($mock) };
+my @mock_list = @{ mock_delivered($mock) };
+my %mock_ids = map { $_ => 1 } @mock_list;
 my %all = map { $_ => 1 } @{ notice_keys($node, 'ship_date = current_date + 10') };
 my @courier_delivered =
   @{ notice_keys($node, "ship_date = current_date + 10 AND status = 'delivered'") };
@@ -176,38 +183,75 @@ is(scalar(grep { !$unknown_failed{$_} } @mock_only),
 	  . ' notice with an outcome_unknown attempt');
 cmp_ok($s->{duplicates}, '<=', $resends,
 	'duplicates at the mock are at most the retries courier made');
-is($s->{delivered}, scalar(keys %mock_ids),
-	'the mock counted each delivered id once');
+is(scalar(@mock_list) . '|' . scalar(keys %mock_ids), "$s->{delivered}|$s->{delivered}",
+	'the mock delivered each id once');
 
-# Deterministic: a 2xx with a garbage body.
+# Deterministic: each kind of fault alone, until the attempts run out.
+# exhausts(LABEL, ORDER, DAYS, UNKNOWN, ERROR_LIKE, HTTP_STATUS, RECEIVED)
+#	The notice of ORDER for today + DAYS ends in courier.failures after
+#	max_attempts attempts, every history entry flagged outcome_unknown
+#	(UNKNOWN true) or none (false), last_error LIKE ERROR_LIKE and
+#	last_http_status HTTP_STATUS ('' for none), and the mock received
+#	the message RECEIVED times, or between RECEIVED->[0] and RECEIVED->[1]
+#	times.
+sub exhausts
+{
+	my ($label, $order, $days, $unknown, $error_like, $http, $received) = @_;
+	my $where = "order_id = $order AND ship_date = current_date + $days";
+	my $flag = $unknown ? 'bool_and' : 'NOT bool_or';
+
+	ok( poll_until(
+			$node,
+			"SELECT count(*) FROM courier.failures WHERE stage = 'tms' AND $where",
+			'1', 60),
+		"$label: the notice ends in courier.failures");
+	is(query($node, qq{
+		SELECT f.attempts, jsonb_array_length(f.errors), f.last_http_status,
+			   f.last_error LIKE '$error_like',
+			   (SELECT $flag(coalesce((e->>'outcome_unknown')::boolean, false))
+				  FROM jsonb_array_elements(f.errors) e)
+		  FROM courier.failures f WHERE f.stage = 'tms' AND $where}),
+		"$MAX_ATTEMPTS|$MAX_ATTEMPTS|$http|t|t",
+		"$label: $MAX_ATTEMPTS attempts in the history, "
+		  . ($unknown ? 'every one' : 'none') . ' flagged outcome_unknown, '
+		  . ($error_like eq '%' ? 'an error recorded'
+			  : "last_error like '$error_like'"));
+	is(query($node, "SELECT status FROM courier.notices WHERE $where"),
+		'failed', "$label: the notice is marked failed");
+	my $got = mock_stats($mock)->{messages_received};
+	if (ref $received)
+	{
+		ok($got >= $received->[0] && $got <= $received->[1],
+			"$label: the mock received it $received->[0] to $received->[1] times")
+		  or diag("received $got times");
+	}
+	else
+	{
+		is($got, $received,
+			"$label: the mock received it $received times, then no more");
+	}
+	return;
+}
+
 mock_reset($mock);
 mock_control($mock, malformed_rate => 1.0);
-delay_tms($node, 1, 3, 11);
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.failures"
-		  . " WHERE stage = 'tms' AND ship_date = current_date + 11",
-		'3', 60),
-	'with only garbage 200 answers the 3 notices end in courier.failures');
-is(query($node, qq{
-	SELECT count(*) FROM courier.failures f
-	 WHERE f.stage = 'tms' AND f.ship_date = current_date + 11
-	   AND f.attempts = $MAX_ATTEMPTS AND f.last_http_status = 200
-	   AND f.last_error LIKE '%unreadable%'
-	   AND jsonb_array_length(f.errors) = $MAX_ATTEMPTS
-	   AND (SELECT bool_and(coalesce((e->>'outcome_unknown')::boolean, false))
-			  FROM jsonb_array_elements(f.errors) e)}),
-	'3',
-	"each has $MAX_ATTEMPTS attempts, all flagged outcome_unknown, HTTP 200"
-	  . ' and an error saying the body was unreadable');
-is(query($node,
-	"SELECT count(*) FROM courier.notices"
-	  . " WHERE ship_date = current_date + 11 AND status = 'failed'"),
-	'3', 'their notices are marked failed');
-is(mock_stats($mock)->{messages_received}, 3 * $MAX_ATTEMPTS,
-	"the mock received each of them $MAX_ATTEMPTS times, then no more");
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'nothing is left in the tms queue');
+delay_tms($node, 1, 1, 11);
+exhausts('garbage 200 body', 1, 11, 1, '%unreadable%', '200', $MAX_ATTEMPTS);
+
+# libcurl re-sends a request once, on a fresh connection, when a kept-alive
+# connection it reused is closed without an answer: an attempt may reach
+# the mock twice (under the same idempotency key).
+mock_reset($mock);
+mock_control($mock, reset_rate => 1.0);
+delay_tms($node, 2, 2, 11);
+exhausts('connection reset after the request', 2, 11, 1, '%', '',
+	[ $MAX_ATTEMPTS, 2 * $MAX_ATTEMPTS ]);
+
+mock_reset($mock);
+mock_control($mock, hang_rate => 1.0, hang_ms => 3000);
+delay_tms($node, 3, 3, 11);
+exhausts('no answer within courier.tms_timeout', 3, 11, 1, '%Timeout%', '',
+	$MAX_ATTEMPTS);
 
 # Deterministic: a 429 with Retry-After releases the notice without
 # charging an attempt, and it is not sent again before Retry-After.
@@ -234,6 +278,18 @@ is(query($node,
 	"SELECT count(*) FROM courier.failures WHERE ship_date = current_date + 11"
 	  . " AND order_id = 4"),
 	'0', 'the throttled notice is not in courier.failures');
+
+# A connection refused sent nothing: retried, but not outcome_unknown.
+my $gone = start_mock();
+stop_mock($gone);
+mock_reset($mock);
+query($node,
+	"ALTER SYSTEM SET courier.tms_url = 'http://127.0.0.1:$gone->{port}/send'");
+query($node, 'SELECT pg_reload_conf()');
+ok(poll_until($node, 'SHOW courier.tms_url', "http://127.0.0.1:$gone->{port}/send", 30),
+	'courier.tms_url points at a closed port after a reload');
+delay_tms($node, 5, 5, 11);
+exhausts('connection refused', 5, 11, 0, '%connect%', '', 0);
 
 $node->stop;
 done_testing();

@@ -5,7 +5,8 @@
 #	to courier.failures after its one attempt, with the provider's code in
 #	last_error, while the other notices of the batch are delivered.  A
 #	message courier knows cannot be carried (a character EUC-KR lacks, such
-#	as an emoji) fails at once without being sent at all.  Routing counts
+#	as an emoji) fails at once without being sent at all, and so does a
+#	notice older than courier.tms_max_notice_age.  Routing counts
 #	bytes in EUC-KR, as Korean carriers do: up to 90 bytes is an SMS, more
 #	an LMS; Hangul is 2 bytes there (3 in UTF-8).
 #
@@ -108,6 +109,45 @@ my $after = mock_stats($mock);
 is("$after->{requests}|$after->{messages_received}",
 	"$before->{requests}|$before->{messages_received}",
 	'the mock received no request and no message for it');
+
+# A notice older than courier.tms_max_notice_age (1 day): not sent late.
+# The tms stage is paused while the notice is aged.
+query($node, 'ALTER SYSTEM SET courier.pause_tms = on');
+query($node, 'SELECT pg_reload_conf()');
+ok( poll_until(
+		$node,
+		"SELECT count(*) > 0 AND bool_and(query = 'courier.pause_tms is on')"
+		  . "  FROM pg_stat_activity WHERE backend_type = 'courier tms worker'",
+		't', 30),
+	'with courier.pause_tms = on the tms workers hold');
+delay_tms($node, 7, 7, 12);
+ok( poll_until(
+		$node,
+		"SELECT count(*) FROM courier.work_items"
+		  . " WHERE stage = 'tms' AND order_id = 7 AND ship_date = current_date + 12",
+		'1', 30),
+	'the notice to age is queued');
+query($node,
+	"UPDATE courier.notices SET created_at = now() - interval '25 hours'"
+	  . " WHERE order_id = 7 AND ship_date = current_date + 12");
+my $before_age = mock_stats($mock);
+query($node, 'ALTER SYSTEM SET courier.pause_tms = off');
+query($node, 'SELECT pg_reload_conf()');
+ok( poll_until(
+		$node,
+		"SELECT count(*) FROM courier.failures"
+		  . " WHERE order_id = 7 AND ship_date = current_date + 12",
+		'1', 30),
+	'a notice older than courier.tms_max_notice_age ends in courier.failures');
+is(query($node, qq{
+	SELECT f.attempts, f.last_error LIKE '%tms_max_notice_age%', n.status,
+		   n.sent_at IS NULL
+	  FROM courier.failures f JOIN courier.notices n USING (order_id, ship_date)
+	 WHERE f.order_id = 7 AND f.ship_date = current_date + 12}),
+	'1|t|failed|t',
+	'after 1 attempt, the error naming courier.tms_max_notice_age, never sent');
+is(mock_stats($mock)->{requests}, $before_age->{requests},
+	'the mock received no request for it');
 
 # Another 4xx (422): permanent, one attempt.
 mock_control($mock, error_rate => 1.0, error_status => 422);

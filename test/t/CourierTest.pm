@@ -45,10 +45,18 @@ max_worker_processes = 16
 courier.retry_base = '10ms'
 EOC
 
-# courier_node(NAME, conf => EXTRA_CONF, create => 1)
+# For tests of the logic stage alone (logic_only => 1): no tms worker runs,
+# so the tms items the logic stage queues stay in the queue to be counted,
+# and every background worker slot left over is the logic pool's.
+my $LOGIC_ONLY_CONF = <<'EOC';
+courier.tms_min_workers = 0
+courier.tms_max_workers = 0
+EOC
+
+# courier_node(NAME, conf => EXTRA_CONF, create => 1, logic_only => 0)
 #	A started cluster with courier preloaded and (unless create => 0) the
 #	extension created in the database postgres, which is where the
-#	launcher starts workers.
+#	launcher starts workers.  logic_only => 1 runs no tms workers.
 sub courier_node
 {
 	my ($name, %opt) = @_;
@@ -56,6 +64,8 @@ sub courier_node
 
 	$node->init;
 	$node->append_conf('postgresql.conf', $BASE_CONF);
+	$node->append_conf('postgresql.conf', $LOGIC_ONLY_CONF)
+	  if $opt{logic_only};
 	$node->append_conf('postgresql.conf', $opt{conf}) if defined $opt{conf};
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION courier')
