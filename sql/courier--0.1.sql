@@ -145,6 +145,7 @@ CREATE TABLE courier.alerts (
 	created_at			timestamptz NOT NULL DEFAULT now(),
 	posted_at			timestamptz,
 	post_attempts		integer NOT NULL DEFAULT 0,
+	next_post_at		timestamptz NOT NULL DEFAULT now(),
 	post_error			text
 );
 COMMENT ON TABLE courier.alerts IS
@@ -188,7 +189,7 @@ CREATE INDEX notices_sent_at ON courier.notices (sent_at) WHERE sent_at IS NOT N
 CREATE INDEX delay_history_applied_at ON courier.delay_history (applied_at);
 
 /* the launcher: alerts not yet posted */
-CREATE INDEX alerts_unposted ON courier.alerts (alert_id) WHERE posted_at IS NULL;
+CREATE INDEX alerts_unposted ON courier.alerts (next_post_at) WHERE posted_at IS NULL;
 
 /*
  * The queue churns: every item is inserted once and deleted once.  Vacuum it
@@ -274,7 +275,7 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'courier_switch_enabled'
 LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION courier.switch_enabled(text, bigint) IS
-	'Is key (an order id) inside rollout switch courier.rollout.<name>? Stable: the same order always gets the same answer, and raising the percentage only adds orders.';
+	'Is key (an order id) inside rollout switch courier.rollout_<name>? Stable: the same order always gets the same answer, and raising the percentage only adds orders.';
 
 /* ------------------------------------------------------------------------
  * Schedules (pg_cron runs them; each also works called by hand)

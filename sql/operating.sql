@@ -7,30 +7,30 @@ DROP EXTENSION courier;
 CREATE EXTENSION courier;
 
 -- switch_is_stable_and_monotonic
-SET courier.rollout.notice_v2 = 0;
+SET courier.rollout_notice_v2 = 0;
 SELECT count(*) FILTER (WHERE courier.switch_enabled('notice_v2', g)) AS at_0
   FROM generate_series(1, 10000) g;
-SET courier.rollout.notice_v2 = '30%';
+SET courier.rollout_notice_v2 = '30%';
 CREATE TEMP TABLE at30 AS
 SELECT g FROM generate_series(1, 10000) g WHERE courier.switch_enabled('notice_v2', g);
 SELECT count(*) BETWEEN 2800 AND 3200 AS about_30_percent FROM at30;
 SELECT count(*) = (SELECT count(*) FROM at30) AS same_answer_again
   FROM generate_series(1, 10000) g WHERE courier.switch_enabled('notice_v2', g);
-SET courier.rollout.notice_v2 = 60;
+SET courier.rollout_notice_v2 = 60;
 SELECT count(*) AS lost_when_raised FROM at30 WHERE NOT courier.switch_enabled('notice_v2', g);
 SELECT count(*) FILTER (WHERE courier.switch_enabled('notice_v2', g)) BETWEEN 5800 AND 6200 AS about_60_percent
   FROM generate_series(1, 10000) g;
-SET courier.rollout.notice_v2 = on;
+SET courier.rollout_notice_v2 = on;
 SELECT bool_and(courier.switch_enabled('notice_v2', g)) AS all_on FROM generate_series(1, 1000) g;
 -- switches are independent of each other
-SET courier.rollout.overdue_sweep = 30;
-SET courier.rollout.notice_v2 = 30;
+SET courier.rollout_overdue_sweep = 30;
+SET courier.rollout_notice_v2 = 30;
 SELECT count(*) < 3000 AS independent
   FROM at30 WHERE courier.switch_enabled('overdue_sweep', g);
-RESET courier.rollout.overdue_sweep;
+RESET courier.rollout_overdue_sweep;
 SELECT courier.switch_enabled('no_such_switch', 1);
-SET courier.rollout.notice_v2 = 101;
-SET courier.rollout.notice_v2 = 'half';
+SET courier.rollout_notice_v2 = 101;
+SET courier.rollout_notice_v2 = 'half';
 
 -- the logic stage writes the variant the switch gives each order
 SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
@@ -43,7 +43,7 @@ SELECT count(*) FILTER (WHERE variant = 'v2') = count(*) FILTER (WHERE courier.s
        AS variant_follows_switch,
        count(DISTINCT variant) AS variants
   FROM courier.notices;
-RESET courier.rollout.notice_v2;
+RESET courier.rollout_notice_v2;
 
 -- sweep_overdue_notifies_once_per_deadline
 SELECT courier.request_shipping(array_agg(g)) FROM generate_series(101, 110) g;

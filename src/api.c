@@ -24,6 +24,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
@@ -725,8 +726,8 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	int			reason_chars;
 	DateADT		new_date;
 	DateADT		today;
-	Oid			argtypes[4] = {TEXTOID, DATEOID, INT4OID, INT8ARRAYOID};
-	Datum		values[4];
+	Oid			argtypes[5] = {TEXTOID, DATEOID, INT4OID, INT8ARRAYOID, NAMEOID};
+	Datum		values[5];
 	bool		isnull;
 	int64		request_id;
 
@@ -786,10 +787,13 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	values[1] = DateADTGetDatum(new_date);
 	values[2] = Int32GetDatum(n);
 	values[3] = arr;
+	/* the caller, not the SECURITY DEFINER owner current_user would give */
+	values[4] = DirectFunctionCall1(namein,
+									CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
 	if (SPI_execute_with_args(
-			"INSERT INTO courier.requests (reason, new_ship_date, total)"
-			" VALUES ($1, $2, $3) RETURNING request_id",
-			3, argtypes, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+			"INSERT INTO courier.requests (reason, new_ship_date, total, requested_by)"
+			" VALUES ($1, $2, $3, $5) RETURNING request_id",
+			5, argtypes, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "courier: could not insert request");
 	request_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));

@@ -425,7 +425,7 @@ courier_define_gucs(void)
 							0,
 							NULL, NULL, NULL);
 
-	/* Rollout switches: courier.rollout.<name> */
+	/* Rollout switches: courier.rollout_<name> */
 	courier_define_rollouts();
 
 	MarkGUCPrefixReserved("courier");

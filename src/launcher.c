@@ -263,21 +263,23 @@ due_backlog(CourierStage stage, int cap)
 
 /*
  * post_alerts
- *		POST the alerts not yet posted to courier.alert_url: read them in one
- *		transaction, post with none open, record each result in another.  An
- *		alert is tried at most ten times.
+ *		POST the alert due for posting to courier.alert_url: read it in one
+ *		transaction, post with none open, record the result in another.  One
+ *		alert a look, so a slow receiver delays the pools by one request at
+ *		most; a failed post is retried with back-off (doubling, up to an
+ *		hour) until it succeeds.
  */
 static void
 post_alerts(void)
 {
 	int			n;
-	int64		ids[5];
-	char	   *payloads[5];
+	int64		ids[1];
+	char	   *payloads[1];
 
 	courier_begin_transaction();
 	if (SPI_execute("SELECT alert_id, payload::text FROM courier.alerts"
-					" WHERE posted_at IS NULL AND post_attempts < 10"
-					" ORDER BY alert_id LIMIT 5", true, 0) != SPI_OK_SELECT)
+					" WHERE posted_at IS NULL AND next_post_at <= now()"
+					" ORDER BY next_post_at LIMIT 1", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not read alerts");
 	n = (int) SPI_processed;
 	for (int i = 0; i < n; i++)
@@ -310,6 +312,8 @@ post_alerts(void)
 		if (SPI_execute_with_args("UPDATE courier.alerts"
 								  "   SET post_attempts = post_attempts + 1,"
 								  "       posted_at = CASE WHEN $2 THEN now() END,"
+								  "       next_post_at = now() + least(interval '1 hour',"
+								  "           interval '1 second' * 2 ^ least(post_attempts, 12)),"
 								  "       post_error = nullif($3, '')"
 								  " WHERE alert_id = $1",
 								  3, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)

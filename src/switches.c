@@ -4,7 +4,8 @@
  *		Stage names and the operator's switches: whether a stage may run
  *		now (the kill switch courier.enabled and the per-stage pauses).
  *
- * Also the rollout switches: courier.rollout.<name>, a percentage (or
+ * Also the rollout switches: courier.rollout_<name> (one dot: PostgreSQL
+ * 15's configuration file parser takes no more), a percentage (or
  * on/off) of orders that take a new path.  Whether an order is in is
  * decided by a stable hash of the switch name and the order id, so the same
  * order always takes the same path and raising the percentage only adds
@@ -148,7 +149,7 @@ check_rollout(char **newval, void **extra, GucSource source)
 
 /*
  * courier_define_rollouts
- *		Define courier.rollout.<name> for every known switch.  Called from
+ *		Define courier.rollout_<name> for every known switch.  Called from
  *		courier_define_gucs, before the prefix is reserved.
  */
 void
@@ -159,7 +160,7 @@ courier_define_rollouts(void)
 		char		boot[8];
 
 		snprintf(boot, sizeof(boot), "%d", rollouts[i].boot_percent);
-		DefineCustomStringVariable(psprintf("courier.rollout.%s", rollouts[i].name),
+		DefineCustomStringVariable(psprintf("courier.rollout_%s", rollouts[i].name),
 								   rollouts[i].description,
 								   NULL,
 								   &rollouts[i].value,
@@ -214,7 +215,7 @@ courier_switch_is_on(const char *name, int64 key)
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("unknown rollout switch \"%s\"", name),
-			 errhint("The switches are notice_v2 and overdue_sweep (courier.rollout.<name>).")));
+			 errhint("The switches are notice_v2 and overdue_sweep (courier.rollout_<name>).")));
 	return false;
 }
 

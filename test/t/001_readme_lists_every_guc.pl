@@ -24,7 +24,7 @@ my $switches_c = slurp("$repo/src/switches.c");
 # the parameters of guc.c, and the rollout switches switches.c defines
 my %defined = map { $_ => 1 } ($guc_c =~ /DefineCustom\w+Variable\(\s*"(courier\.[a-z0-9_.]+)"/g);
 my ($rollouts) = $switches_c =~ /static RolloutSwitch rollouts\[\] = \{(.*?)\};/s;
-$defined{"courier.rollout.$_"} = 1 for ($rollouts // '') =~ /\{"([a-z_0-9]+)",/g;
+$defined{"courier.rollout_$_"} = 1 for ($rollouts // '') =~ /\{"([a-z_0-9]+)",/g;
 my ($config) = $readme =~ /^## Configuration\n(.*?)^## /ms;
 ok(defined $config, 'README has a Configuration section');
 $config //= '';

@@ -31,9 +31,11 @@ courier.tms_min_workers = 1
 courier.tms_max_workers = 2
 });
 
-# The switch's GUC: courier.rollout.notice_v2 as the brief names it, or
-# courier.rollout_notice_v2 (a configuration file accepts only one dot in a
-# parameter name).
+# The switch's GUC: courier.rollout.notice_v2 as first named, or
+# courier.rollout_notice_v2.  PostgreSQL 15's configuration-file parser
+# accepts only one dot in a parameter name, so a two-dot name written by
+# ALTER SYSTEM makes postgresql.auto.conf unparseable (the check in
+# set_rollout says so).
 my $GUC = query($node, q{
 	SELECT string_agg(name, ',') FROM pg_settings
 	 WHERE name ~ '^courier\.rollout[._]notice_v2$'});
