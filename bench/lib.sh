@@ -128,7 +128,7 @@ settings_line() {
             FROM pg_settings
            WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'max_wal_size',
                           'courier.database', 'courier.batch_size', 'max_worker_processes',
-                          'courier.idle_wakeup', 'wal_sync_method', 'autovacuum')"
+                          'courier.idle_wakeup', 'courier.pause_tms', 'wal_sync_method', 'autovacuum')"
 }
 
 # machine_line: what else is running (the figures are noisy on a shared box)

@@ -3,7 +3,7 @@
 # libcurl client (bench/curl_ceiling) sending the same messages to the same
 # mock, and the headline: one delay_orders call of 30,000 orders with every
 # stage live, timed until the mock has accepted every notice.  Prints
-# figures; never fails on time.  See bench/README.md (section tms_bench.sh).
+# figures; never fails on time.  See bench/README-tms.md.
 #
 #   bash bench/tms_bench.sh
 #

@@ -342,7 +342,12 @@ should_retire(long *sleep_ms)
 	}
 	LWLockRelease(courier_shared->lock);
 
-	if (retire)
+	if (retire && running > courier_max_workers[my_stage])
+		ereport(LOG,
+				(errmsg("courier %s worker retiring: %d running, more than courier.%s_max_workers (%d)",
+						courier_stage_name(my_stage), running,
+						courier_stage_name(my_stage), courier_max_workers[my_stage])));
+	else if (retire)
 		ereport(LOG,
 				(errmsg("courier %s worker retiring after %d ms idle",
 						courier_stage_name(my_stage), courier_worker_idle_exit_ms)));
