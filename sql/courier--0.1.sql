@@ -462,6 +462,23 @@ COMMENT ON FUNCTION courier.schedule_defaults() IS
  * DBA console
  * ------------------------------------------------------------------------ */
 
+CREATE FUNCTION courier.failures_matching(failure_ids bigint[], stage courier.stage,
+										  error_pattern text, failed_after timestamptz,
+										  failed_before timestamptz)
+RETURNS SETOF bigint
+LANGUAGE sql STABLE
+AS $$
+	SELECT f.failure_id FROM courier.failures f
+	 WHERE f.discarded_at IS NULL
+	   AND ($1 IS NULL OR f.failure_id = ANY ($1))
+	   AND ($2 IS NULL OR f.stage = $2)
+	   AND ($3 IS NULL OR f.last_error ILIKE $3)
+	   AND ($4 IS NULL OR f.failed_at >= $4)
+	   AND ($5 IS NULL OR f.failed_at < $5)
+$$;
+COMMENT ON FUNCTION courier.failures_matching(bigint[], courier.stage, text, timestamptz, timestamptz) IS
+	'The open failures a DBA filter names (NULL: any): ids, stage, error pattern (ILIKE), time range. Shared by retry_failures and discard_failures.';
+
 CREATE FUNCTION courier.retry_failures(failure_ids bigint[] DEFAULT NULL,
 									   stage courier.stage DEFAULT NULL,
 									   error_pattern text DEFAULT NULL,
@@ -472,12 +489,7 @@ LANGUAGE sql VOLATILE
 AS $$
 	WITH moved AS (
 		DELETE FROM courier.failures f
-		 WHERE f.discarded_at IS NULL
-		   AND ($1 IS NULL OR f.failure_id = ANY ($1))
-		   AND ($2 IS NULL OR f.stage = $2)
-		   AND ($3 IS NULL OR f.last_error ILIKE $3)
-		   AND ($4 IS NULL OR f.failed_at >= $4)
-		   AND ($5 IS NULL OR f.failed_at < $5)
+		 WHERE f.failure_id IN (SELECT courier.failures_matching($1, $2, $3, $4, $5))
 		   /* never a second item beside one still queued for the same work */
 		   AND NOT EXISTS (SELECT 1 FROM courier.work_items w
 							WHERE w.stage = f.stage AND w.order_id = f.order_id
@@ -512,12 +524,7 @@ AS $$
 	WITH dropped AS (
 		UPDATE courier.failures f
 		   SET discarded_at = now()
-		 WHERE f.discarded_at IS NULL
-		   AND ($1 IS NULL OR f.failure_id = ANY ($1))
-		   AND ($2 IS NULL OR f.stage = $2)
-		   AND ($3 IS NULL OR f.last_error ILIKE $3)
-		   AND ($4 IS NULL OR f.failed_at >= $4)
-		   AND ($5 IS NULL OR f.failed_at < $5)
+		 WHERE f.failure_id IN (SELECT courier.failures_matching($1, $2, $3, $4, $5))
 		RETURNING 1
 	)
 	SELECT count(*)::integer FROM dropped
@@ -645,7 +652,8 @@ BEGIN
 		   AND p.proname IN ('register_orders', 'request_shipping', 'register_invoice',
 							 'delay_orders', 'request_status', 'run_once',
 							 'retry_failures', 'discard_failures', 'sweep_overdue',
-							 'failure_digest', 'metrics', 'shared_counters', 'prune_chunk')
+							 'failure_digest', 'metrics', 'shared_counters', 'prune_chunk',
+							 'failures_matching')
 	LOOP
 		EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
 	END LOOP;
