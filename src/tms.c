@@ -49,6 +49,7 @@
 #define SMS_MAX_BYTES	90
 #define LMS_MAX_BYTES	2000
 #define LMS_SUBJECT		"Shipping delay"
+#define TMS_MAX_LEASE	20000	/* most notices one sender leases at once */
 
 /* What to do with a message that is not sent. */
 typedef enum Verdict
@@ -230,7 +231,15 @@ tms_lease(TmsBatch *b)
 	memset(b, 0, sizeof(TmsBatch));
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
 	lease_started = GetCurrentTimestamp();
-	n = courier_lease_due(COURIER_STAGE_TMS, courier_batch_size, courier_lease_ms);
+	/*
+	 * Enough for every request slot to be busy: with bulk sends a batch of
+	 * courier.batch_size notices would fill only a few requests.
+	 */
+	n = courier_lease_due(COURIER_STAGE_TMS,
+						  Max(courier_batch_size,
+							  Min(courier_tms_bulk_size * courier_tms_concurrency,
+								  TMS_MAX_LEASE)),
+						  courier_lease_ms);
 	if (n == 0)
 		return;
 	ids = courier_ids_to_array(&n);
