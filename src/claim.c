@@ -244,7 +244,13 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 	{
 		char	   *due = psprintf(DUE_ITEMS_SQL, courier_stage_name(stage));
 
+		/*
+		 * The claim is a MATERIALIZED CTE: run once, then joined.  As a
+		 * subquery in FROM, a generic plan may put it on the inner side of
+		 * a nested loop and re-run the claim for every row of the queue.
+		 */
 		lease_plans[stage] = prepare_kept(psprintf(
+			"WITH c AS MATERIALIZED (%s) "
 			"UPDATE courier.work_items w "
 			"   SET not_before = statement_timestamp() + $2 * interval '1 ms', "
 			"       leased_by = $3, "
@@ -252,7 +258,7 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 			"       errors = CASE WHEN c.leased_by IS NULL THEN w.errors ELSE w.errors || "
 			"           jsonb_build_object('at', clock_timestamp(), 'outcome_unknown', true, "
 			"               'error', 'the lease of sender ' || c.leased_by || ' ran out: outcome of its send unknown') END "
-			"  FROM (%s) c "
+			"  FROM c "
 			" WHERE w.item_id = c.item_id "
 			"RETURNING w.item_id, w.order_id, w.ship_date, w.attempts, "
 			"          c.leased_by IS NOT NULL AS was_leased", due),
