@@ -121,6 +121,29 @@ sub query
 	return $node->safe_psql('postgres', $sql);
 }
 
+# try_psql(NODE, SQL)
+#	Run SQL once and return (stdout, stderr) without dying: a server that
+#	crashes or restarts under psql (a broken pipe makes IPC::Run die) gives
+#	an error text, which the pollers count as "not yet".
+sub try_psql
+{
+	my ($node, $sql) = @_;
+	my ($out, $err, $timed_out) = ('', '', 0);
+
+	my $ok = eval {
+		$node->psql(
+			'postgres', $sql,
+			stdout => \$out,
+			stderr => \$err,
+			timeout => 30,
+			timed_out => \$timed_out);
+		1;
+	};
+	$err = "psql died: $@" unless $ok;
+	$err = 'psql timed out' if $timed_out;
+	return ($out, $err);
+}
+
 # poll_until(NODE, SQL, EXPECTED, TIMEOUT_SECONDS)
 #	Run SQL every 100 ms until its output equals EXPECTED or the deadline
 #	passes.  Errors (server restarting, not yet accepting connections) count
@@ -134,14 +157,7 @@ sub poll_until
 
 	while (1)
 	{
-		my $timed_out = 0;
-		$node->psql(
-			'postgres', $sql,
-			stdout => \$out,
-			stderr => \$err,
-			timeout => 30,
-			timed_out => \$timed_out);
-		$err = 'psql timed out' if $timed_out;
+		($out, $err) = try_psql($node, $sql);
 		chomp $out;
 		return 1 if $out eq $expected && $err eq '';
 		last if time() > $deadline;
@@ -163,14 +179,7 @@ sub poll_for
 
 	while (1)
 	{
-		my $timed_out = 0;
-		$node->psql(
-			'postgres', $sql,
-			stdout => \$out,
-			stderr => \$err,
-			timeout => 30,
-			timed_out => \$timed_out);
-		$err = 'psql timed out' if $timed_out;
+		($out, $err) = try_psql($node, $sql);
 		chomp $out;
 		return $out if $out ne '' && $err eq '';
 		last if time() > $deadline;
