@@ -105,6 +105,21 @@ Q() {
   psql_on "$PORT" "$db" -At -c "$*"
 }
 
+# bench_register_orders DB N: orders 1..N registered and shipping requested,
+# then VACUUM (ANALYZE)d, the same data set for every benchmark.
+bench_register_orders() {
+  local db=$1 n=$2
+  Q "$db" "SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
+          'order_id', g, 'seller_id', g % 50 + 1,
+          'customer_phone', format('010-%s-%s', lpad((g % 10000)::text, 4, '0'),
+                                   lpad((g / 10000)::text, 4, '0')),
+          'product_name', 'super-sweet corn 10 ears',
+          'promised_ship_date', to_char(current_date + 3, 'YYYY-MM-DD'))))
+         FROM generate_series(1, $n) g" >/dev/null
+  Q "$db" "SELECT courier.request_shipping(ARRAY(SELECT generate_series(1, $n)::bigint))" >/dev/null
+  Q "$db" "VACUUM (ANALYZE) courier.orders" >/dev/null
+}
+
 now_s() { date +%s.%N; }
 
 median() {

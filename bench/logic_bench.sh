@@ -108,15 +108,7 @@ batch_split() {
 
 # ------------------------------------------------------------------ data
 t=$(now_s)
-Q $DB "SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
-          'order_id', g, 'seller_id', g % 50 + 1,
-          'customer_phone', format('010-%s-%s', lpad((g % 10000)::text, 4, '0'),
-                                   lpad((g / 10000)::text, 4, '0')),
-          'product_name', 'super-sweet corn 10 ears',
-          'promised_ship_date', to_char(current_date + 3, 'YYYY-MM-DD'))))
-         FROM generate_series(1, $N_ORDERS) g" >/dev/null
-Q $DB "SELECT courier.request_shipping(ARRAY(SELECT generate_series(1, $N_ORDERS)::bigint))" >/dev/null
-Q $DB "VACUUM (ANALYZE) courier.orders" >/dev/null
+bench_register_orders $DB "$N_ORDERS"
 printf 'setup: %d orders registered and shipping requested in %.1f s\n' \
   "$N_ORDERS" "$(awk -v a="$(now_s)" -v b="$t" 'BEGIN {print a - b}')"
 
