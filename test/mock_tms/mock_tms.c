@@ -9,10 +9,13 @@
  * message ids (an id seen again is answered "accepted" with the provider id
  * it got the first time), rejects invalid recipients, and counts everything
  * so a test can check what arrived.  Faults (latency, error statuses, 429
- * bursts, hangs, resets, malformed bodies, 401s) are switched on at run time
- * through POST /_control; GET /_stats, GET /_delivered and POST /_reset
- * serve the test harness.  Delays and hangs suspend the connection and let
- * a timer thread resume it, so they never hold a server thread.
+ * bursts, hangs, resets, malformed bodies, 401s, odd result statuses, a
+ * fixed reply body) are switched on at run time through POST /_control;
+ * GET /_stats, GET /_delivered, GET /_received and POST /_reset serve the
+ * test harness.  Every message of every well-formed request is logged with
+ * the time it arrived and the status it got, so a test can check when
+ * courier sent what.  Delays and hangs suspend the connection and let a
+ * timer thread resume it, so they never hold a server thread.
  *
  * What it does not do: TLS, persistence across restarts, delivery receipts,
  * HTTP/2, or listening on anything but a loopback address.  The JSON scanner
@@ -55,7 +58,12 @@
 #define MAX_JSON_DEPTH			64
 #define MAX_CONTROL_PAIRS		32
 #define MAX_PREFIX_BYTES		64
+#define MAX_RESULT_STATUS_BYTES	64
+#define MAX_REPLY_BODY_BYTES	(16 * 1024 * 1024)
 #define INLINE_MESSAGES			8
+
+#define RECEIVED_MAX_ENTRIES	2000000
+#define RECEIVED_MAX_ID_BYTES	(256 * 1024 * 1024)
 
 #define IDSET_SHARDS			256	/* power of two; top hash bits pick it */
 #define IDSET_INITIAL_SLOTS		1024	/* power of two */
@@ -64,6 +72,7 @@
 #define DEFAULT_ERROR_STATUS	500
 #define DEFAULT_RETRY_AFTER_S	1
 #define DEFAULT_HANG_MS			30000
+#define DEFAULT_RESULT_STATUS	"accepted"
 #define SHUTDOWN_GRACE_MS		3000
 
 /* What a request is, decided from its method and path when it starts. */
@@ -74,6 +83,7 @@ typedef enum RequestKind
 	REQ_RESET,					/* /_reset */
 	REQ_STATS,					/* /_stats */
 	REQ_DELIVERED,				/* /_delivered */
+	REQ_RECEIVED,				/* /_received */
 	REQ_NOT_FOUND				/* any other /_ path */
 } RequestKind;
 
@@ -181,6 +191,17 @@ typedef struct Faults
 	_Atomic int reject_prefix_len;	/* 0: no prefix; guards the copy below */
 	pthread_mutex_t prefix_lock;
 	char		reject_prefix[MAX_PREFIX_BYTES + 1];
+
+	/*
+	 * The two text settings below share text_lock.  The flags let the hot
+	 * path skip the lock while they are at their defaults.
+	 */
+	pthread_mutex_t text_lock;
+	_Atomic bool odd_status;	/* result_status is not "accepted" */
+	char		result_status[MAX_RESULT_STATUS_BYTES + 1];
+	_Atomic bool has_reply_body;	/* reply_body is not null */
+	char	   *reply_body;		/* malloc'd; NULL when null */
+	size_t		reply_body_len;
 } Faults;
 
 typedef struct Stats
@@ -197,6 +218,8 @@ typedef struct Stats
 	_Atomic uint64_t hangs;
 	_Atomic uint64_t resets;
 	_Atomic uint64_t malformed;
+	_Atomic uint64_t odd_status;
+	_Atomic uint64_t custom_replies;
 	_Atomic uint64_t missing_idempotency_key;
 	_Atomic int64_t in_flight;
 	_Atomic int64_t max_in_flight;
@@ -210,7 +233,9 @@ typedef enum SettingType
 	SET_RATE,
 	SET_BOOL,
 	SET_PREFIX,
-	SET_SEED
+	SET_SEED,
+	SET_RESULT_STATUS,
+	SET_REPLY_BODY
 } SettingType;
 
 typedef struct Setting
@@ -252,6 +277,36 @@ typedef struct Timer
 	bool		stop;
 	pthread_t	thread;
 } Timer;
+
+/*
+ * One message as it arrived, for /_received: when the request carrying it
+ * was complete, what that request was answered (0: hang or reset), and
+ * where its id is in the log's byte buffer.
+ */
+typedef struct ReceivedEntry
+{
+	uint64_t	us;
+	uint64_t	offset;
+	uint32_t	len;
+	uint32_t	status;
+} ReceivedEntry;
+
+/*
+ * The received log: append-only until /_reset, bounded by
+ * RECEIVED_MAX_ENTRIES messages and RECEIVED_MAX_ID_BYTES bytes of ids;
+ * what does not fit is dropped and sets overflow.
+ */
+typedef struct ReceivedLog
+{
+	pthread_mutex_t lock;
+	ReceivedEntry *entries;
+	size_t		count;
+	size_t		cap;
+	char	   *ids;
+	size_t		ids_len;
+	size_t		ids_cap;
+	_Atomic bool overflow;
+} ReceivedLog;
 
 /* one id copied out for /_delivered */
 typedef struct DeliveredItem
@@ -296,6 +351,7 @@ static void set_answer_text(Request *req, unsigned int status, const char *text)
 static int64_t decide_send(Request *req, struct MHD_Connection *conn);
 static bool is_authorized(struct MHD_Connection *conn);
 static void answer_batch(Request *req, const Batch *batch);
+static bool answer_reply_body(Request *req, const Batch *batch);
 static const char *reject_code(const Message *m, const char *prefix,
 							   size_t prefix_len);
 static size_t load_reject_prefix(char *buf);
@@ -317,6 +373,11 @@ static void stats_reset(void);
 static void stats_json(OutBuf *out);
 static void delivered_json(OutBuf *out);
 static int	compare_delivered(const void *a, const void *b);
+
+/* the received log */
+static void received_append(const Batch *batch, uint64_t us, unsigned int status);
+static void received_clear(void);
+static void received_json(OutBuf *out);
 
 /* JSON scanning */
 static void json_ws(JsonCursor *c);
@@ -364,6 +425,7 @@ static Faults faults;
 static Stats stats;
 static IdShard idset[IDSET_SHARDS];
 static Timer timer;
+static ReceivedLog received;
 static _Atomic uint64_t rng_state;
 static _Atomic uint64_t next_provider_seq;
 static _Atomic bool shutting_down;
@@ -381,6 +443,8 @@ static const Setting settings[] = {
 	{"reject_prefix", SET_PREFIX, 0, 0, NULL, NULL},
 	{"unauthorized", SET_BOOL, 0, 0, NULL, NULL},
 	{"seed", SET_SEED, 0, 0, NULL, NULL},
+	{"result_status", SET_RESULT_STATUS, 0, MAX_RESULT_STATUS_BYTES, NULL, NULL},
+	{"reply_body", SET_REPLY_BODY, 0, MAX_REPLY_BODY_BYTES, NULL, NULL},
 };
 
 #define OUT_LIT(b, lit)		out_bytes((b), (lit), sizeof(lit) - 1)
@@ -433,6 +497,8 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
 	pthread_mutex_init(&faults.prefix_lock, NULL);
+	pthread_mutex_init(&faults.text_lock, NULL);
+	pthread_mutex_init(&received.lock, NULL);
 	faults_reset();
 	idset_init();
 	timer_start();
@@ -509,6 +575,7 @@ main(int argc, char **argv)
 		usleep(10000);
 	MHD_stop_daemon(daemon);
 	idset_clear();
+	received_clear();
 	return 0;
 }
 
@@ -521,7 +588,8 @@ usage(FILE *out)
 			"                [--idempotency-header Name] [--verbose]\n"
 			"  --port 0 picks a free port; the chosen one is printed as\n"
 			"  \"mock_tms listening on ADDR:PORT\".  See README.md for the\n"
-			"  /_control, /_stats, /_delivered and /_reset endpoints.\n");
+			"  /_control, /_stats, /_delivered, /_received and /_reset\n"
+			"  endpoints.\n");
 }
 
 /*
@@ -737,6 +805,8 @@ request_begin(struct MHD_Connection *conn, const char *url)
 		req->kind = REQ_STATS;
 	else if (strcmp(url, "/_delivered") == 0)
 		req->kind = REQ_DELIVERED;
+	else if (strcmp(url, "/_received") == 0)
+		req->kind = REQ_RECEIVED;
 	else
 		req->kind = REQ_NOT_FOUND;
 
@@ -824,6 +894,7 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 			stats_reset();
 			faults_reset();
 			idset_clear();
+			received_clear();
 			set_answer_text(req, MHD_HTTP_OK, "{\"ok\":true}");
 			return 0;
 		case REQ_STATS:
@@ -838,6 +909,13 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 				break;
 			out_init(&out, 4096);
 			delivered_json(&out);
+			set_answer(req, MHD_HTTP_OK, &out);
+			return 0;
+		case REQ_RECEIVED:
+			if (!is_get)
+				break;
+			out_init(&out, 4096);
+			received_json(&out);
 			set_answer(req, MHD_HTTP_OK, &out);
 			return 0;
 		case REQ_NOT_FOUND:
@@ -915,15 +993,20 @@ set_answer_text(Request *req, unsigned int status, const char *text)
  * decide_send: the message endpoint.  The order is the order a real provider
  * would check things in: authentication, request syntax, then the injected
  * faults, then per-message processing.  Only a request that gets past every
- * fault has its messages delivered.  Returns the delay before answering.
+ * fault has its messages delivered.  Whatever the answer, the messages of a
+ * well-formed body go to the received log, stamped with the time the body
+ * was complete (now).  Returns the delay before answering.
  */
 static int64_t
 decide_send(Request *req, struct MHD_Connection *conn)
 {
 	Batch		batch;
+	uint64_t	arrived_us = wall_us();
 	bool		shutting = atomic_load_explicit(&shutting_down, memory_order_relaxed);
 	int64_t		delay_ms = shutting ? 0 :
 		atomic_load_explicit(&faults.latency_ms, memory_order_relaxed);
+	bool		authorized;
+	bool		well_formed;
 
 	if (options.idempotency_header != NULL)
 	{
@@ -937,26 +1020,28 @@ decide_send(Request *req, struct MHD_Connection *conn)
 			fprintf(stderr, "mock_tms: %s: %s\n", options.idempotency_header, key);
 	}
 
-	if (!is_authorized(conn) || atomic_load(&faults.unauthorized))
+	/* Parsed before the 401 too, so that the received log has its messages. */
+	authorized = is_authorized(conn) && !atomic_load(&faults.unauthorized);
+	memset(&batch, 0, sizeof(batch));
+	batch.msgs = batch.inline_msgs;
+	batch.cap = INLINE_MESSAGES;
+	well_formed = !req->body_too_large &&
+		parse_batch(req->body, req->body_len, &batch);
+
+	if (!authorized)
 	{
 		set_answer_text(req, MHD_HTTP_UNAUTHORIZED, "{\"error\":\"unauthorized\"}");
-		return delay_ms;
+		goto done;
 	}
 	if (req->body_too_large)
 	{
 		set_answer_text(req, 413, "{\"error\":\"too_large\"}");
-		return delay_ms;
+		goto done;
 	}
-
-	memset(&batch, 0, sizeof(batch));
-	batch.msgs = batch.inline_msgs;
-	batch.cap = INLINE_MESSAGES;
-	if (!parse_batch(req->body, req->body_len, &batch))
+	if (!well_formed)
 	{
-		if (batch.msgs != batch.inline_msgs)
-			free(batch.msgs);
 		set_answer_text(req, MHD_HTTP_BAD_REQUEST, "{\"error\":\"bad_request\"}");
-		return delay_ms;
+		goto done;
 	}
 	atomic_fetch_add_explicit(&stats.messages_received, (uint64_t) batch.count,
 							  memory_order_relaxed);
@@ -1002,9 +1087,13 @@ decide_send(Request *req, struct MHD_Connection *conn)
 		set_answer_text(req, MHD_HTTP_OK, "{\"results\": [");
 		goto done;
 	}
-	answer_batch(req, &batch);
+	if (!answer_reply_body(req, &batch))
+		answer_batch(req, &batch);
 
 done:
+	if (well_formed)
+		received_append(&batch, arrived_us,
+						req->phase == PHASE_CLOSE ? 0 : req->status);
 	if (batch.msgs != batch.inline_msgs)
 		free(batch.msgs);
 	return delay_ms;
@@ -1023,8 +1112,10 @@ is_authorized(struct MHD_Connection *conn)
 
 /*
  * answer_batch: deliver each message (or reject it) and build the results
- * array in message order.  Counters are added once per batch to keep the
- * shared cache lines quiet.
+ * array in message order.  While result_status is not "accepted", a message
+ * that would have been accepted gets that status instead and is neither
+ * delivered nor remembered, so a re-send is answered the same way.
+ * Counters are added once per batch to keep the shared cache lines quiet.
  */
 static void
 answer_batch(Request *req, const Batch *batch)
@@ -1032,10 +1123,21 @@ answer_batch(Request *req, const Batch *batch)
 	OutBuf		out;
 	char		prefix[MAX_PREFIX_BYTES + 1];
 	size_t		prefix_len = load_reject_prefix(prefix);
+	char		odd[MAX_RESULT_STATUS_BYTES + 1];
+	bool		is_odd = false;
 	uint64_t	n_new = 0;
 	uint64_t	n_dup = 0;
 	uint64_t	n_rejected = 0;
+	uint64_t	n_odd = 0;
 	int			i;
+
+	if (atomic_load_explicit(&faults.odd_status, memory_order_relaxed))
+	{
+		pthread_mutex_lock(&faults.text_lock);
+		is_odd = atomic_load(&faults.odd_status);
+		memcpy(odd, faults.result_status, sizeof(odd));
+		pthread_mutex_unlock(&faults.text_lock);
+	}
 
 	out_init(&out, 32 + (size_t) batch->count * 96);
 	OUT_LIT(&out, "{\"results\":[");
@@ -1055,6 +1157,14 @@ answer_batch(Request *req, const Batch *batch)
 			out_str(&out, code);
 			OUT_LIT(&out, "\",\"provider_id\":\"\"}");
 			n_rejected++;
+			continue;
+		}
+		if (is_odd)
+		{
+			OUT_LIT(&out, ",\"status\":");
+			out_json_string(&out, odd, strlen(odd));
+			OUT_LIT(&out, ",\"code\":\"injected\",\"provider_id\":\"\"}");
+			n_odd++;
 			continue;
 		}
 		if (idset_insert(m->id, m->id_len, &seq))
@@ -1085,7 +1195,37 @@ answer_batch(Request *req, const Batch *batch)
 		atomic_fetch_add_explicit(&stats.duplicates, n_dup, memory_order_relaxed);
 	if (n_rejected > 0)
 		atomic_fetch_add_explicit(&stats.rejected, n_rejected, memory_order_relaxed);
+	if (n_odd > 0)
+		atomic_fetch_add_explicit(&stats.odd_status, n_odd, memory_order_relaxed);
 	set_answer(req, MHD_HTTP_OK, &out);
+}
+
+/*
+ * answer_reply_body: while reply_body is set, answer 200 with exactly that
+ * body and deliver nothing; the messages are counted in custom_replies.
+ * Returns false (and prepares nothing) while it is null.
+ */
+static bool
+answer_reply_body(Request *req, const Batch *batch)
+{
+	OutBuf		out;
+
+	if (!atomic_load_explicit(&faults.has_reply_body, memory_order_relaxed))
+		return false;
+	pthread_mutex_lock(&faults.text_lock);
+	if (faults.reply_body == NULL)
+	{
+		pthread_mutex_unlock(&faults.text_lock);
+		return false;
+	}
+	out_init(&out, faults.reply_body_len + 1);
+	out_bytes(&out, faults.reply_body, faults.reply_body_len);
+	pthread_mutex_unlock(&faults.text_lock);
+
+	atomic_fetch_add_explicit(&stats.custom_replies, (uint64_t) batch->count,
+							  memory_order_relaxed);
+	set_answer(req, MHD_HTTP_OK, &out);
+	return true;
 }
 
 /*
@@ -1322,7 +1462,8 @@ apply_setting(const char *key, const char *value, bool dry_run,
 		snprintf(err, errlen, "unknown key \"%s\"", key);
 		return false;
 	}
-	if (value == NULL && s->type != SET_PREFIX)
+	if (value == NULL && s->type != SET_PREFIX &&
+		s->type != SET_RESULT_STATUS && s->type != SET_REPLY_BODY)
 	{
 		snprintf(err, errlen, "key \"%s\" needs a value", key);
 		return false;
@@ -1411,6 +1552,63 @@ apply_setting(const char *key, const char *value, bool dry_run,
 				}
 				return true;
 			}
+		case SET_RESULT_STATUS:
+			{
+				/* null restores "accepted"; any other text is taken as is */
+				const char *status = value != NULL ? value : DEFAULT_RESULT_STATUS;
+				size_t		len = strlen(status);
+				size_t		j;
+
+				if (len > (size_t) s->max)
+				{
+					snprintf(err, errlen, "%s is longer than %" PRId64 " bytes", key, s->max);
+					return false;
+				}
+				for (j = 0; j < len; j++)
+					if (status[j] < 0x20 || status[j] > 0x7e)
+					{
+						snprintf(err, errlen, "%s may hold only printable ASCII", key);
+						return false;
+					}
+				if (!dry_run)
+				{
+					pthread_mutex_lock(&faults.text_lock);
+					memcpy(faults.result_status, status, len + 1);
+					atomic_store(&faults.odd_status,
+								 strcmp(status, DEFAULT_RESULT_STATUS) != 0);
+					pthread_mutex_unlock(&faults.text_lock);
+				}
+				return true;
+			}
+		case SET_REPLY_BODY:
+			{
+				/* null: answer normally again; "" is an empty body */
+				size_t		len = value != NULL ? strlen(value) : 0;
+				char	   *copy = NULL;
+				char	   *old;
+
+				if (len > (size_t) s->max)
+				{
+					snprintf(err, errlen, "%s is longer than %" PRId64 " bytes", key, s->max);
+					return false;
+				}
+				if (!dry_run)
+				{
+					if (value != NULL)
+					{
+						copy = xmalloc(len + 1);
+						memcpy(copy, value, len + 1);
+					}
+					pthread_mutex_lock(&faults.text_lock);
+					old = faults.reply_body;
+					faults.reply_body = copy;
+					faults.reply_body_len = len;
+					atomic_store(&faults.has_reply_body, copy != NULL);
+					pthread_mutex_unlock(&faults.text_lock);
+					free(old);
+				}
+				return true;
+			}
 	}
 	return false;
 }
@@ -1435,6 +1633,14 @@ faults_reset(void)
 	faults.reject_prefix[0] = '\0';
 	atomic_store(&faults.reject_prefix_len, 0);
 	pthread_mutex_unlock(&faults.prefix_lock);
+	pthread_mutex_lock(&faults.text_lock);
+	strcpy(faults.result_status, DEFAULT_RESULT_STATUS);
+	atomic_store(&faults.odd_status, false);
+	free(faults.reply_body);
+	faults.reply_body = NULL;
+	faults.reply_body_len = 0;
+	atomic_store(&faults.has_reply_body, false);
+	pthread_mutex_unlock(&faults.text_lock);
 }
 
 static void
@@ -1459,6 +1665,15 @@ faults_json(OutBuf *out)
 			 atomic_load(&faults.seed));
 	out_str(out, buf);
 	out_json_string(out, prefix, prefix_len);
+	pthread_mutex_lock(&faults.text_lock);
+	OUT_LIT(out, ",\"result_status\":");
+	out_json_string(out, faults.result_status, strlen(faults.result_status));
+	OUT_LIT(out, ",\"reply_body\":");
+	if (faults.reply_body != NULL)
+		out_json_string(out, faults.reply_body, faults.reply_body_len);
+	else
+		OUT_LIT(out, "null");
+	pthread_mutex_unlock(&faults.text_lock);
 	OUT_LIT(out, "}");
 }
 
@@ -1481,6 +1696,8 @@ stats_reset(void)
 	atomic_store(&stats.hangs, 0);
 	atomic_store(&stats.resets, 0);
 	atomic_store(&stats.malformed, 0);
+	atomic_store(&stats.odd_status, 0);
+	atomic_store(&stats.custom_replies, 0);
 	atomic_store(&stats.missing_idempotency_key, 0);
 	atomic_store(&stats.max_in_flight, atomic_load(&stats.in_flight));
 	atomic_store(&stats.first_delivery_us, 0);
@@ -1490,7 +1707,12 @@ stats_reset(void)
 static void
 stats_json(OutBuf *out)
 {
-	char		buf[1024];
+	char		buf[2048];
+	size_t		logged;
+
+	pthread_mutex_lock(&received.lock);
+	logged = received.count;
+	pthread_mutex_unlock(&received.lock);
 
 	snprintf(buf, sizeof(buf),
 			 "{\"requests\":%" PRIu64 ",\"messages_received\":%" PRIu64
@@ -1499,7 +1721,9 @@ stats_json(OutBuf *out)
 			 ",\"status_4xx\":%" PRIu64 ",\"status_5xx\":%" PRIu64
 			 ",\"throttled_429\":%" PRIu64 ",\"hangs\":%" PRIu64
 			 ",\"resets\":%" PRIu64 ",\"malformed\":%" PRIu64
+			 ",\"odd_status\":%" PRIu64 ",\"custom_replies\":%" PRIu64
 			 ",\"missing_idempotency_key\":%" PRIu64
+			 ",\"received_logged\":%" PRIu64 ",\"received_overflow\":%s"
 			 ",\"in_flight\":%" PRId64 ",\"max_in_flight\":%" PRId64
 			 ",\"first_delivery_us\":%" PRIu64 ",\"last_delivery_us\":%" PRIu64 "}",
 			 atomic_load(&stats.requests), atomic_load(&stats.messages_received),
@@ -1508,7 +1732,9 @@ stats_json(OutBuf *out)
 			 atomic_load(&stats.status_4xx), atomic_load(&stats.status_5xx),
 			 atomic_load(&stats.throttled_429), atomic_load(&stats.hangs),
 			 atomic_load(&stats.resets), atomic_load(&stats.malformed),
+			 atomic_load(&stats.odd_status), atomic_load(&stats.custom_replies),
 			 atomic_load(&stats.missing_idempotency_key),
+			 (uint64_t) logged, atomic_load(&received.overflow) ? "true" : "false",
 			 atomic_load(&stats.in_flight), atomic_load(&stats.max_in_flight),
 			 atomic_load(&stats.first_delivery_us), atomic_load(&stats.last_delivery_us));
 	out_str(out, buf);
@@ -1576,6 +1802,101 @@ delivered_json(OutBuf *out)
 	OUT_LIT(out, "]");
 	free(items);
 	free(keys.data);
+}
+
+
+/*
+ * received_append: log every message of a batch as arrived at us and
+ * answered status.  One lock per batch; the arrays double as they fill, up
+ * to the bounds, past which messages are dropped and overflow is set.
+ */
+static void
+received_append(const Batch *batch, uint64_t us, unsigned int status)
+{
+	int			i;
+
+	pthread_mutex_lock(&received.lock);
+	for (i = 0; i < batch->count; i++)
+	{
+		const Message *m = &batch->msgs[i];
+		ReceivedEntry *e;
+
+		if (received.count >= RECEIVED_MAX_ENTRIES ||
+			received.ids_len + m->id_len > RECEIVED_MAX_ID_BYTES)
+		{
+			atomic_store(&received.overflow, true);
+			break;
+		}
+		if (received.count == received.cap)
+		{
+			received.cap = received.cap ? received.cap * 2 : 4096;
+			received.entries = xrealloc(received.entries,
+										received.cap * sizeof(ReceivedEntry));
+		}
+		if (received.ids_len + m->id_len > received.ids_cap)
+		{
+			size_t		cap = received.ids_cap ? received.ids_cap : 64 * 1024;
+
+			while (received.ids_len + m->id_len > cap)
+				cap *= 2;
+			received.ids = xrealloc(received.ids, cap);
+			received.ids_cap = cap;
+		}
+		e = &received.entries[received.count++];
+		e->us = us;
+		e->offset = received.ids_len;
+		e->len = (uint32_t) m->id_len;
+		e->status = status;
+		memcpy(received.ids + received.ids_len, m->id, m->id_len);
+		received.ids_len += m->id_len;
+	}
+	pthread_mutex_unlock(&received.lock);
+}
+
+/* received_clear: forget the log and give its memory back (for /_reset). */
+static void
+received_clear(void)
+{
+	pthread_mutex_lock(&received.lock);
+	free(received.entries);
+	free(received.ids);
+	received.entries = NULL;
+	received.ids = NULL;
+	received.count = received.cap = 0;
+	received.ids_len = received.ids_cap = 0;
+	atomic_store(&received.overflow, false);
+	pthread_mutex_unlock(&received.lock);
+}
+
+/*
+ * received_json: the log as [{"id":...,"us":...,"status":...}, ...] in the
+ * order the messages were logged.  Built under the lock (senders wait for
+ * it); meant for reading at the end of a test.
+ */
+static void
+received_json(OutBuf *out)
+{
+	size_t		i;
+
+	pthread_mutex_lock(&received.lock);
+	out_reserve(out, received.count * 64 + 2);
+	OUT_LIT(out, "[");
+	for (i = 0; i < received.count; i++)
+	{
+		const ReceivedEntry *e = &received.entries[i];
+
+		if (i > 0)
+			OUT_LIT(out, ",");
+		OUT_LIT(out, "{\"id\":");
+		out_json_string(out, received.ids + e->offset, e->len);
+		OUT_LIT(out, ",\"us\":");
+		out_u64(out, e->us);
+		OUT_LIT(out, ",\"status\":");
+		out_u64(out, e->status);
+		OUT_LIT(out, "}");
+	}
+	OUT_LIT(out, "]");
+	pthread_mutex_unlock(&received.lock);
 }
 
 
