@@ -13,6 +13,7 @@ OBJS = \
 	src/shmem.o \
 	src/switches.o \
 	src/claim.o \
+	src/closes.o \
 	src/retry.o \
 	src/logic.o \
 	src/tms.o \
@@ -23,7 +24,7 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = courier
-DATA = sql/courier--0.1.sql
+DATA = sql/courier--0.1.sql sql/courier--0.1--0.2.sql
 
 REGRESS = register_orders delay_orders logic_stage failures operating
 REGRESS_OPTS = --load-extension=courier

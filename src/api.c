@@ -71,6 +71,8 @@ static char *normalize_phone(const char *raw, int index, int64 order_id);
 static DateADT parse_iso_date(const char *s, int index, int64 order_id);
 static Datum int8_array(Datum *values, int n);
 static char *date_to_cstring(DateADT d);
+static int	control_char_position(const char *s);
+static int	cmp_order_input(const void *a, const void *b);
 
 /* ----------------------------------------------------------------
  * Validation helpers shared by the app API
@@ -109,6 +111,7 @@ check_order_ids(ArrayType *arr, const char *argname, int *n)
 				 errhint("Split the request, or raise courier.max_orders_per_request.")));
 	for (int i = 0; i < *n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -147,6 +150,7 @@ check_no_duplicates(Datum *ids, int n, const char *argname)
 	initStringInfo(&dups);
 	for (int i = 1; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (sorted[i] != sorted[i - 1] || (i > 1 && sorted[i] == sorted[i - 2]))
 			continue;
 		if (ndups < NAMED_IN_ERROR)
@@ -157,8 +161,9 @@ check_no_duplicates(Datum *ids, int n, const char *argname)
 	if (ndups > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
-				 errmsg("%s names %d order%s more than once",
-						argname, ndups, ndups == 1 ? "" : "s"),
+				 errmsg_plural("%s names %d order more than once",
+							   "%s names %d orders more than once",
+							   ndups, argname, ndups),
 				 errdetail("Named more than once: %s%s.", dups.data,
 						   ndups > NAMED_IN_ERROR ? ", ..." : "")));
 	pfree(sorted);
@@ -183,8 +188,8 @@ report_unusable_orders(Datum ids_array, const char *action)
 	if (total > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("%lld unknown order id%s", (long long) total,
-						total == 1 ? "" : "s"),
+				 errmsg_plural("%lld unknown order id", "%lld unknown order ids",
+							   total, (long long) total),
 				 errdetail("Not registered: %s%s.", list.data,
 						   total > NAMED_IN_ERROR ? ", ..." : ""),
 				 errhint("Register orders with courier.register_orders() first.")));
@@ -196,14 +201,25 @@ report_unusable_orders(Datum ids_array, const char *action)
 	if (total > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot %s %lld order%s that %s already closed",
-						action, (long long) total, total == 1 ? "" : "s",
-						total == 1 ? "is" : "are"),
+				 errmsg_plural("cannot %s %lld order that is already closed",
+							   "cannot %s %lld orders that are already closed",
+							   total, action, (long long) total),
 				 errdetail("Closed: %s%s.", list.data,
 						   total > NAMED_IN_ERROR ? ", ..." : ""),
 				 errhint("Only paid or shipping_requested orders can be changed.")));
 
-	elog(ERROR, "courier: orders changed while the request was validated");
+	/*
+	 * Every id looked usable on the second look: an order changed between
+	 * the two statements (a concurrent invoice that was rolled back, an
+	 * order registered meanwhile).  Nothing was written; trying again is
+	 * the answer.
+	 */
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not %s the orders: they changed while the request was validated",
+					action),
+			 errdetail("A concurrent transaction changed some of the orders; nothing was written."),
+			 errhint("Retry the call.")));
 }
 
 /*
@@ -220,8 +236,8 @@ find_offending_orders(Datum ids_array, const char *join_where, bool with_status,
 	Datum		values[1] = {ids_array};
 	bool		isnull;
 
-	if (SPI_execute_with_args(psprintf("SELECT u.id, o.status::text, count(*) OVER ()"
-									   "  FROM unnest($1) WITH ORDINALITY AS u(id, ord) %s"
+	if (SPI_execute_with_args(psprintf("SELECT u.id, o.status::text, pg_catalog.count(*) OVER ()"
+									   "  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, ord) %s"
 									   " ORDER BY u.ord LIMIT %d",
 									   join_where, NAMED_IN_ERROR),
 							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
@@ -254,6 +270,32 @@ static char *
 date_to_cstring(DateADT d)
 {
 	return DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d)));
+}
+
+/*
+ * control_char_position
+ *		1-based byte position of the first ASCII control character (C0 or
+ *		DEL) in s, 0 when there is none.  Text that reaches a customer's
+ *		phone must not carry them: carriers garble or reject them.
+ */
+static int
+control_char_position(const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+	{
+		if (*p < 0x20 || *p == 0x7f)
+			return (int) (p - (const unsigned char *) s) + 1;
+	}
+	return 0;
+}
+
+static int
+cmp_order_input(const void *a, const void *b)
+{
+	int64		x = ((const OrderInput *) a)->order_id;
+	int64		y = ((const OrderInput *) b)->order_id;
+
+	return (x > y) - (x < y);
 }
 
 /* ----------------------------------------------------------------
@@ -323,7 +365,18 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	{
 		JsonbValue *elem = getIthJsonbValueFromContainer(&jb->root, i);
 
+		CHECK_FOR_INTERRUPTS();
 		parse_order(elem, i + 1, &orders[i]);
+	}
+
+	/*
+	 * Write in order_id order: two calls naming the same orders in
+	 * different orders then lock them in the same order, and cannot
+	 * deadlock.
+	 */
+	qsort(orders, n, sizeof(OrderInput), cmp_order_input);
+	for (int i = 0; i < n; i++)
+	{
 		ids[i] = Int64GetDatum(orders[i].order_id);
 		sellers[i] = Int64GetDatum(orders[i].seller_id);
 		phones[i] = CStringGetTextDatum(orders[i].phone);
@@ -351,9 +404,17 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	SPI_connect();
 
 	/*
-	 * New orders first, then the ones that existed: the UPDATE's fresh
-	 * snapshot also sees rows a concurrent call inserted in between.  Rows
-	 * this call just inserted are identical to their input and are skipped.
+	 * New orders first, in order_id order, then the ones that existed:
+	 * locked in order_id order before the UPDATE (whose join may visit them
+	 * in any order), which then sees, with its fresh snapshot, also rows a
+	 * concurrent call inserted in between.  Rows this call just inserted
+	 * are identical to their input and are skipped.
+	 *
+	 * An existing order that courier delayed keeps its promised date: the
+	 * app's copy of the date is older than the delay the customer was told
+	 * about.  Closing an order here (status invoiced, shipped, cancelled)
+	 * drops its pending notice like register_invoice does (the trigger
+	 * courier.order_closed).
 	 */
 	if (SPI_execute_with_args(
 			"INSERT INTO courier.orders (order_id, seller_id, customer_phone,"
@@ -362,25 +423,36 @@ courier_register_orders(PG_FUNCTION_ARGS)
 			"       coalesce(u.status::courier.order_status, 'paid')"
 			"  FROM unnest($1, $2, $3, $4, $5, $6)"
 			"       AS u(id, seller, phone, product, ship, status)"
+			" ORDER BY u.id "
 			"ON CONFLICT (order_id) DO NOTHING",
 			6, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "courier: could not insert orders");
-	if (SPI_processed < (uint64) n &&
-		SPI_execute_with_args(
-			"UPDATE courier.orders o"
-			"   SET seller_id = u.seller, customer_phone = u.phone,"
-			"       product_name = u.product, promised_ship_date = u.ship,"
-			"       status = coalesce(u.status::courier.order_status, o.status),"
-			"       updated_at = statement_timestamp()"
-			"  FROM unnest($1, $2, $3, $4, $5, $6)"
-			"       AS u(id, seller, phone, product, ship, status)"
-			" WHERE o.order_id = u.id"
-			"   AND ((o.seller_id, o.customer_phone, o.product_name,"
-			"         o.promised_ship_date)"
-			"        IS DISTINCT FROM (u.seller, u.phone, u.product, u.ship)"
-			"        OR o.status::text <> coalesce(u.status, o.status::text))",
-			6, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "courier: could not update orders");
+	if (SPI_processed < (uint64) n)
+	{
+		if (SPI_execute_with_args(
+				"SELECT 1 FROM courier.orders o"
+				" WHERE o.order_id = ANY ($1)"
+				" ORDER BY o.order_id FOR UPDATE",
+				1, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "courier: could not lock orders");
+		if (SPI_execute_with_args(
+				"UPDATE courier.orders o"
+				"   SET seller_id = u.seller, customer_phone = u.phone,"
+				"       product_name = u.product,"
+				"       promised_ship_date = CASE WHEN o.delay_reason IS NULL"
+				"           THEN u.ship ELSE o.promised_ship_date END,"
+				"       status = coalesce(u.status::courier.order_status, o.status),"
+				"       updated_at = pg_catalog.statement_timestamp()"
+				"  FROM unnest($1, $2, $3, $4, $5, $6)"
+				"       AS u(id, seller, phone, product, ship, status)"
+				" WHERE o.order_id = u.id"
+				"   AND ((o.seller_id, o.customer_phone, o.product_name)"
+				"        IS DISTINCT FROM (u.seller, u.phone, u.product)"
+				"        OR (o.delay_reason IS NULL AND o.promised_ship_date <> u.ship)"
+				"        OR o.status::text <> coalesce(u.status, o.status::text))",
+				6, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "courier: could not update orders");
+	}
 
 	SPI_finish();
 	PG_RETURN_INT32(n);
@@ -414,12 +486,19 @@ parse_order(JsonbValue *elem, int index, OrderInput *out)
 								 index, out->order_id);
 	out->product = json_to_string(order_field(obj, "product_name", index, true),
 								  "product_name", index);
-	if (out->product[0] == '\0' || strlen(out->product) > 1000)
+	if (strspn(out->product, " \t\r\n") == strlen(out->product) ||
+		strlen(out->product) > 1000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid product_name in element %d (order " INT64_FORMAT ")",
 						index, out->order_id),
-				 errdetail("A product name has 1 to 1000 bytes.")));
+				 errdetail("A product name has 1 to 1000 bytes, not all of them blank.")));
+	if (control_char_position(out->product) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("product_name in element %d (order " INT64_FORMAT ") contains a control character at byte %d",
+						index, out->order_id, control_char_position(out->product)),
+				 errdetail("Names are sent to customers as text messages; control characters are not allowed.")));
 	out->ship_date = parse_iso_date(json_to_string(order_field(obj, "promised_ship_date", index, true),
 												   "promised_ship_date", index),
 									index, out->order_id);
@@ -619,8 +698,8 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 			"UPDATE courier.orders o"
 			"   SET status = 'shipping_requested',"
 			"       invoice_deadline = coalesce(o.invoice_deadline,"
-			"           statement_timestamp() + $2 * interval '1 minute'),"
-			"       updated_at = statement_timestamp()"
+			"           pg_catalog.statement_timestamp() + $2 * interval '1 minute'),"
+			"       updated_at = pg_catalog.statement_timestamp()"
 			" WHERE o.order_id = ANY ($1)"
 			"   AND o.status IN ('paid', 'shipping_requested')",
 			2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
@@ -633,9 +712,15 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 
 /*
  * courier_register_invoice
- *		The seller registered an invoice: the order is invoiced, and a notice
- *		not yet on its way is dropped (a notice being sent right now, under
- *		a lease, is left to finish).  Returns whether a notice was dropped.
+ *		The seller registered an invoice: the order becomes invoiced, and no
+ *		send of its notice starts after this commits (the close rule: the
+ *		trigger courier.order_closed drops a notice no sender holds, and a
+ *		sender that holds one drops it before sending, see closes.c).
+ *
+ * Returns what became of the order's newest notice, so the app can tell
+ * its seller: 'dropped' (never sent), 'in_flight' (a sender holds it: a
+ * request may already be on the wire; the notice's status will say how it
+ * ended), 'delivered', 'failed', or 'none' (the order had no notice).
  */
 Datum
 courier_register_invoice(PG_FUNCTION_ARGS)
@@ -645,7 +730,8 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 	Oid			argtypes[2] = {INT8OID, TEXTOID};
 	Datum		values[2];
 	char	   *status;
-	bool		dropped;
+	char	   *fate;
+	MemoryContext caller = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -679,24 +765,33 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 				 errmsg("cannot register an invoice for order " INT64_FORMAT ", which is %s",
 						order_id, status)));
 
-	if (SPI_execute_with_args(
-			"WITH inv AS ("
-			"    UPDATE courier.orders SET status = 'invoiced',"
-			"           invoice_number = $2, updated_at = statement_timestamp()"
-			"     WHERE order_id = $1"
-			"), dropped AS ("
-			"    DELETE FROM courier.work_items w"
-			"     WHERE w.stage = 'tms' AND w.order_id = $1 AND w.leased_by IS NULL"
-			"    RETURNING w.order_id, w.ship_date"
-			") "
-			"UPDATE courier.notices n SET status = 'dropped'"
-			"  FROM dropped d"
-			" WHERE n.order_id = d.order_id AND n.ship_date = d.ship_date",
-			2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_with_args("UPDATE courier.orders SET status = 'invoiced',"
+							  "       invoice_number = $2,"
+							  "       updated_at = pg_catalog.statement_timestamp()"
+							  " WHERE order_id = $1",
+							  2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "courier: could not register invoice");
-	dropped = SPI_processed > 0;
+
+	/* a fresh snapshot: also notices the logic stage committed meanwhile */
+	if (SPI_execute_with_args(
+			"SELECT coalesce("
+			"    (SELECT 'in_flight' FROM courier.work_items w"
+			"      WHERE w.stage = 'tms' AND w.order_id = $1"
+			"        AND w.leased_by IS NOT NULL"
+			"        AND w.not_before > pg_catalog.statement_timestamp()"
+			"      LIMIT 1),"
+			"    (SELECT CASE WHEN n.status IN ('delivered', 'dry_run') THEN 'delivered'"
+			"                 WHEN n.status = 'failed' THEN 'failed'"
+			"                 ELSE 'dropped' END"
+			"       FROM courier.notices n WHERE n.order_id = $1"
+			"      ORDER BY n.created_at DESC, n.ship_date DESC LIMIT 1),"
+			"    'none')",
+			1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not read the order's notice");
+	fate = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	fate = MemoryContextStrdup(caller, fate);
 	SPI_finish();
-	PG_RETURN_BOOL(dropped);
+	PG_RETURN_TEXT_P(cstring_to_text(fate));
 }
 
 /* ----------------------------------------------------------------
@@ -750,6 +845,12 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ZERO_LENGTH_CHARACTER_STRING),
 				 errmsg("reason is empty"),
 				 errdetail("Customers are told the reason for the delay, so it must say something.")));
+	if (control_char_position(reason_str) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("reason contains a control character at byte %d",
+						control_char_position(reason_str)),
+				 errdetail("The reason is sent to customers as a text message; control characters (including line breaks) are not allowed.")));
 	if (reason_chars > courier_max_reason_length)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
@@ -803,7 +904,7 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	if (SPI_execute_with_args(
 			"INSERT INTO courier.work_items (stage, seller_id, order_id, request_id)"
 			"SELECT 'logic', o.seller_id, o.order_id, $1"
-			"  FROM unnest($4) WITH ORDINALITY AS u(id, ord)"
+			"  FROM pg_catalog.unnest($4) WITH ORDINALITY AS u(id, ord)"
 			"  JOIN courier.orders o ON o.order_id = u.id"
 			" WHERE o.status IN ('paid', 'shipping_requested')"
 			" ORDER BY u.ord",
@@ -831,10 +932,18 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 Datum
 courier_run_once(PG_FUNCTION_ARGS)
 {
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	CourierStage stage = courier_stage_from_name(name);
+	char	   *name;
+	CourierStage stage;
 	const char *why;
 	int			handled;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stage must not be NULL"),
+				 errhint("The stages are logic and tms.")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	stage = courier_stage_from_name(name);
 
 	if (!courier_stage_runnable(stage, &why))
 	{

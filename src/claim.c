@@ -40,7 +40,7 @@
 /* The due items of a stage, oldest first; %s is the stage name. */
 #define DUE_ITEMS_SQL \
 	"SELECT item_id, leased_by, solo FROM courier.work_items " \
-	" WHERE stage = '%s' AND not_before <= statement_timestamp() " \
+	" WHERE stage = '%s' AND not_before <= pg_catalog.statement_timestamp() " \
 	" ORDER BY not_before, item_id " \
 	" LIMIT $1 FOR UPDATE SKIP LOCKED"
 
@@ -252,11 +252,11 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 		lease_plans[stage] = prepare_kept(psprintf(
 			"WITH c AS MATERIALIZED (%s) "
 			"UPDATE courier.work_items w "
-			"   SET not_before = statement_timestamp() + $2 * interval '1 ms', "
+			"   SET not_before = pg_catalog.statement_timestamp() + $2 * interval '1 ms', "
 			"       leased_by = $3, "
 			"       attempts = w.attempts + (c.leased_by IS NOT NULL)::int, "
 			"       errors = CASE WHEN c.leased_by IS NULL THEN w.errors ELSE w.errors || "
-			"           jsonb_build_object('at', clock_timestamp(), 'outcome_unknown', true, "
+			"           pg_catalog.jsonb_build_object('at', pg_catalog.clock_timestamp(), 'outcome_unknown', true, "
 			"               'error', 'the lease of sender ' || c.leased_by || ' ran out: outcome of its send unknown') END "
 			"  FROM c "
 			" WHERE w.item_id = c.item_id "
@@ -291,8 +291,8 @@ courier_next_due_ms(CourierStage stage)
 	Datum		d;
 
 	courier_execute_kept(&plans[stage],
-						 psprintf("SELECT ceil(extract(epoch FROM"
-								  " min(not_before) - clock_timestamp()) * 1000)::bigint"
+						 psprintf("SELECT pg_catalog.ceil(extract(epoch FROM"
+								  " pg_catalog.min(not_before) - pg_catalog.clock_timestamp()) * 1000)::bigint"
 								  "  FROM courier.work_items WHERE stage = '%s'",
 								  courier_stage_name(stage)),
 						 0, NULL, NULL, NULL, SPI_OK_SELECT);

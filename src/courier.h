@@ -143,6 +143,25 @@ typedef struct CourierTmsLimits
 	pg_atomic_uint64 breaker_opened;
 } CourierTmsLimits;
 
+/*
+ * Closes of orders published at commit, for senders that are about to send
+ * (closes.c).  A slot holds the order id and seq = its position + 1 once
+ * written.
+ */
+#define COURIER_CLOSE_RING_SIZE 65536
+
+typedef struct CourierCloseSlot
+{
+	pg_atomic_uint64 seq;
+	int64		order_id;
+} CourierCloseSlot;
+
+typedef struct CourierCloseRing
+{
+	pg_atomic_uint64 head;		/* next position to write */
+	CourierCloseSlot slots[COURIER_CLOSE_RING_SIZE];
+} CourierCloseRing;
+
 typedef struct CourierShared
 {
 	LWLock	   *lock;			/* protects the slots and launcher fields */
@@ -150,6 +169,7 @@ typedef struct CourierShared
 	Latch	   *launcher_latch;
 	CourierStageState stages[COURIER_NUM_STAGES];
 	CourierTmsLimits tms;
+	CourierCloseRing closes;
 } CourierShared;
 
 extern CourierShared *courier_shared;
@@ -168,12 +188,20 @@ extern int	courier_slots_in_use(CourierStage stage);
  * ----------
  */
 extern void courier_limits_init(CourierTmsLimits *lim);
-extern int	courier_post_json(const char *url, const char *json, char *error,
-							  size_t errlen);
 extern long courier_limits_send_wait_ms(const char **why);
 extern int	courier_tms_worker_batch(volatile sig_atomic_t *stop_requested,
+									 volatile sig_atomic_t *sending,
 									 long *sleep_ms);
 extern int	courier_tms_run_once(void);
+
+/* ----------
+ * The close rule (closes.c)
+ * ----------
+ */
+extern uint64 courier_closes_position(void);
+extern bool courier_closes_read(uint64 *next,
+								void (*fn) (int64 order_id, void *arg),
+								void *arg);
 
 /* ----------
  * Stages, names and switches (switches.c)
@@ -206,6 +234,7 @@ extern void courier_charge_items(Datum ids, Datum errors, Datum sqlstates,
 extern void courier_charge_lost_batch(Datum item_ids, const char *error,
 									  const char *sqlstate);
 extern double courier_backoff_ms(int attempt);
+extern bool courier_error_is_transient(int sqlerrcode);
 
 /* ----------
  * Stage processing (logic.c)
@@ -220,6 +249,7 @@ extern int	courier_run_batch(CourierStage stage);
  * ----------
  */
 extern void courier_register_launcher(void);
+extern void courier_pin_search_path(void);
 extern void courier_begin_transaction(void);
 extern void courier_commit_transaction(void);
 extern PGDLLEXPORT void courier_launcher_main(Datum main_arg);

@@ -33,6 +33,8 @@
 
 #include "common/base64.h"
 #include "common/hmac.h"
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -49,13 +51,14 @@
 
 #define MAX_TRANSFERS 256		/* bounds courier.tms_concurrency */
 #define DEFAULT_RETRY_AFTER_MS 1000
+#define MAX_RESPONSE_DEPTH 64	/* deeper JSON answers are unreadable */
 
-/* One request in flight: messages [first, first + count) of the batch. */
+/* One request in flight: messages idx[0..count) of the batch. */
 typedef struct Transfer
 {
 	CURL	   *easy;
 	bool		busy;
-	int			first;
+	int		   *idx;
 	int			count;
 	StringInfoData body;
 	struct curl_slist *headers;
@@ -75,6 +78,20 @@ static long curl_timeout_ms = -1;	/* from curl's timer callback */
 static WaitEventSet *wait_set = NULL;
 static Transfer transfers[MAX_TRANSFERS];
 
+/*
+ * What the requests of one courier_dispatch call allocate (bodies, header
+ * lines, signatures): reset at the start of the next call, so a sender's
+ * memory does not grow with the requests it sends.
+ */
+static MemoryContext dispatch_context = NULL;
+
+/* The background POST of courier_post_start (the launcher's alerts). */
+static CURLM *post_multi = NULL;
+static CURL *post_easy = NULL;
+static struct curl_slist *post_headers = NULL;
+static char *post_body = NULL;
+static char post_errbuf[CURL_ERROR_SIZE];
+
 static void dispatch_init(void);
 static void dispatch_cleanup(int code, Datum arg);
 static int	socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
@@ -82,13 +99,18 @@ static int	socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp,
 static int	timer_cb(CURLM *m, long timeout_ms, void *userp);
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata);
 static size_t header_cb(char *buffer, size_t size, size_t nitems, void *userdata);
-static Transfer *start_transfer(CourierMessage *msgs, int first, int count);
+static int	next_unsent(CourierMessage *msgs, int n, int from);
+static Transfer *start_transfer(CourierMessage *msgs, int n, int *next, int bulk);
+static void set_common_options(CURL *easy, const char *url,
+							   struct curl_slist *headers, char *errbuf);
+static bool body_is_json(const char *body, size_t len);
 static void finish_transfer(Transfer *t, CURLcode rc, CourierMessage *msgs,
 							const CourierDispatchHooks *hooks);
 static void drive_curl(bool socket_ready);
 static void set_outcome(CourierMessage *m, CourierOutcome outcome, bool unknown,
 						int http_status, const char *code, const char *error);
-static void apply_results(Transfer *t, CourierMessage *msgs, int http_status);
+static CourierOutcome apply_results(Transfer *t, CourierMessage *msgs,
+									int http_status);
 static void add_hmac_headers(Transfer *t);
 static void release_transfer(Transfer *t);
 static size_t discard_cb(char *ptr, size_t size, size_t nmemb, void *userdata);
@@ -123,6 +145,8 @@ dispatch_init(void)
 
 	for (int i = 0; i < MAX_TRANSFERS; i++)
 		transfers[i].easy = NULL;
+	dispatch_context = AllocSetContextCreate(TopMemoryContext, "courier dispatch",
+											 ALLOCSET_DEFAULT_SIZES);
 
 	on_proc_exit(dispatch_cleanup, (Datum) 0);
 	initialized = true;
@@ -140,6 +164,17 @@ dispatch_cleanup(int code, Datum arg)
 		}
 	}
 	curl_multi_cleanup(multi);
+	if (post_multi)
+	{
+		if (post_easy)
+		{
+			curl_multi_remove_handle(post_multi, post_easy);
+			curl_easy_cleanup(post_easy);
+		}
+		curl_multi_cleanup(post_multi);
+	}
+	curl_slist_free_all(post_headers);
+	free(post_body);
 	curl_global_cleanup();
 }
 
@@ -247,8 +282,9 @@ header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 
 /*
  * courier_dispatch
- *		Send msgs[0..n) and give each an outcome.  Returns when every
- *		message has one, or (after hooks->should_stop) when every request
+ *		Send the messages of msgs[0..n) not marked skip, and give each an
+ *		outcome.  Returns when every message has one, or (after
+ *		hooks->should_stop or a refusal of hooks->admit) when every request
  *		started has finished; messages never sent stay PENDING.
  *
  * Called with no transaction open in workers.  An ERROR (query cancel in
@@ -257,18 +293,24 @@ header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 void
 courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 {
-	int			next = 0;
+	int			next;
 	int			in_flight = 0;
 	bool		stopping = false;
 	int			bulk = Max(courier_tms_bulk_size, 1);
 	int			concurrency = Min(Max(courier_tms_concurrency, 1), MAX_TRANSFERS);
 
 	dispatch_init();
+	MemoryContextReset(dispatch_context);
 	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long) concurrency);
 	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) concurrency);
 
 	for (int i = 0; i < n; i++)
-		set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
+	{
+		msgs[i].started = false;
+		if (!msgs[i].skip)
+			set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
+	}
+	next = next_unsent(msgs, n, 0);
 
 	PG_TRY();
 	{
@@ -284,17 +326,23 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 			/* start what the limits allow */
 			while (!stopping && next < n && in_flight < concurrency)
 			{
-				int			count = Min(bulk, n - next);
-				int			wait = hooks->acquire(count);
+				int			wait = hooks->acquire(Min(bulk, n - next));
 
 				if (wait > 0)
 				{
 					rate_wait = wait;
 					break;
 				}
-				if (start_transfer(msgs, next, count) == NULL)
+				if (!hooks->admit())
+				{
+					stopping = true;
 					break;
-				next += count;
+				}
+				next = next_unsent(msgs, n, next);
+				if (next >= n)
+					break;
+				if (start_transfer(msgs, n, &next, bulk) == NULL)
+					break;
 				in_flight++;
 			}
 			if (in_flight == 0 && (stopping || next >= n))
@@ -341,6 +389,21 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 }
 
 /*
+ * next_unsent
+ *		The first message from index from on that is still to be sent: not
+ *		skipped, not started, and given no outcome by the admit hook.
+ */
+static int
+next_unsent(CourierMessage *msgs, int n, int from)
+{
+	while (from < n &&
+		   (msgs[from].skip || msgs[from].started ||
+			msgs[from].outcome != COURIER_OUT_PENDING))
+		from++;
+	return from;
+}
+
+/*
  * drive_curl
  *		Let curl act on the sockets that are ready, or on its timer.
  */
@@ -373,14 +436,17 @@ drive_curl(bool socket_ready)
 
 /*
  * start_transfer
- *		Build and add one request for msgs[first..first+count).
+ *		Build and add one request for up to bulk messages still to be sent,
+ *		from *next on; *next moves past them.  Allocates in dispatch_context.
  */
 static Transfer *
-start_transfer(CourierMessage *msgs, int first, int count)
+start_transfer(CourierMessage *msgs, int n, int *next, int bulk)
 {
 	Transfer   *t = NULL;
 	char	   *idem;
-	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	CourierMessage *first;
+	CourierMessage *last;
+	MemoryContext old;
 
 	for (int i = 0; i < MAX_TRANSFERS; i++)
 	{
@@ -391,10 +457,7 @@ start_transfer(CourierMessage *msgs, int first, int count)
 		}
 	}
 	if (t == NULL)
-	{
-		MemoryContextSwitchTo(old);
 		return NULL;
-	}
 
 	if (t->easy == NULL)
 		t->easy = curl_easy_init();
@@ -403,9 +466,20 @@ start_transfer(CourierMessage *msgs, int first, int count)
 	if (t->easy == NULL)
 		elog(ERROR, "courier: curl_easy_init failed");
 
+	old = MemoryContextSwitchTo(dispatch_context);
+	t->idx = palloc(sizeof(int) * bulk);
+	t->count = 0;
+	for (int i = *next; i < n && t->count < bulk; i = next_unsent(msgs, n, i + 1))
+	{
+		t->idx[t->count++] = i;
+		msgs[i].started = true;
+		*next = i + 1;
+	}
+	*next = next_unsent(msgs, n, *next);
+	first = &msgs[t->idx[0]];
+	last = &msgs[t->idx[t->count - 1]];
+
 	t->busy = true;
-	t->first = first;
-	t->count = count;
 	t->resp = NULL;
 	t->resp_len = 0;
 	t->resp_cap = 0;
@@ -417,11 +491,11 @@ start_transfer(CourierMessage *msgs, int first, int count)
 	/* body: {"messages": [{"id": ..., "to": ..., ...}, ...]} */
 	initStringInfo(&t->body);
 	appendStringInfoString(&t->body, "{\"messages\": [");
-	for (int i = first; i < first + count; i++)
+	for (int k = 0; k < t->count; k++)
 	{
-		CourierMessage *m = &msgs[i];
+		CourierMessage *m = &msgs[t->idx[k]];
 
-		if (i > first)
+		if (k > 0)
 			appendStringInfoString(&t->body, ", ");
 		appendStringInfoString(&t->body, "{\"id\": ");
 		escape_json(&t->body, m->key);
@@ -445,11 +519,11 @@ start_transfer(CourierMessage *msgs, int first, int count)
 	 * for a bulk request the first and last keys and the count, which are
 	 * the same whenever the same messages are sent together again.
 	 */
-	if (count == 1)
-		idem = psprintf("%s: %s", courier_tms_idempotency_header, msgs[first].key);
+	if (t->count == 1)
+		idem = psprintf("%s: %s", courier_tms_idempotency_header, first->key);
 	else
 		idem = psprintf("%s: bulk-%s-%s-%d", courier_tms_idempotency_header,
-						msgs[first].key, msgs[first + count - 1].key, count);
+						first->key, last->key, t->count);
 	t->headers = curl_slist_append(t->headers, "Content-Type: application/json");
 	t->headers = curl_slist_append(t->headers, "Expect:");
 	t->headers = curl_slist_append(t->headers, idem);
@@ -457,27 +531,16 @@ start_transfer(CourierMessage *msgs, int first, int count)
 		t->headers = curl_slist_append(t->headers, courier_tms_auth_header);
 	if (courier_tms_hmac_access_key && courier_tms_hmac_access_key[0])
 		add_hmac_headers(t);
-	pfree(idem);
 
-	curl_easy_setopt(t->easy, CURLOPT_URL, courier_tms_url);
-	curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_POST, 1L);
+	set_common_options(t->easy, courier_tms_url, t->headers, t->errbuf);
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body.data);
 	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) t->body.len);
-	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
-	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, t->errbuf);
-	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) courier_tms_timeout_ms);
-	curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT_MS,
-					 (long) courier_tms_connect_timeout_ms);
 	curl_easy_setopt(t->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYPEER, courier_tms_tls_verify ? 1L : 0L);
-	curl_easy_setopt(t->easy, CURLOPT_SSL_VERIFYHOST, courier_tms_tls_verify ? 2L : 0L);
 
 	t->started = GetCurrentTimestamp();
 	MemoryContextSwitchTo(old);
@@ -491,11 +554,39 @@ start_transfer(CourierMessage *msgs, int first, int count)
 }
 
 /*
+ * set_common_options
+ *		The options every courier request shares, the TMS's and the alerts':
+ *		POST to url over http(s) only, the timeouts, TLS verification (on
+ *		unless courier.tms_tls_verify is off), no signals.
+ */
+static void
+set_common_options(CURL *easy, const char *url, struct curl_slist *headers,
+				   char *errbuf)
+{
+	curl_easy_setopt(easy, CURLOPT_URL, url);
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) courier_tms_timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+					 (long) courier_tms_connect_timeout_ms);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, courier_tms_tls_verify ? 1L : 0L);
+	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, courier_tms_tls_verify ? 2L : 0L);
+}
+
+/*
  * add_hmac_headers
  *		Sign the request the way Naver Cloud SENS does: a millisecond
  *		timestamp, the access key, and base64(HMAC-SHA256(secret,
  *		"POST <path>\n<timestamp>\n<access key>")).  Computed per attempt,
- *		since the timestamp is part of what is signed.
+ *		since the timestamp is part of what is signed.  Its strings live in
+ *		dispatch_context (curl copies the header lines it is given).
  */
 static void
 add_hmac_headers(Transfer *t)
@@ -509,6 +600,7 @@ add_hmac_headers(Transfer *t)
 	char		b64[64];
 	int			b64len;
 	pg_hmac_ctx *ctx;
+	bool		ok;
 
 	if (curl_url_set(u, CURLUPART_URL, courier_tms_url, 0) == CURLUE_OK)
 	{
@@ -522,13 +614,17 @@ add_hmac_headers(Transfer *t)
 					   ts, courier_tms_hmac_access_key);
 
 	ctx = pg_hmac_create(PG_SHA256);
-	if (ctx == NULL ||
-		pg_hmac_init(ctx, (const uint8 *) courier_tms_hmac_secret,
-					 strlen(courier_tms_hmac_secret)) < 0 ||
-		pg_hmac_update(ctx, (const uint8 *) to_sign, strlen(to_sign)) < 0 ||
-		pg_hmac_final(ctx, mac, sizeof(mac)) < 0)
-		elog(ERROR, "courier: could not compute the HMAC signature");
+	ok = (ctx != NULL &&
+		  pg_hmac_init(ctx, (const uint8 *) courier_tms_hmac_secret,
+					   strlen(courier_tms_hmac_secret)) == 0 &&
+		  pg_hmac_update(ctx, (const uint8 *) to_sign, strlen(to_sign)) == 0 &&
+		  pg_hmac_final(ctx, mac, sizeof(mac)) == 0);
 	pg_hmac_free(ctx);
+	curl_free(path);
+	curl_free(query);
+	curl_url_cleanup(u);
+	if (!ok)
+		elog(ERROR, "courier: could not compute the HMAC signature");
 	b64len = pg_b64_encode((const char *) mac, sizeof(mac), b64, sizeof(b64) - 1);
 	b64[Max(b64len, 0)] = '\0';
 
@@ -539,9 +635,6 @@ add_hmac_headers(Transfer *t)
 											courier_tms_hmac_access_key));
 	t->headers = curl_slist_append(t->headers,
 								   psprintf("x-ncp-apigw-signature-v2: %s", b64));
-	curl_free(path);
-	curl_free(query);
-	curl_url_cleanup(u);
 }
 
 static void
@@ -550,9 +643,7 @@ release_transfer(Transfer *t)
 	curl_multi_remove_handle(multi, t->easy);
 	curl_slist_free_all(t->headers);
 	t->headers = NULL;
-	if (t->body.data)
-		pfree(t->body.data);
-	t->body.data = NULL;
+	t->body.data = NULL;		/* in dispatch_context */
 	free(t->resp);
 	t->resp = NULL;
 	t->busy = false;
@@ -577,14 +668,10 @@ set_outcome(CourierMessage *m, CourierOutcome outcome, bool unknown,
  *
  *	transport error before anything was sent		RETRY
  *	timeout / reset / no answer after sending		RETRY, unknown
- *	2xx												per message: accepted ->
- *													DELIVERED, rejected ->
- *													REJECTED, absent ->
- *													DELIVERED; unreadable
- *													body -> RETRY, unknown
+ *	2xx												apply_results (the 2xx rule)
  *	429, 503										THROTTLED (Retry-After)
  *	401, 403										UNAUTHORIZED
- *	408, other 5xx									RETRY
+ *	408, other 5xx, 1xx, 3xx						RETRY
  *	other 4xx										REJECTED
  */
 static void
@@ -597,6 +684,7 @@ finish_transfer(Transfer *t, CURLcode rc, CourierMessage *msgs,
 	CourierOutcome klass;
 	bool		unknown = false;
 	char		error[256];
+	CourierMessage *first = &msgs[t->idx[0]];
 
 	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &http);
 	curl_easy_getinfo(t->easy, CURLINFO_SIZE_UPLOAD_T, &sent);
@@ -615,16 +703,13 @@ finish_transfer(Transfer *t, CURLcode rc, CourierMessage *msgs,
 		else
 			snprintf(error, sizeof(error), "%s%s%s", curl_easy_strerror(rc),
 					 t->errbuf[0] ? ": " : "", t->errbuf);
-		for (int i = t->first; i < t->first + t->count; i++)
-			set_outcome(&msgs[i], klass, unknown, (int) http,
+		for (int k = 0; k < t->count; k++)
+			set_outcome(&msgs[t->idx[k]], klass, unknown, (int) http,
 						curl_easy_strerror(rc), error);
 	}
 	else if (http >= 200 && http < 300)
 	{
-		klass = COURIER_OUT_DELIVERED;
-		apply_results(t, msgs, (int) http);
-		if (msgs[t->first].outcome == COURIER_OUT_RETRY)
-			klass = COURIER_OUT_RETRY;	/* unreadable answer */
+		klass = apply_results(t, msgs, (int) http);
 	}
 	else
 	{
@@ -651,62 +736,73 @@ finish_transfer(Transfer *t, CURLcode rc, CourierMessage *msgs,
 			klass = COURIER_OUT_REJECTED;
 			code = "http_rejected";
 		}
-		for (int i = t->first; i < t->first + t->count; i++)
-			set_outcome(&msgs[i], klass, false, (int) http, code, error);
+		for (int k = 0; k < t->count; k++)
+			set_outcome(&msgs[t->idx[k]], klass, false, (int) http, code, error);
 	}
 
-	for (int i = t->first; i < t->first + t->count; i++)
+	for (int k = 0; k < t->count; k++)
 	{
-		msgs[i].latency_ms = latency;
-		msgs[i].retry_after_ms = t->retry_after_ms >= 0 ?
+		CourierMessage *m = &msgs[t->idx[k]];
+
+		m->latency_ms = latency;
+		m->retry_after_ms = t->retry_after_ms >= 0 ?
 			(int) Min(t->retry_after_ms, 3600000L) : DEFAULT_RETRY_AFTER_MS;
 	}
-	hooks->request_done(klass, msgs[t->first].retry_after_ms);
+	hooks->request_done(klass, first->retry_after_ms);
 	release_transfer(t);
 }
 
 /*
  * apply_results
- *		Read {"results": [{"id", "status", "code", "provider_id"}, ...]} of a
- *		2xx answer.  A message without an entry counts as accepted.  An
- *		answer that does not parse leaves every message RETRY and unknown:
- *		the provider may well have taken them, and the retry carries the same
- *		idempotency key.
+ *		The 2xx rule: a 2xx answer accepts every message it says nothing
+ *		against.
+ *	- An empty body, or a JSON object without "results": the request was
+ *	  accepted as a whole; every message DELIVERED.
+ *	- {"results": [{"id", "status", "code", "provider_id"}, ...]}: per
+ *	  message by its id: "accepted" DELIVERED, "rejected" REJECTED (a
+ *	  permanent failure of that message), any other status (or none) RETRY
+ *	  with its outcome unknown (sent again under the same idempotency key);
+ *	  a message without an entry DELIVERED.
+ *	- Anything else (not JSON, JSON that is not an object, "results" that
+ *	  is not an array): the answer is unreadable; every message RETRY,
+ *	  outcome unknown.
+ *	Returns the request's class for the shared limits: RETRY when the body
+ *	was unreadable, else DELIVERED.
+ *
+ * The body is checked by the JSON parser that reports instead of throwing
+ * before it is converted, so no error is raised (and none caught) here.
  */
-static void
+static CourierOutcome
 apply_results(Transfer *t, CourierMessage *msgs, int http_status)
 {
-	Jsonb	   *jb = NULL;
+	Jsonb	   *jb;
 	JsonbValue *results;
-	MemoryContext old = CurrentMemoryContext;
 
-	for (int i = t->first; i < t->first + t->count; i++)
-		set_outcome(&msgs[i], COURIER_OUT_DELIVERED, false, http_status,
+	for (int k = 0; k < t->count; k++)
+		set_outcome(&msgs[t->idx[k]], COURIER_OUT_DELIVERED, false, http_status,
 					"accepted", "");
 
 	if (t->resp_len == 0)
-		return;					/* no body: every message accepted */
+		return COURIER_OUT_DELIVERED;	/* no body: accepted as a whole */
 
-	PG_TRY();
+	if (!body_is_json(t->resp, t->resp_len) ||
+		(jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(t->resp)))) == NULL ||
+		JB_ROOT_IS_SCALAR(jb) || !JB_ROOT_IS_OBJECT(jb))
 	{
-		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(t->resp)));
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(old);
-		FlushErrorState();
-		jb = NULL;
-	}
-	PG_END_TRY();
-
-	if (jb == NULL || JB_ROOT_IS_SCALAR(jb) || !JB_ROOT_IS_OBJECT(jb) ||
-		(results = getKeyJsonValueFromContainer(&jb->root, "results", 7, NULL)) == NULL ||
-		results->type != jbvBinary || !JsonContainerIsArray(results->val.binary.data))
-	{
-		for (int i = t->first; i < t->first + t->count; i++)
-			set_outcome(&msgs[i], COURIER_OUT_RETRY, true, http_status,
+		for (int k = 0; k < t->count; k++)
+			set_outcome(&msgs[t->idx[k]], COURIER_OUT_RETRY, true, http_status,
 						"malformed_response", "TMS answered 2xx with an unreadable body");
-		return;
+		return COURIER_OUT_RETRY;
+	}
+	results = getKeyJsonValueFromContainer(&jb->root, "results", 7, NULL);
+	if (results == NULL)
+		return COURIER_OUT_DELIVERED;	/* no per-message verdicts */
+	if (results->type != jbvBinary || !JsonContainerIsArray(results->val.binary.data))
+	{
+		for (int k = 0; k < t->count; k++)
+			set_outcome(&msgs[t->idx[k]], COURIER_OUT_RETRY, true, http_status,
+						"malformed_response", "TMS answered 2xx with \"results\" that is not an array");
+		return COURIER_OUT_RETRY;
 	}
 
 	for (uint32 r = 0; r < JsonContainerSize(results->val.binary.data); r++)
@@ -717,6 +813,8 @@ apply_results(Transfer *t, CourierMessage *msgs, int http_status)
 				   *code,
 				   *pid;
 		char	   *idstr;
+		char	   *st;
+		char	   *c;
 		int			match = -1;
 
 		if (e == NULL || e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
@@ -727,12 +825,12 @@ apply_results(Transfer *t, CourierMessage *msgs, int http_status)
 		idstr = pnstrdup(id->val.string.val, id->val.string.len);
 
 		/* results usually come in request order: try that first */
-		if ((int) r < t->count && strcmp(msgs[t->first + r].key, idstr) == 0)
-			match = t->first + r;
-		for (int i = t->first; match < 0 && i < t->first + t->count; i++)
+		if ((int) r < t->count && strcmp(msgs[t->idx[r]].key, idstr) == 0)
+			match = t->idx[r];
+		for (int k = 0; match < 0 && k < t->count; k++)
 		{
-			if (strcmp(msgs[i].key, idstr) == 0)
-				match = i;
+			if (strcmp(msgs[t->idx[k]].key, idstr) == 0)
+				match = t->idx[k];
 		}
 		if (match < 0)
 			continue;
@@ -740,72 +838,157 @@ apply_results(Transfer *t, CourierMessage *msgs, int http_status)
 		status = getKeyJsonValueFromContainer(e->val.binary.data, "status", 6, NULL);
 		code = getKeyJsonValueFromContainer(e->val.binary.data, "code", 4, NULL);
 		pid = getKeyJsonValueFromContainer(e->val.binary.data, "provider_id", 11, NULL);
-		if (status && status->type == jbvString &&
-			status->val.string.len == 8 &&
-			strncmp(status->val.string.val, "rejected", 8) == 0)
-		{
-			char	   *c = (code && code->type == jbvString) ?
-				pnstrdup(code->val.string.val, code->val.string.len) : pstrdup("rejected");
-			char	   *err = psprintf("TMS rejected the message: %s", c);
+		st = (status && status->type == jbvString) ?
+			pnstrdup(status->val.string.val, status->val.string.len) : pstrdup("");
+		c = (code && code->type == jbvString) ?
+			pnstrdup(code->val.string.val, code->val.string.len) : NULL;
 
-			set_outcome(&msgs[match], COURIER_OUT_REJECTED, false, http_status, c, err);
-		}
-		else if (pid && pid->type == jbvString)
+		if (strcmp(st, "accepted") == 0)
 		{
-			int			len = Min(pid->val.string.len,
-								  (int) sizeof(msgs[match].provider_id) - 1);
+			if (pid && pid->type == jbvString)
+			{
+				int			len = Min(pid->val.string.len,
+									  (int) sizeof(msgs[match].provider_id) - 1);
 
-			memcpy(msgs[match].provider_id, pid->val.string.val, len);
-			msgs[match].provider_id[len] = '\0';
+				memcpy(msgs[match].provider_id, pid->val.string.val, len);
+				msgs[match].provider_id[len] = '\0';
+			}
 		}
+		else if (strcmp(st, "rejected") == 0)
+			set_outcome(&msgs[match], COURIER_OUT_REJECTED, false, http_status,
+						c ? c : "rejected",
+						psprintf("TMS rejected the message: %s", c ? c : "rejected"));
+		else
+			set_outcome(&msgs[match], COURIER_OUT_RETRY, true, http_status,
+						c ? c : "unknown_status",
+						psprintf("TMS answered status \"%s\" for the message: neither accepted nor rejected",
+								 st));
 	}
+	return COURIER_OUT_DELIVERED;
 }
 
 /*
- * courier_post_json
- *		POST one JSON document (an alert) to url, with the TMS stage's TLS
- *		and timeout settings, and return the HTTP status (0 when no answer
- *		came; *error then says why).  Blocking, bounded by
- *		courier.tms_timeout; the caller holds no transaction.
+ * body_is_json
+ *		Is the body well-formed JSON that jsonb_in will take without an
+ *		error?  pg_parse_json reports instead of throwing; the nesting is
+ *		bounded first, since the parser recurses (and a stack-depth check
+ *		would throw).
  */
-int
-courier_post_json(const char *url, const char *json, char *error, size_t errlen)
+static bool
+body_is_json(const char *body, size_t len)
 {
-	CURL	   *easy;
-	struct curl_slist *headers = NULL;
-	CURLcode	rc;
-	long		http = 0;
-	char		errbuf[CURL_ERROR_SIZE] = "";
+	JsonLexContext *lex;
+	int			depth = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		ch = body[i];
+
+		if (in_string)
+		{
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = false;
+		}
+		else if (ch == '"')
+			in_string = true;
+		else if (ch == '{' || ch == '[')
+		{
+			if (++depth > MAX_RESPONSE_DEPTH)
+				return false;
+		}
+		else if (ch == '}' || ch == ']')
+			depth--;
+	}
+	if (strlen(body) != len)
+		return false;			/* a NUL inside */
+	lex = makeJsonLexContextCstringLen(unconstify(char *, body), (int) len,
+									   GetDatabaseEncoding(), true);
+	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+}
+
+/*
+ * courier_post_start
+ *		Start POSTing one JSON document (an alert) to url in the background:
+ *		the caller polls with courier_post_poll from its loop, and is never
+ *		held up by a slow or silent receiver.  Returns false when a POST is
+ *		still in progress or could not be started.  The TMS's TLS and
+ *		timeout settings apply.
+ */
+bool
+courier_post_start(const char *url, const char *json)
+{
+	int			running;
 
 	dispatch_init();
-	easy = curl_easy_init();
-	if (easy == NULL)
+	if (post_easy != NULL)
+		return false;
+	if (post_multi == NULL && (post_multi = curl_multi_init()) == NULL)
+		return false;
+	if ((post_easy = curl_easy_init()) == NULL)
+		return false;
+	free(post_body);
+	post_body = strdup(json);
+	if (post_body == NULL)
 	{
-		strlcpy(error, "curl_easy_init failed", errlen);
-		return 0;
+		curl_easy_cleanup(post_easy);
+		post_easy = NULL;
+		return false;
 	}
-	headers = curl_slist_append(headers, "Content-Type: application/json");
-	curl_easy_setopt(easy, CURLOPT_URL, url);
-	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, json);
-	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) courier_tms_timeout_ms);
-	curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long) courier_tms_connect_timeout_ms);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, courier_tms_tls_verify ? 1L : 0L);
-	curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, courier_tms_tls_verify ? 2L : 0L);
-	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, discard_cb);
+	if (post_headers == NULL)
+		post_headers = curl_slist_append(NULL, "Content-Type: application/json");
+	post_errbuf[0] = '\0';
+	set_common_options(post_easy, url, post_headers, post_errbuf);
+	curl_easy_setopt(post_easy, CURLOPT_POSTFIELDS, post_body);
+	curl_easy_setopt(post_easy, CURLOPT_WRITEFUNCTION, discard_cb);
+	curl_multi_add_handle(post_multi, post_easy);
+	curl_multi_perform(post_multi, &running);
+	return true;
+}
 
-	rc = curl_easy_perform(easy);
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &http);
-	else
-		snprintf(error, errlen, "%s%s%s", curl_easy_strerror(rc),
-				 errbuf[0] ? ": " : "", errbuf);
-	if (rc == CURLE_OK && (http < 200 || http >= 300))
-		snprintf(error, errlen, "alert URL answered HTTP %ld", http);
-	curl_slist_free_all(headers);
-	curl_easy_cleanup(easy);
-	return (int) http;
+/*
+ * courier_post_poll
+ *		Drive the POST of courier_post_start without waiting.  Returns true
+ *		once it finished: *http_status is its HTTP status (0 when no answer
+ *		came; error then says why).  False while it is still going.
+ */
+bool
+courier_post_poll(int *http_status, char *error, size_t errlen)
+{
+	int			running;
+	int			left;
+	CURLMsg    *done;
+	bool		finished = false;
+
+	if (post_easy == NULL)
+		return false;
+	curl_multi_perform(post_multi, &running);
+	while ((done = curl_multi_info_read(post_multi, &left)) != NULL)
+	{
+		long		http = 0;
+
+		if (done->msg != CURLMSG_DONE)
+			continue;
+		finished = true;
+		error[0] = '\0';
+		if (done->data.result == CURLE_OK)
+		{
+			curl_easy_getinfo(post_easy, CURLINFO_RESPONSE_CODE, &http);
+			if (http < 200 || http >= 300)
+				snprintf(error, errlen, "alert URL answered HTTP %ld", http);
+		}
+		else
+			snprintf(error, errlen, "%s%s%s", curl_easy_strerror(done->data.result),
+					 post_errbuf[0] ? ": " : "", post_errbuf);
+		*http_status = (int) http;
+	}
+	if (finished)
+	{
+		curl_multi_remove_handle(post_multi, post_easy);
+		curl_easy_cleanup(post_easy);
+		post_easy = NULL;
+	}
+	return finished;
 }

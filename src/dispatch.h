@@ -23,7 +23,8 @@ typedef enum CourierOutcome
 	COURIER_OUT_REJECTED,		/* permanent failure of this message */
 	COURIER_OUT_RETRY,			/* 5xx, 408, timeout, connection error */
 	COURIER_OUT_THROTTLED,		/* 429/503: not before retry_after_ms */
-	COURIER_OUT_UNAUTHORIZED	/* 401/403: our credentials, not the message */
+	COURIER_OUT_UNAUTHORIZED,	/* 401/403: our credentials, not the message */
+	COURIER_OUT_CLOSED			/* not sent: the caller's admit hook said so */
 } CourierOutcome;
 
 typedef struct CourierMessage
@@ -34,8 +35,10 @@ typedef struct CourierMessage
 	const char *channel;		/* "sms" or "lms" */
 	const char *subject;		/* NULL for none */
 	const char *text;
+	bool		skip;			/* not to be sent at all */
 
 	/* output */
+	bool		started;		/* a request carrying it has started */
 	CourierOutcome outcome;
 	bool		unknown;		/* sent, but no usable answer: may be delivered */
 	int			http_status;	/* 0 when no response came */
@@ -55,10 +58,21 @@ typedef struct CourierDispatchHooks
 	void		(*request_done) (CourierOutcome outcome, int retry_after_ms);
 	/* true: start no further request (shutdown, breaker opened) */
 	bool		(*should_stop) (void);
+
+	/*
+	 * Called right before a request is built: may set the outcome of
+	 * messages not yet started (they are then not sent); false: start no
+	 * further request.
+	 */
+	bool		(*admit) (void);
 } CourierDispatchHooks;
 
 extern void courier_dispatch(CourierMessage *msgs, int n,
 							 const CourierDispatchHooks *hooks);
+
+/* One POST in the background of a loop (the launcher's alerts). */
+extern bool courier_post_start(const char *url, const char *json);
+extern bool courier_post_poll(int *http_status, char *error, size_t errlen);
 
 /* limits.c: the shared limits behind the hooks */
 extern int	courier_limits_acquire(int n);

@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "courier.h"
@@ -80,8 +81,14 @@ static const struct config_enum_entry tms_mode_options[] = {
 void
 courier_define_gucs(void)
 {
-	/* Where the workers run */
-	DefineCustomStringVariable("courier.database",
+	/*
+	 * Where the workers run.  Only the postmaster starts workers, and a
+	 * PGC_POSTMASTER parameter cannot be defined after startup (FATAL):
+	 * loaded without preloading, for run_once, courier has no such
+	 * parameter.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("courier.database",
 							   "Database in which courier's background workers run; empty for none.",
 							   NULL,
 							   &courier_database,

@@ -9,7 +9,11 @@
  * Workers retire themselves when idle (worker.c); the launcher only
  * starts them, so the two never race over who stops whom.  The launcher
  * also POSTs alerts (courier.alerts, raised by failure_digest) to
- * courier.alert_url, outside any transaction.  When
+ * courier.alert_url, outside any transaction and in the background of its
+ * loop: a receiver that never answers holds up neither the pools nor a
+ * shutdown.  Workers are started only once the extension's installed
+ * version is the one this library was built for (after ALTER EXTENSION
+ * courier UPDATE).  When
  * max_worker_processes has no free slot the launcher says so, keeps the
  * workers it has and tries again later.
  *
@@ -37,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "courier.h"
+#include "dispatch.h"
 
 /* Shortest time between two looks at the backlog. */
 #define LAUNCHER_MIN_INTERVAL_MS	100
@@ -52,7 +57,14 @@ static bool start_worker(CourierStage stage);
 static void launcher_detach(int code, Datum arg);
 static void post_alerts(void);
 
+/* The SQL version of courier this library works with. */
+#define COURIER_SCHEMA_VERSION "0.2"
+
 static TimestampTz last_no_slot_warning = 0;
+static bool version_warned = false;
+
+/* The alert being POSTed in the background, 0 when none. */
+static int64 alert_in_flight = 0;
 
 /*
  * courier_register_launcher
@@ -86,10 +98,15 @@ courier_register_launcher(void)
 void
 courier_launcher_main(Datum main_arg)
 {
+	MemoryContext loop_context;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(courier_database, NULL, 0);
+	courier_pin_search_path();
+	loop_context = AllocSetContextCreate(TopMemoryContext, "courier launcher loop",
+										 ALLOCSET_DEFAULT_SIZES);
 
 	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
 	courier_shared->launcher_pid = MyProcPid;
@@ -112,11 +129,15 @@ courier_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		MemoryContextReset(loop_context);
+		MemoryContextSwitchTo(loop_context);
+
 		ready = extension_ready();
 		for (int s = 0; s < COURIER_NUM_STAGES; s++)
 			balance_stage((CourierStage) s, ready);
-		if (ready && courier_alert_url[0] != '\0')
+		if (ready && (courier_alert_url[0] != '\0' || alert_in_flight != 0))
 			post_alerts();
+		MemoryContextSwitchTo(loop_context);
 		pgstat_report_stat(false);
 		pgstat_report_activity(STATE_IDLE, ready ? "balancing worker pools" :
 							   "waiting for CREATE EXTENSION courier");
@@ -124,9 +145,10 @@ courier_launcher_main(Datum main_arg)
 		/* Rate-limit: a storm of commits must not become a storm of counts. */
 		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 LAUNCHER_MIN_INTERVAL_MS, PG_WAIT_EXTENSION);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 LAUNCHER_MAX_INTERVAL_MS - LAUNCHER_MIN_INTERVAL_MS,
-						 PG_WAIT_EXTENSION);
+		if (alert_in_flight == 0)
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 LAUNCHER_MAX_INTERVAL_MS - LAUNCHER_MIN_INTERVAL_MS,
+							 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
@@ -221,19 +243,36 @@ start_worker(CourierStage stage)
 
 /*
  * extension_ready
- *		Has CREATE EXTENSION courier been run in this database?  Workers are
- *		only started once it has.
+ *		Has CREATE EXTENSION courier been run in this database, at the
+ *		version this library works with?  Workers are only started once it
+ *		has: a newer library over an older schema waits for ALTER EXTENSION
+ *		courier UPDATE (and says so once).
  */
 static bool
 extension_ready(void)
 {
+	char	   *version = NULL;
 	bool		ready;
 
 	courier_begin_transaction();
-	if (SPI_execute("SELECT 1 FROM pg_extension WHERE extname = 'courier'",
-					true, 1) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension"
+					" WHERE extname = 'courier'", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not look up pg_extension");
-	ready = SPI_processed > 0;
+	if (SPI_processed > 0)
+		version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	ready = (version != NULL && strcmp(version, COURIER_SCHEMA_VERSION) == 0);
+	if (version != NULL && !ready && !version_warned)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("courier launcher: extension courier is at version %s, the library needs %s; no worker is started",
+						version, COURIER_SCHEMA_VERSION),
+				 errhint("Run ALTER EXTENSION courier UPDATE in database \"%s\".",
+						 courier_database)));
+		version_warned = true;
+	}
+	if (ready)
+		version_warned = false;
 	courier_commit_transaction();
 	return ready;
 }
@@ -250,8 +289,8 @@ due_backlog(CourierStage stage, int cap)
 	bool		isnull;
 
 	courier_begin_transaction();
-	if (SPI_execute(psprintf("SELECT count(*)::int FROM (SELECT 1 FROM courier.work_items"
-							 " WHERE stage = '%s' AND not_before <= now() LIMIT %d) d",
+	if (SPI_execute(psprintf("SELECT pg_catalog.count(*)::int FROM (SELECT 1 FROM courier.work_items"
+							 " WHERE stage = '%s' AND not_before <= pg_catalog.now() LIMIT %d) d",
 							 courier_stage_name(stage), cap),
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not count the backlog");
@@ -263,62 +302,63 @@ due_backlog(CourierStage stage, int cap)
 
 /*
  * post_alerts
- *		POST the alert due for posting to courier.alert_url: read it in one
- *		transaction, post with none open, record the result in another.  One
- *		alert a look, so a slow receiver delays the pools by one request at
- *		most; a failed post is retried with back-off (doubling, up to an
- *		hour) until it succeeds.
+ *		Move the alert outbox along by one step, never waiting on the
+ *		network: finish the POST in flight (recording its result), or start
+ *		the next one due.  A failed post is retried with back-off (doubling,
+ *		up to an hour) until it succeeds.
  */
 static void
 post_alerts(void)
 {
-	int			n;
-	int64		ids[1];
-	char	   *payloads[1];
+	int			http = 0;
+	char		error[256] = "";
 
-	courier_begin_transaction();
-	if (SPI_execute("SELECT alert_id, payload::text FROM courier.alerts"
-					" WHERE posted_at IS NULL AND next_post_at <= now()"
-					" ORDER BY next_post_at LIMIT 1", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "courier: could not read alerts");
-	n = (int) SPI_processed;
-	for (int i = 0; i < n; i++)
+	if (alert_in_flight != 0)
 	{
-		bool		isnull;
-
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-		payloads[i] = MemoryContextStrdup(TopMemoryContext,
-										  SPI_getvalue(SPI_tuptable->vals[i],
-													   SPI_tuptable->tupdesc, 2));
-	}
-	courier_commit_transaction();
-
-	for (int i = 0; i < n; i++)
-	{
-		char		error[256] = "";
-		int			http = courier_post_json(courier_alert_url, payloads[i],
-											 error, sizeof(error));
-		bool		ok = (http >= 200 && http < 300);
 		Oid			argtypes[3] = {INT8OID, BOOLOID, TEXTOID};
-		Datum		values[3] = {Int64GetDatum(ids[i]), BoolGetDatum(ok),
-		CStringGetTextDatum(error)};
+		Datum		values[3];
+		bool		ok;
 
+		if (!courier_post_poll(&http, error, sizeof(error)))
+			return;				/* still going */
+		ok = (http >= 200 && http < 300);
 		if (!ok)
 			ereport(WARNING,
 					(errmsg("courier could not post alert " INT64_FORMAT " to courier.alert_url: %s",
-							ids[i], error)));
+							alert_in_flight, error)));
+		values[0] = Int64GetDatum(alert_in_flight);
+		values[1] = BoolGetDatum(ok);
+		values[2] = CStringGetTextDatum(error);
+		alert_in_flight = 0;
 		courier_begin_transaction();
 		if (SPI_execute_with_args("UPDATE courier.alerts"
 								  "   SET post_attempts = post_attempts + 1,"
-								  "       posted_at = CASE WHEN $2 THEN now() END,"
-								  "       next_post_at = now() + least(interval '1 hour',"
-								  "           interval '1 second' * 2 ^ least(post_attempts, 12)),"
-								  "       post_error = nullif($3, '')"
+								  "       posted_at = CASE WHEN $2 THEN pg_catalog.now() END,"
+								  "       next_post_at = pg_catalog.now() + LEAST(interval '1 hour',"
+								  "           interval '1 second' * 2 ^ LEAST(post_attempts, 12)),"
+								  "       post_error = NULLIF($3, '')"
 								  " WHERE alert_id = $1",
 								  3, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "courier: could not record an alert");
 		courier_commit_transaction();
-		pfree(payloads[i]);
+		return;
 	}
+
+	courier_begin_transaction();
+	if (SPI_execute("SELECT alert_id, payload::text FROM courier.alerts"
+					" WHERE posted_at IS NULL AND next_post_at <= pg_catalog.now()"
+					" ORDER BY next_post_at LIMIT 1", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not read alerts");
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (courier_post_start(courier_alert_url,
+							   SPI_getvalue(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 2)))
+			alert_in_flight = id;
+	}
+	courier_commit_transaction();
 }

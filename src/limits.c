@@ -230,6 +230,7 @@ courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 			}
 			break;
 		case COURIER_OUT_PENDING:
+		case COURIER_OUT_CLOSED:
 			break;
 	}
 	SpinLockRelease(&lim->mutex);

@@ -37,7 +37,11 @@
  * when the promised date really changes, and once per (order, new date),
  * in the variant the notice_v2 rollout switch gives the order.
  * Orders that were invoiced, shipped or cancelled (or are gone) meanwhile
- * are skipped.  Every item gets a history row, and leaves the queue.
+ * are skipped: the status is tested again by the UPDATE, which sees the
+ * latest version of a row a concurrent close changed (the CTE's snapshot
+ * may predate that close), so no notice is written for an order whose
+ * close committed first.  Every item gets a history row (an order closed
+ * under the UPDATE is 'skipped', not 'delayed'), and leaves the queue.
  */
 static const char *const apply_sql =
 "WITH items AS ("
@@ -45,7 +49,7 @@ static const char *const apply_sql =
 "           r.reason, r.new_ship_date, o.customer_phone, o.product_name,"
 "           o.promised_ship_date AS old_date,"
 "           coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open"
-"      FROM unnest($1::bigint[]) AS c(item_id)"
+"      FROM pg_catalog.unnest($1::bigint[]) AS c(item_id)"
 "      JOIN courier.work_items w ON w.item_id = c.item_id"
 "      JOIN courier.requests r ON r.request_id = w.request_id"
 "      LEFT JOIN courier.orders o ON o.order_id = w.order_id"
@@ -56,9 +60,10 @@ static const char *const apply_sql =
 "), changed AS ("
 "    UPDATE courier.orders o"
 "       SET promised_ship_date = l.new_ship_date, delay_reason = l.reason,"
-"           updated_at = statement_timestamp()"
+"           updated_at = pg_catalog.statement_timestamp()"
 "      FROM latest l"
 "     WHERE o.order_id = l.order_id AND o.promised_ship_date <> l.new_ship_date"
+"       AND o.status IN ('paid', 'shipping_requested')"
 "    RETURNING o.order_id, l.new_ship_date, o.seller_id, o.customer_phone,"
 "              o.product_name, l.reason,"
 "              CASE WHEN courier.switch_enabled('notice_v2', o.order_id)"
@@ -78,11 +83,12 @@ static const char *const apply_sql =
 "    SELECT i.request_id, i.order_id, i.seller_id, i.old_date, i.new_ship_date,"
 "           CASE WHEN NOT i.open THEN 'skipped'"
 "                WHEN i.old_date = i.new_ship_date THEN 'unchanged'"
-"                ELSE 'delayed' END"
-"      FROM items i"
+"                WHEN ch.order_id IS NOT NULL THEN 'delayed'"
+"                ELSE 'skipped' END"
+"      FROM items i LEFT JOIN changed ch ON ch.order_id = i.order_id"
 ") "
 "DELETE FROM courier.work_items w"
-" USING unnest($1::bigint[]) AS c(item_id)"
+" USING pg_catalog.unnest($1::bigint[]) AS c(item_id)"
 " WHERE w.item_id = c.item_id";
 
 static SPIPlanPtr apply_plan = NULL;
@@ -157,7 +163,10 @@ courier_logic_run_batch(void)
  *		one item: a cancel), charge every item one attempt and mark it solo
  *		while the claim's row locks are still held, so that no other worker
  *		can take the items before the charge is in, and leave the error in
- *		courier_batch_error for the caller (a worker exits, run_once warns).
+ *		courier_batch_error for the caller (a worker backs off, run_once
+ *		warns).  A transient error (courier_error_is_transient) is thrown
+ *		on instead: the caller's transaction is lost, the claimed items fall
+ *		due again untouched.
  *		Returns the number of items charged.
  *
  * The subtransactions of apply_isolating_failures are already rolled back
@@ -175,6 +184,12 @@ apply_or_charge_batch(Datum *ids, int n)
 	}
 	PG_CATCH();
 	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		if (courier_error_is_transient(edata->sqlerrcode))
+			PG_RE_THROW();		/* retried whole, nobody is charged */
 		MemoryContextSwitchTo(TopMemoryContext);
 		courier_batch_error = CopyErrorData();
 		FlushErrorState();
@@ -197,7 +212,9 @@ apply_or_charge_batch(Datum *ids, int n)
  *		the number of items charged a failed attempt.
  *
  * Errors that are not about the data (query cancel, shutdown) are
- * re-thrown: they must end the batch, not be charged to an item.
+ * re-thrown: they must end the batch, not be charged to an item.  So are
+ * the errors of concurrency (deadlock, serialization failure, lock not
+ * available): the batch is tried again as it is, and no item pays.
  */
 static int
 apply_isolating_failures(Datum *ids, int n)
@@ -232,7 +249,8 @@ apply_isolating_failures(Datum *ids, int n)
 
 	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-		edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
+		edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY ||
+		courier_error_is_transient(edata->sqlerrcode))
 		ReThrowError(edata);
 
 	if (n > 1)

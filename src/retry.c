@@ -34,8 +34,8 @@
  */
 static const char *const charge_sql =
 "WITH r AS ("
-"    SELECT u.*, jsonb_strip_nulls(jsonb_build_object("
-"               'at', clock_timestamp(), 'error', u.error, 'sqlstate', u.sqlstate,"
+"    SELECT u.*, pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+"               'at', pg_catalog.clock_timestamp(), 'error', u.error, 'sqlstate', u.sqlstate,"
 "               'http_status', u.http_status,"
 "               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
 "      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[])"
@@ -61,7 +61,7 @@ static const char *const charge_sql =
 ") "
 "UPDATE courier.work_items w"
 "   SET attempts = w.attempts + 1,"
-"       not_before = statement_timestamp() + courier.backoff_delay(w.attempts + 1),"
+"       not_before = pg_catalog.statement_timestamp() + courier.backoff_delay(w.attempts + 1),"
 "       leased_by = NULL,"
 "       errors = w.errors || r.e"
 "  FROM r"
@@ -88,6 +88,19 @@ courier_backoff_ms(int attempt)
 	if (step > courier_retry_cap_ms)
 		step = courier_retry_cap_ms;
 	return step / 2.0 + pg_prng_double(&pg_global_prng_state) * step / 2.0;
+}
+
+/*
+ * courier_error_is_transient
+ *		Errors of concurrency, not of the data: a deadlock, a serialization
+ *		failure (SQLSTATE class 40), a lock not available.  The work is
+ *		tried again as it is; no item is charged an attempt for them.
+ */
+bool
+courier_error_is_transient(int sqlerrcode)
+{
+	return ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_TRANSACTION_ROLLBACK ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
 }
 
 /*

@@ -90,6 +90,9 @@ courier_shmem_startup(void)
 			pg_atomic_init_u64(&st->batches, 0);
 		}
 		courier_limits_init(&courier_shared->tms);
+		pg_atomic_init_u64(&courier_shared->closes.head, 0);
+		for (int i = 0; i < COURIER_CLOSE_RING_SIZE; i++)
+			pg_atomic_init_u64(&courier_shared->closes.slots[i].seq, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -218,6 +221,14 @@ courier_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+
+			/*
+			 * A prepared transaction commits later, perhaps in another
+			 * session, where no callback of ours runs: its work is found by
+			 * courier.idle_wakeup.  Waking now would only find it invisible;
+			 * carrying the wish over would wake at an unrelated commit.
+			 */
 			memset(wake_pending, 0, sizeof(wake_pending));
 			break;
 		default:

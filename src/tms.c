@@ -23,6 +23,15 @@
  *	unauthorized (401/403)		released, no attempt charged; breaker opens and
  *								an alert is raised (NOTIFY courier_alerts)
  *	not sent (stopping)			released at once
+ *	order closed				not sent; item deleted, notice 'dropped' (the
+ *								close rule, closes.c)
+ *
+ * A lease covers every request it may start: it lasts courier.lease_time
+ * but at least twice the request budget (courier.tms_timeout plus a
+ * second), and no request starts once less than one budget of the lease
+ * is left.  So a live sender never loses its lease while a request is in
+ * flight, and an item falls due again under the lease only when its
+ * holder died.
  *
  * IDENTIFICATION
  *		src/tms.c
@@ -40,6 +49,9 @@
 #include "pgstat.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -50,6 +62,8 @@
 #define LMS_MAX_BYTES	2000
 #define LMS_SUBJECT		"Shipping delay"
 #define TMS_MAX_LEASE	20000	/* most notices one sender leases at once */
+#define LEASE_MARGIN_MS	1000	/* time to record outcomes after a request */
+#define RECORD_TRIES	5		/* attempts at recording, on transient errors */
 
 /* What to do with a message that is not sent. */
 typedef enum Verdict
@@ -58,13 +72,27 @@ typedef enum Verdict
 	VERDICT_TOO_LONG,
 	VERDICT_UNSUPPORTED,
 	VERDICT_EXPIRED,
-	VERDICT_EXHAUSTED
+	VERDICT_EXHAUSTED,
+	VERDICT_CLOSED				/* the order is closed: not sent, dropped */
 } Verdict;
+
+/* Where the messages of one order are in a batch (for the close ring). */
+typedef struct OrderEntry
+{
+	int64		order_id;		/* hash key */
+	int			first;			/* index of its first message */
+} OrderEntry;
 
 typedef struct TmsBatch
 {
 	int			n;
 	int64	   *item_ids;
+	int64	   *order_ids;
+	DateADT    *ship_dates;
+	int		   *attempts;
+	int		   *next_of_order;	/* next message of the same order, or -1 */
+	HTAB	   *orders;			/* order id -> OrderEntry */
+	uint64		closes_next;	/* where to read the close ring from */
 	Verdict    *verdict;
 	CourierMessage *msgs;
 	bool		dry_run;
@@ -73,68 +101,92 @@ typedef struct TmsBatch
 static MemoryContext batch_context = NULL;
 static volatile sig_atomic_t *stop_flag = NULL;
 static TimestampTz lease_started = 0;
+static int	lease_ms = 0;
+static TmsBatch *sending_batch = NULL;	/* the batch courier_dispatch sends */
 static SPIPlanPtr render_plan = NULL;
+static SPIPlanPtr lock_orders_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
-static void tms_lease(TmsBatch *b);
+static void tms_lease(TmsBatch *b, bool lock_orders);
+static char *render_text(const char *template, int64 order_id,
+						 DateADT ship_date, const char *product,
+						 const char *reason);
 static int	euckr_length(const char *text);
+static void index_orders(TmsBatch *b);
+static bool admit_requests(void);
+static void drop_closed_order(int64 order_id, void *arg);
 static void tms_send(TmsBatch *b);
 static void tms_record(TmsBatch *b);
+static void tms_record_retrying(TmsBatch *b);
 static bool stop_requested(void);
+static int	request_budget_ms(void);
 
 static const CourierDispatchHooks hooks = {
 	courier_limits_acquire,
 	courier_limits_report,
-	stop_requested
+	stop_requested,
+	admit_requests
 };
 
 /*
- * The notices of the leased items, rendered.  The key is the notice's
- * natural key, the same on every attempt.
+ * The notices of the leased items with what their messages are made of,
+ * and whether their order is still open (in this statement's snapshot,
+ * which is newer than the lease's).  The text is rendered in C, in one
+ * pass over the template (render_text).
  */
 static const char *const render_sql =
-"SELECT w.item_id, n.customer_phone,"
-"       'dn-' || n.order_id || '-' || to_char(n.ship_date, 'YYYYMMDD') AS key,"
-"       n.created_at < statement_timestamp() - $3 * interval '1 minute' AS expired,"
-"       replace(replace(replace(replace("
-"           CASE n.variant WHEN 'v2' THEN $4 ELSE $2 END,"
-"           '{order_id}', n.order_id::text),"
-"           '{new_ship_date}', to_char(n.ship_date, 'YYYY-MM-DD')),"
-"           '{product}', n.product_name),"
-"           '{reason}', n.reason) AS text,"
-"       w.attempts"
-"  FROM unnest($1::bigint[]) WITH ORDINALITY AS c(item_id, ord)"
+"SELECT w.item_id, n.customer_phone, n.order_id, n.ship_date,"
+"       n.product_name, n.reason, n.variant,"
+"       n.created_at < $2 - $3 * interval '1 minute' AS expired,"
+"       w.attempts,"
+"       coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open"
+"  FROM pg_catalog.unnest($1::bigint[]) WITH ORDINALITY AS c(item_id, ord)"
 "  JOIN courier.work_items w ON w.item_id = c.item_id"
 "  JOIN courier.notices n ON n.order_id = w.order_id AND n.ship_date = w.ship_date"
+"  LEFT JOIN courier.orders o ON o.order_id = n.order_id"
 " ORDER BY c.ord";
 
-/* attempts lost with dead senders count too: column 6 of render_sql */
-#define RENDER_ATTEMPTS_COLUMN 6
-
 /*
- * Delivered items leave the queue and are logged, whoever holds them now (a
- * delivery is a fact); released ones fall due, if this sender still holds
- * them.
+ * What happened to each message, written back in one statement:
+ *	delivered, dry_run	the item leaves the queue (whoever holds it now: a
+ *						delivery is a fact) and the notice is logged
+ *	closed				the order closed before the send: the item leaves
+ *						the queue and the notice is dropped, if this sender
+ *						still holds it
+ *	release				the item falls due after release_ms, if this sender
+ *						still holds it
+ * ($8 is this sender's pid, $12 the time of recording.)  Charged items go
+ * through courier_charge_items.
  */
 static const char *const record_sql =
 "WITH r AS ("
 "    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[],"
-"                         $5::text[], $6::float8[], $7::int[])"
-"           AS r(item_id, status, http_status, provider_id, channel, latency_ms, release_ms)"
-"), done AS ("
+"                         $5::text[], $6::float8[], $7::int[], $9::bigint[],"
+"                         $10::date[], $11::int[])"
+"           AS r(item_id, status, http_status, provider_id, channel, latency_ms,"
+"                release_ms, order_id, ship_date, attempts)"
+"), gone AS ("
 "    DELETE FROM courier.work_items w USING r"
-"     WHERE w.item_id = r.item_id AND r.status IN ('delivered', 'dry_run')"
-"    RETURNING w.order_id, w.ship_date, w.attempts, r.*"
+"     WHERE w.item_id = r.item_id"
+"       AND (r.status IN ('delivered', 'dry_run')"
+"            OR (r.status = 'closed' AND w.leased_by = $8))"
+"    RETURNING w.item_id"
 "), logged AS ("
 "    UPDATE courier.notices n"
-"       SET status = d.status, sent_at = clock_timestamp(),"
-"           http_status = d.http_status, provider_id = nullif(d.provider_id, ''),"
-"           channel = d.channel, latency_ms = d.latency_ms, attempts = d.attempts + 1"
-"      FROM done d"
-"     WHERE n.order_id = d.order_id AND n.ship_date = d.ship_date"
+"       SET status = r.status, sent_at = $12,"
+"           http_status = r.http_status, provider_id = nullif(r.provider_id, ''),"
+"           channel = r.channel, latency_ms = r.latency_ms, attempts = r.attempts + 1"
+"      FROM r"
+"     WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
+"       AND r.status IN ('delivered', 'dry_run')"
+"), dropped AS ("
+"    UPDATE courier.notices n SET status = 'dropped'"
+"      FROM r JOIN gone g ON g.item_id = r.item_id"
+"     WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
+"       AND r.status = 'closed'"
 ") "
 "UPDATE courier.work_items w"
-"   SET not_before = statement_timestamp() + r.release_ms * interval '1 ms',"
+"   SET not_before = $12 + r.release_ms * interval '1 ms',"
 "       leased_by = NULL"
 "  FROM r"
 " WHERE w.item_id = r.item_id AND r.status = 'release' AND w.leased_by = $8";
@@ -143,10 +195,14 @@ static const char *const record_sql =
  * courier_tms_worker_batch
  *		One batch in a worker: lease and render (transaction), send (no
  *		transaction), record (transaction).  Returns the items handled; when
- *		none were due, *sleep_ms says when the next one is.
+ *		none were due, *sleep_ms says when the next one is.  *sending is set
+ *		from the lease's commit to the record's: the worker's SIGTERM
+ *		handler then only asks to stop, so that requests in flight finish
+ *		and their outcomes are written.
  */
 int
-courier_tms_worker_batch(volatile sig_atomic_t *stop, long *sleep_ms)
+courier_tms_worker_batch(volatile sig_atomic_t *stop,
+						 volatile sig_atomic_t *sending, long *sleep_ms)
 {
 	TmsBatch	batch;
 
@@ -157,25 +213,29 @@ courier_tms_worker_batch(volatile sig_atomic_t *stop, long *sleep_ms)
 	MemoryContextReset(batch_context);
 
 	courier_begin_transaction();
-	tms_lease(&batch);
+	tms_lease(&batch, false);
 	if (batch.n == 0)
 		*sleep_ms = Min(*sleep_ms, courier_next_due_ms(COURIER_STAGE_TMS));
+	*sending = true;
 	courier_commit_transaction();
 	if (batch.n == 0)
+	{
+		*sending = false;
 		return 0;
+	}
 
 	pgstat_report_activity(STATE_RUNNING, "tms: sending");
 	tms_send(&batch);
-
-	courier_begin_transaction();
-	tms_record(&batch);
-	courier_commit_transaction();
+	tms_record_retrying(&batch);
+	*sending = false;
 	return batch.n;
 }
 
 /*
  * courier_tms_run_once
- *		The same steps in the caller's transaction, SPI connected.
+ *		The same steps in the caller's transaction, SPI connected.  The
+ *		orders sent for stay locked (FOR SHARE) until that transaction ends,
+ *		so a close waits for the send instead of following it unseen.
  */
 int
 courier_tms_run_once(void)
@@ -188,7 +248,7 @@ courier_tms_run_once(void)
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextReset(batch_context);
 
-	tms_lease(&batch);
+	tms_lease(&batch, true);
 	if (batch.n == 0)
 		return 0;
 	tms_send(&batch);
@@ -197,11 +257,23 @@ courier_tms_run_once(void)
 }
 
 /*
+ * request_budget_ms
+ *		The longest one request can take, and the time to record its
+ *		outcome: what a lease must have left when a request starts.
+ */
+static int
+request_budget_ms(void)
+{
+	return courier_tms_timeout_ms + LEASE_MARGIN_MS;
+}
+
+/*
  * stop_requested
  *		Stop starting requests on shutdown, when the breaker opens, or when
- *		half the lease is gone (rate limits or Retry-After made the batch
- *		slow): what is not sent by then is released, so that no other
- *		sender takes over items this one is still sending.
+ *		less than one request budget of the lease is left (rate limits or
+ *		Retry-After made the batch slow): what is not sent by then is
+ *		released, so that no other sender takes over items this one is
+ *		still sending.
  */
 static bool
 stop_requested(void)
@@ -209,7 +281,50 @@ stop_requested(void)
 	return (stop_flag != NULL && *stop_flag) ||
 		courier_limits_breaker_open() ||
 		TimestampDifferenceExceeds(lease_started, GetCurrentTimestamp(),
-								   courier_lease_ms / 2);
+								   lease_ms - request_budget_ms());
+}
+
+/*
+ * admit_requests
+ *		Called by the dispatcher before it starts a request: take note of
+ *		the orders closed since the batch was rendered, so that their
+ *		messages are not sent (drop_closed_order).  Returns false when the
+ *		close ring wrapped and closes may have been missed: then no request
+ *		may start, and the messages not sent are released, to be rendered
+ *		again with a fresh snapshot.
+ */
+static bool
+admit_requests(void)
+{
+	TmsBatch   *b = sending_batch;
+
+	if (b == NULL)
+		return true;
+	if (courier_closes_read(&b->closes_next, drop_closed_order, b))
+		return true;
+	ereport(LOG,
+			(errmsg("courier tms: too many orders closed while sending to tell which; the unsent rest of the batch is released")));
+	return false;
+}
+
+/*
+ * drop_closed_order
+ *		An order of the batch closed: its messages not yet sent will not be.
+ *		A message already on the wire is left to finish (and recorded).
+ */
+static void
+drop_closed_order(int64 order_id, void *arg)
+{
+	TmsBatch   *b = (TmsBatch *) arg;
+	OrderEntry *e = hash_search(b->orders, &order_id, HASH_FIND, NULL);
+
+	if (e == NULL)
+		return;
+	for (int i = e->first; i >= 0; i = b->next_of_order[i])
+	{
+		if (b->msgs[i].outcome == COURIER_OUT_PENDING && !b->msgs[i].started)
+			b->msgs[i].outcome = COURIER_OUT_CLOSED;
+	}
 }
 
 /*
@@ -217,20 +332,30 @@ stop_requested(void)
  *		Lease a batch and render its messages into batch_context, which
  *		outlives the transaction.  Routing: up to 90 bytes in EUC-KR is an
  *		SMS, up to 2,000 an LMS (with a subject); longer, or with characters
- *		EUC-KR cannot carry, is rejected without being sent.
+ *		EUC-KR cannot carry, is rejected without being sent.  A message
+ *		whose order is closed is not sent (VERDICT_CLOSED).
+ *
+ * The position in the close ring is taken before the render statement's
+ * snapshot, so every close that snapshot misses is read from the ring
+ * before a request starts.  With lock_orders (run_once), the orders are
+ * locked FOR SHARE before the render instead: a close then waits for the
+ * caller's transaction.
  */
 static void
-tms_lease(TmsBatch *b)
+tms_lease(TmsBatch *b, bool lock_orders)
 {
 	int			n;
 	Datum		ids;
-	Oid			argtypes[4] = {INT8ARRAYOID, TEXTOID, INT4OID, TEXTOID};
-	Datum		values[4];
+	Oid			argtypes[3] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[3];
 	MemoryContext old;
 
 	memset(b, 0, sizeof(TmsBatch));
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
+	b->closes_next = courier_closes_position();
 	lease_started = GetCurrentTimestamp();
+	lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
+
 	/*
 	 * Enough for every request slot to be busy: with bulk sends a batch of
 	 * courier.batch_size notices would fill only a few requests.
@@ -239,21 +364,31 @@ tms_lease(TmsBatch *b)
 						  Max(courier_batch_size,
 							  Min(courier_tms_bulk_size * courier_tms_concurrency,
 								  TMS_MAX_LEASE)),
-						  courier_lease_ms);
+						  lease_ms);
 	if (n == 0)
 		return;
 	ids = courier_ids_to_array(&n);
 
+	if (lock_orders)
+		courier_execute_kept(&lock_orders_plan,
+							 "SELECT 1 FROM courier.orders o"
+							 "  JOIN courier.work_items w ON w.order_id = o.order_id"
+							 " WHERE w.item_id = ANY ($1)"
+							 " ORDER BY o.order_id FOR SHARE OF o",
+							 1, argtypes, &ids, NULL, SPI_OK_SELECT);
+
 	values[0] = ids;
-	values[1] = CStringGetTextDatum(courier_notice_template);
+	values[1] = TimestampTzGetDatum(lease_started);
 	values[2] = Int32GetDatum(courier_tms_max_notice_age_min);
-	values[3] = CStringGetTextDatum(courier_notice_template_v2);
-	courier_execute_kept(&render_plan, render_sql, 4, argtypes, values, NULL,
+	courier_execute_kept(&render_plan, render_sql, 3, argtypes, values, NULL,
 						 SPI_OK_SELECT);
 
 	old = MemoryContextSwitchTo(batch_context);
 	b->n = (int) SPI_processed;
 	b->item_ids = palloc(sizeof(int64) * Max(b->n, 1));
+	b->order_ids = palloc(sizeof(int64) * Max(b->n, 1));
+	b->ship_dates = palloc(sizeof(DateADT) * Max(b->n, 1));
+	b->attempts = palloc(sizeof(int) * Max(b->n, 1));
 	b->verdict = palloc0(sizeof(Verdict) * Max(b->n, 1));
 	b->msgs = palloc0(sizeof(CourierMessage) * Max(b->n, 1));
 	for (int i = 0; i < b->n; i++)
@@ -262,17 +397,31 @@ tms_lease(TmsBatch *b)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		CourierMessage *m = &b->msgs[i];
+		char	   *variant = SPI_getvalue(tup, desc, 7);
+		int			year,
+					month,
+					day;
 		int			bytes;
 
 		b->item_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		b->order_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		b->ship_dates[i] = DatumGetDateADT(SPI_getbinval(tup, desc, 4, &isnull));
+		b->attempts[i] = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+		j2date(b->ship_dates[i] + POSTGRES_EPOCH_JDATE, &year, &month, &day);
 		m->to = SPI_getvalue(tup, desc, 2);
-		m->key = SPI_getvalue(tup, desc, 3);
-		m->text = SPI_getvalue(tup, desc, 5);
+		m->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", b->order_ids[i],
+						  year, month, day);
+		m->text = render_text(strcmp(variant, "v2") == 0 ?
+							  courier_notice_template_v2 : courier_notice_template,
+							  b->order_ids[i], b->ship_dates[i],
+							  SPI_getvalue(tup, desc, 5),
+							  SPI_getvalue(tup, desc, 6));
 		bytes = euckr_length(m->text);
-		if (DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)))
+		if (!DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)))
+			b->verdict[i] = VERDICT_CLOSED;
+		else if (DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull)))
 			b->verdict[i] = VERDICT_EXPIRED;
-		else if (DatumGetInt32(SPI_getbinval(tup, desc, RENDER_ATTEMPTS_COLUMN,
-											 &isnull)) >= courier_max_attempts)
+		else if (b->attempts[i] >= courier_max_attempts)
 			b->verdict[i] = VERDICT_EXHAUSTED;
 		else if (bytes < 0)
 			b->verdict[i] = VERDICT_UNSUPPORTED;
@@ -281,7 +430,85 @@ tms_lease(TmsBatch *b)
 		m->channel = (bytes >= 0 && bytes <= SMS_MAX_BYTES) ? "sms" : "lms";
 		m->subject = (strcmp(m->channel, "lms") == 0) ? LMS_SUBJECT : NULL;
 	}
+	index_orders(b);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * render_text
+ *		The notice's text: the template with {order_id}, {new_ship_date},
+ *		{product} and {reason} replaced, in one pass, so that a value that
+ *		itself contains "{reason}" is never expanded again.
+ */
+static char *
+render_text(const char *template, int64 order_id, DateADT ship_date,
+			const char *product, const char *reason)
+{
+	StringInfoData out;
+	char	   *date = DatumGetCString(DirectFunctionCall1(date_out,
+														   DateADTGetDatum(ship_date)));
+	char	   *id = psprintf(INT64_FORMAT, order_id);
+	const struct
+	{
+		const char *name;
+		const char *value;
+	}			fields[] = {
+		{"{order_id}", id},
+		{"{new_ship_date}", date},
+		{"{product}", product},
+		{"{reason}", reason},
+	};
+
+	initStringInfo(&out);
+	for (const char *p = template; *p;)
+	{
+		bool		replaced = false;
+
+		if (*p == '{')
+		{
+			for (int f = 0; f < lengthof(fields); f++)
+			{
+				size_t		len = strlen(fields[f].name);
+
+				if (strncmp(p, fields[f].name, len) == 0)
+				{
+					appendStringInfoString(&out, fields[f].value);
+					p += len;
+					replaced = true;
+					break;
+				}
+			}
+		}
+		if (!replaced)
+			appendStringInfoChar(&out, *p++);
+	}
+	return out.data;
+}
+
+/*
+ * index_orders
+ *		Hash the batch's order ids to their messages, for drop_closed_order.
+ *		In batch_context.
+ */
+static void
+index_orders(TmsBatch *b)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(OrderEntry);
+	ctl.hcxt = batch_context;
+	b->orders = hash_create("courier tms batch orders", Max(b->n, 16), &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	b->next_of_order = palloc(sizeof(int) * Max(b->n, 1));
+	for (int i = b->n - 1; i >= 0; i--)
+	{
+		bool		found;
+		OrderEntry *e = hash_search(b->orders, &b->order_ids[i], HASH_ENTER, &found);
+
+		b->next_of_order[i] = found ? e->first : -1;
+		e->first = i;
+	}
 }
 
 /*
@@ -325,46 +552,104 @@ euckr_length(const char *text)
 static void
 tms_send(TmsBatch *b)
 {
-	CourierMessage *send;
-	int		   *index;
 	int			m = 0;
+	int			first = -1;
 	MemoryContext old = MemoryContextSwitchTo(batch_context);
 
-	send = palloc0(sizeof(CourierMessage) * b->n);
-	index = palloc(sizeof(int) * b->n);
 	for (int i = 0; i < b->n; i++)
 	{
-		if (b->verdict[i] == VERDICT_SEND)
+		b->msgs[i].skip = (b->verdict[i] != VERDICT_SEND);
+		b->msgs[i].outcome = COURIER_OUT_PENDING;
+		if (!b->msgs[i].skip)
 		{
-			send[m] = b->msgs[i];
-			index[m++] = i;
+			if (first < 0)
+				first = i;
+			m++;
 		}
 	}
 
 	if (b->dry_run)
 	{
-		for (int i = 0; i < m; i++)
+		for (int i = 0; i < b->n; i++)
 		{
-			send[i].outcome = COURIER_OUT_DELIVERED;
-			strlcpy(send[i].code, "dry_run", sizeof(send[i].code));
+			if (b->msgs[i].skip)
+				continue;
+			b->msgs[i].outcome = COURIER_OUT_DELIVERED;
+			strlcpy(b->msgs[i].code, "dry_run", sizeof(b->msgs[i].code));
 		}
+		/* the key names the order and date; phone and text stay out of logs */
 		if (m > 0)
 			ereport(LOG,
-					(errmsg("courier tms dry_run: %d messages rendered, none sent; first to %s (%s): %s",
-							m, send[0].to, send[0].channel, send[0].text)));
+					(errmsg("courier tms dry_run: %d messages rendered, none sent; first %s (%s, %d bytes)",
+							m, b->msgs[first].key, b->msgs[first].channel,
+							(int) strlen(b->msgs[first].text))));
 	}
 	else if (m > 0)
-		courier_dispatch(send, m, &hooks);
-
-	for (int i = 0; i < m; i++)
-		b->msgs[index[i]] = send[i];
+	{
+		sending_batch = b;
+		PG_TRY();
+		{
+			courier_dispatch(b->msgs, b->n, &hooks);
+		}
+		PG_FINALLY();
+		{
+			sending_batch = NULL;
+		}
+		PG_END_TRY();
+	}
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * tms_record_retrying
+ *		Record the outcomes in a transaction of their own (a worker's), and
+ *		try again when it fails with a transient error (a deadlock with an
+ *		app session, a serialization failure): the sends happened, and
+ *		their outcomes must not be lost to a retryable error.
+ */
+static void
+tms_record_retrying(TmsBatch *b)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+
+	for (int attempt = 1;; attempt++)
+	{
+		bool		done = false;
+
+		PG_TRY();
+		{
+			courier_begin_transaction();
+			tms_record(b);
+			courier_commit_transaction();
+			done = true;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(oldcontext);
+			edata = CopyErrorData();
+			if (!courier_error_is_transient(edata->sqlerrcode) ||
+				attempt >= RECORD_TRIES)
+				PG_RE_THROW();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			ereport(LOG,
+					(errmsg("courier tms: recording %d outcomes failed, trying again: %s",
+							b->n, edata->message)));
+			FreeErrorData(edata);
+		}
+		PG_END_TRY();
+		if (done)
+			return;
+	}
 }
 
 /*
  * tms_record
  *		Write back what became of each message, in the current transaction:
- *		one statement for delivered and released items, one for the failed.
+ *		one statement for delivered, dropped and released items, one for the
+ *		charged ones.
  */
 static void
 tms_record(TmsBatch *b)
@@ -377,6 +662,9 @@ tms_record(TmsBatch *b)
 	Datum	   *channel = palloc(sizeof(Datum) * n);
 	Datum	   *latency = palloc(sizeof(Datum) * n);
 	Datum	   *release = palloc(sizeof(Datum) * n);
+	Datum	   *orders = palloc(sizeof(Datum) * n);
+	Datum	   *dates = palloc(sizeof(Datum) * n);
+	Datum	   *attempts = palloc(sizeof(Datum) * n);
 	Datum	   *f_ids = palloc(sizeof(Datum) * n);
 	Datum	   *f_err = palloc(sizeof(Datum) * n);
 	Datum	   *f_state = palloc(sizeof(Datum) * n);
@@ -388,9 +676,10 @@ tms_record(TmsBatch *b)
 	int			nf = 0;
 	int			delivered = 0;
 	bool		unauthorized = false;
-	Oid			argtypes[8] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID, INT4OID};
-	Datum		values[8];
+	Oid			argtypes[12] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID, INT4OID,
+	INT8ARRAYOID, DATEARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
+	Datum		values[12];
 	CourierStageState *st;
 
 	for (int i = 0; i < n; i++)
@@ -403,6 +692,9 @@ tms_record(TmsBatch *b)
 
 		switch (b->verdict[i])
 		{
+			case VERDICT_CLOSED:
+				s = "closed";
+				break;
 			case VERDICT_EXPIRED:
 				permanent = true;
 				error = psprintf("notice older than courier.tms_max_notice_age (%d min): not sent late",
@@ -427,6 +719,9 @@ tms_record(TmsBatch *b)
 					case COURIER_OUT_DELIVERED:
 						s = b->dry_run ? "dry_run" : "delivered";
 						delivered++;
+						break;
+					case COURIER_OUT_CLOSED:
+						s = "closed";
 						break;
 					case COURIER_OUT_PENDING:
 						s = "release";
@@ -456,6 +751,9 @@ tms_record(TmsBatch *b)
 		channel[i] = CStringGetTextDatum(m->channel);
 		latency[i] = Float8GetDatum(m->latency_ms);
 		release[i] = Int32GetDatum(release_ms);
+		orders[i] = Int64GetDatum(b->order_ids[i]);
+		dates[i] = DateADTGetDatum(b->ship_dates[i]);
+		attempts[i] = Int32GetDatum(b->attempts[i]);
 		if (strcmp(s, "charge") == 0)
 		{
 			f_ids[nf] = ids[i];
@@ -479,7 +777,11 @@ tms_record(TmsBatch *b)
 	values[5] = PointerGetDatum(construct_array(latency, n, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[6] = PointerGetDatum(construct_array(release, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[7] = Int32GetDatum(MyProcPid);
-	courier_execute_kept(&record_plan, record_sql, 8, argtypes, values, NULL,
+	values[8] = PointerGetDatum(construct_array(orders, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[9] = PointerGetDatum(construct_array(dates, n, DATEOID, 4, true, TYPALIGN_INT));
+	values[10] = PointerGetDatum(construct_array(attempts, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[11] = TimestampTzGetDatum(GetCurrentTimestamp());
+	courier_execute_kept(&record_plan, record_sql, 12, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
 	if (nf > 0)
@@ -499,7 +801,7 @@ tms_record(TmsBatch *b)
 
 	if (unauthorized)
 	{
-		if (SPI_execute("SELECT pg_notify('courier_alerts',"
+		if (SPI_execute("SELECT pg_catalog.pg_notify('courier_alerts',"
 						" '{\"alert\": \"tms_unauthorized\", \"detail\": "
 						"\"the TMS refused courier''s credentials (HTTP 401/403); sending is paused\"}')",
 						false, 0) != SPI_OK_SELECT)

@@ -11,9 +11,23 @@
  * its stage runs more than courier.<stage>_min_workers retires itself.
  *
  * An error that escapes a batch (anything not isolated to one item) is
- * caught at the loop's edge: logged with the stage and batch, the batch's
- * items are charged an attempt in a fresh transaction, and the worker
- * exits with code 1; the launcher starts a replacement.
+ * caught at the loop's edge and logged whole (SQLSTATE, detail, context)
+ * with the stage and batch.  An error of concurrency (deadlock,
+ * serialization failure) retries the batch, charging nobody.  Any other
+ * charges the batch's items an attempt in a fresh transaction, and the
+ * worker backs off before its next batch, longer after each batch that
+ * dies in a row (and says so in pg_stat_activity), instead of exiting and
+ * being replaced in a storm.
+ *
+ * SIGTERM ends the worker at once (die(), which also interrupts a lock
+ * wait), except while a sender has requests on the wire and outcomes to
+ * write: then it stops starting requests, finishes those in flight and
+ * records them, and leaves.
+ *
+ * Before any SQL runs, search_path is pinned to pg_catalog, pg_temp: the
+ * database's default search_path may contain schemas other roles can
+ * create objects in, and a worker runs with the bootstrap superuser's
+ * rights.
  *
  * What a batch does is not here (logic.c, and the sender for tms).
  *
@@ -40,15 +54,24 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "common/pg_prng.h"
+
 #include "courier.h"
+
+/* Back-off after batches that die in a row: 1 s, doubling, up to 1 min. */
+#define DEAD_BATCH_BACKOFF_MS		1000
+#define DEAD_BATCH_BACKOFF_MAX_MS	60000
 
 static CourierStage my_stage;
 static int	my_slot = -1;
 static volatile sig_atomic_t got_sigterm = false;
+static volatile sig_atomic_t sending = false;
+static int	dead_batches = 0;	/* batches that died in a row */
 
 static void worker_attach(CourierStage stage, int slot);
 static void worker_detach(int code, Datum arg);
 static int	run_batch_transaction(long *sleep_ms);
+static long batch_died(MemoryContext loop_context);
 static void charge_lost_batch(ErrorData *edata);
 static bool should_retire(long *sleep_ms);
 static void set_busy(bool busy, bool worked);
@@ -64,6 +87,8 @@ courier_worker_main(Datum main_arg)
 {
 	int			arg = DatumGetInt32(main_arg);
 	char		idle_activity[64];
+	char		backoff_activity[128];
+	MemoryContext loop_context;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
@@ -72,10 +97,13 @@ courier_worker_main(Datum main_arg)
 	worker_attach(arg / COURIER_MAX_WORKERS_PER_STAGE,
 				  arg % COURIER_MAX_WORKERS_PER_STAGE);
 	BackgroundWorkerInitializeConnection(courier_database, NULL, 0);
+	courier_pin_search_path();
 	SetConfigOption("application_name", MyBgworkerEntry->bgw_type,
 					PGC_USERSET, PGC_S_SESSION);
 	snprintf(idle_activity, sizeof(idle_activity), "%s: waiting for work",
 			 courier_stage_name(my_stage));
+	loop_context = AllocSetContextCreate(TopMemoryContext, "courier worker loop",
+										 ALLOCSET_DEFAULT_SIZES);
 
 	ereport(LOG,
 			(errmsg("courier %s worker started", courier_stage_name(my_stage))));
@@ -94,6 +122,8 @@ courier_worker_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		MemoryContextReset(loop_context);
+		MemoryContextSwitchTo(loop_context);
 
 		activity = idle_activity;
 		if (!courier_stage_runnable(my_stage, &why))
@@ -106,42 +136,53 @@ courier_worker_main(Datum main_arg)
 		}
 		else
 		{
-			MemoryContext batch_context = CurrentMemoryContext;
-
 			PG_TRY();
 			{
 				if (my_stage == COURIER_STAGE_TMS)
-					handled = courier_tms_worker_batch(&got_sigterm, &sleep_ms);
+					handled = courier_tms_worker_batch(&got_sigterm, &sending,
+													   &sleep_ms);
 				else
 					handled = run_batch_transaction(&sleep_ms);
+				if (courier_batch_error == NULL)
+					dead_batches = 0;
 			}
 			PG_CATCH();
 			{
-				ErrorData  *edata;
-
-				MemoryContextSwitchTo(batch_context);
-				edata = CopyErrorData();
-				FlushErrorState();
-				AbortCurrentTransaction();
-				charge_lost_batch(edata);
-				proc_exit(1);
+				sending = false;
+				sleep_ms = batch_died(loop_context);
+				handled = 0;
 			}
 			PG_END_TRY();
+
+			if (courier_batch_error != NULL)
+			{
+				/* a logic batch died whole; its items are already charged */
+				ereport(LOG,
+						(errmsg("courier %s worker: batch of %d items failed: %s",
+								courier_stage_name(my_stage), handled,
+								courier_batch_error->message),
+						 errdetail("Every item of the batch was charged an attempt and will be retried alone.")));
+				FreeErrorData(courier_batch_error);
+				courier_batch_error = NULL;
+				dead_batches++;
+				sleep_ms = Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
+							   DEAD_BATCH_BACKOFF_MAX_MS);
+				handled = 0;
+			}
+			if (dead_batches > 0 && handled == 0)
+			{
+				snprintf(backoff_activity, sizeof(backoff_activity),
+						 "%s: backing off %ld ms after %d failed batches in a row",
+						 courier_stage_name(my_stage), sleep_ms, dead_batches);
+				activity = backoff_activity;
+			}
 		}
 
-		if (courier_batch_error != NULL)
-		{
-			ereport(LOG,
-					(errmsg("courier %s worker: batch of %d items failed: %s",
-							courier_stage_name(my_stage), handled,
-							courier_batch_error->message),
-					 errdetail("Every item of the batch is charged an attempt; the worker exits and is replaced.")));
-			proc_exit(1);
-		}
+		MemoryContextSwitchTo(loop_context);
 		if (handled > 0)
 			continue;			/* more may be due: no sleep */
 
-		if (should_retire(&sleep_ms))
+		if (dead_batches == 0 && should_retire(&sleep_ms))
 			proc_exit(0);
 		pgstat_report_activity(STATE_IDLE, activity);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -155,10 +196,58 @@ courier_worker_main(Datum main_arg)
 }
 
 /*
+ * batch_died
+ *		At the loop's edge, after an error escaped a batch: log it whole,
+ *		abort, and either retry (a concurrency error: no one is charged, a
+ *		short pause) or charge the batch's items and back off.  Returns the
+ *		milliseconds to wait before the next batch.
+ */
+static long
+batch_died(MemoryContext loop_context)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(loop_context);
+	EmitErrorReport();
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(loop_context);
+	set_busy(false, false);
+
+	if (courier_error_is_transient(edata->sqlerrcode))
+	{
+		ereport(LOG,
+				(errmsg("courier %s worker: batch interrupted by a concurrent transaction, trying it again",
+						courier_stage_name(my_stage)),
+				 errdetail("SQLSTATE %s; no item is charged an attempt.",
+						   unpack_sql_state(edata->sqlerrcode))));
+		return 10 + (long) (pg_prng_double(&pg_global_prng_state) * 90);
+	}
+
+	PG_TRY();
+	{
+		charge_lost_batch(edata);
+	}
+	PG_CATCH();
+	{
+		/* cannot even charge: leave it to a fresh process */
+		EmitErrorReport();
+		proc_exit(1);
+	}
+	PG_END_TRY();
+
+	dead_batches++;
+	return Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
+			   DEAD_BATCH_BACKOFF_MAX_MS);
+}
+
+/*
  * worker_sigterm
- *		Ask the loop to stop after the batch in hand: a logic batch is short
- *		and commits; a sender stops starting requests, waits for those in
- *		flight and records every outcome, releasing what it did not send.
+ *		die() at once, interrupting even a lock wait; but while a sender has
+ *		requests on the wire and their outcomes to record, only ask the
+ *		loop to stop: it starts no further request, waits for those in
+ *		flight, records every outcome and leaves.
  */
 static void
 worker_sigterm(SIGNAL_ARGS)
@@ -167,6 +256,8 @@ worker_sigterm(SIGNAL_ARGS)
 
 	got_sigterm = true;
 	SetLatch(MyLatch);
+	if (!sending)
+		die(postgres_signal_arg);
 	errno = save_errno;
 }
 
@@ -250,6 +341,21 @@ run_batch_transaction(long *sleep_ms)
 }
 
 /*
+ * courier_pin_search_path
+ *		Resolve every name a background process's SQL uses in pg_catalog
+ *		(and pg_temp last), whatever search_path the database or role sets:
+ *		a schema on that path that another role can create objects in would
+ *		let that role's functions and operators run with courier's rights.
+ *		Called right after connecting, before any SQL.
+ */
+void
+courier_pin_search_path(void)
+{
+	SetConfigOption("search_path", "pg_catalog, pg_temp",
+					PGC_SUSET, PGC_S_SESSION);
+}
+
+/*
  * courier_begin_transaction
  *		Start a transaction in a background worker with SPI connected and a
  *		snapshot pushed: every transaction of the launcher and the workers
@@ -296,7 +402,7 @@ charge_lost_batch(ErrorData *edata)
 	ereport(LOG,
 			(errmsg("courier %s worker: batch of %d items failed: %s",
 					courier_stage_name(my_stage), n, edata->message),
-			 errdetail("Every item of the batch is charged an attempt; the worker exits and is replaced.")));
+			 errdetail("Every item of the batch is charged an attempt; the worker backs off before its next batch.")));
 	if (n == 0)
 		return;
 

@@ -179,7 +179,7 @@ SELECT results_eq(
 	    FROM courier.request_status((SELECT request_id FROM tap_request))$$,
 	$$VALUES (3, 3, 0, 0)$$,
 	'courier_app sees its request done once the logic stage ran');
-SELECT is(courier.register_invoice(1, 'INV-0001'), true,
+SELECT is(courier.register_invoice(1, 'INV-0001'), 'dropped',
 		  'courier_app registers an invoice with courier.register_invoice (the pending notice is dropped)');
 
 RESET ROLE;
