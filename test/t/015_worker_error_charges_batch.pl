@@ -2,9 +2,11 @@
 # 015_worker_error_charges_batch.pl
 #	An error that is not about one item's data (here a trigger raising
 #	query_canceled for a few "poison" orders) ends the worker's batch: the
-#	worker logs it with the stage and batch, charges every item of the
-#	batch one attempt and exits with code 1, and the launcher starts a
-#	replacement.  With courier.max_attempts = 3 the poison items end in
+#	worker logs it whole (the ERROR itself, and a line with the stage and
+#	batch), charges every item of the batch one attempt and backs off
+#	before its next batch instead of exiting (a worker that exits on every
+#	dead batch is replaced at once, in a storm).  With
+#	courier.max_attempts = 3 the poison items end in
 #	courier.failures after exactly 3 attempts, while every other order of
 #	the request, including the poison items' batch-mates, is applied.
 
@@ -86,9 +88,11 @@ my $log = slurp_file($node->logfile, $log_offset);
 like($log,
 	qr/courier logic worker: batch of \d+ items failed: poisoned order \d+/,
 	"the worker logs the batch's error message with its stage");
-like($log,
+like($log, qr/ERROR:\s+poisoned order \d+/,
+	'the batch-killing error itself is in the log (EmitErrorReport)');
+unlike($log,
 	qr/background worker "courier logic worker" \(PID \d+\) exited with exit code 1/,
-	'the worker whose batch failed exits with code 1');
+	'the worker whose batch failed does not exit: it backs off');
 ok( poll_until(
 		$node,
 		"SELECT count(*) > 0 FROM pg_stat_activity"
