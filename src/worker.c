@@ -156,7 +156,13 @@ courier_worker_main(Datum main_arg)
 
 			if (courier_batch_error != NULL)
 			{
-				/* a logic batch died whole; its items are already charged */
+				/*
+				 * A logic batch died whole; its items are already charged.
+				 * The error itself is logged whole (SQLSTATE, detail,
+				 * context), then what became of the batch.
+				 */
+				courier_batch_error->elevel = LOG;
+				ThrowErrorData(courier_batch_error);
 				ereport(LOG,
 						(errmsg("courier %s worker: batch of %d items failed: %s",
 								courier_stage_name(my_stage), handled,

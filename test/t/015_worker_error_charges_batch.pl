@@ -88,7 +88,7 @@ my $log = slurp_file($node->logfile, $log_offset);
 like($log,
 	qr/courier logic worker: batch of \d+ items failed: poisoned order \d+/,
 	"the worker logs the batch's error message with its stage");
-like($log, qr/ERROR:\s+poisoned order \d+/,
+like($log, qr/(?:LOG|ERROR):\s+poisoned order \d+\n.*CONTEXT:/,
 	'the batch-killing error itself is in the log (EmitErrorReport)');
 unlike($log,
 	qr/background worker "courier logic worker" \(PID \d+\) exited with exit code 1/,
