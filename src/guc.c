@@ -157,7 +157,7 @@ courier_define_gucs(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.lease_time",
-							"How long a sender holds claimed notices before they fall due again.",
+							"How long a sender holds claimed notices before they fall due again; never less than twice courier.tms_timeout plus 1 s.",
 							NULL,
 							&courier_lease_ms,
 							60000, 1000, 3600000,
