@@ -26,7 +26,7 @@ OBJS = \
 EXTENSION = courier
 DATA = sql/courier--0.1.sql sql/courier--0.1--0.2.sql
 
-REGRESS = register_orders delay_orders logic_stage failures operating
+REGRESS = register_orders delay_orders logic_stage failures operating close_rule prune_and_progress input_checks
 REGRESS_OPTS = --load-extension=courier
 
 PG_CPPFLAGS = -I$(srcdir)/src
