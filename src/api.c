@@ -209,10 +209,11 @@ report_unusable_orders(Datum ids_array, const char *action)
 				 errhint("Only paid or shipping_requested orders can be changed.")));
 
 	/*
-	 * Every id looked usable on the second look: an order changed between
-	 * the two statements (a concurrent invoice that was rolled back, an
-	 * order registered meanwhile).  Nothing was written; trying again is
-	 * the answer.
+	 * Every id looked usable on the second look, which reads with the
+	 * snapshot the call started with: the writing statement, with its newer
+	 * snapshot, saw an order closed by a transaction that committed after
+	 * the call started.  Nothing was written; trying again is the answer
+	 * (and then names the closed order).
 	 */
 	ereport(ERROR,
 			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
