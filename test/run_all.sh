@@ -3,7 +3,7 @@
 #
 #   bash test/run_all.sh                      # everything
 #   bash test/run_all.sh regress pgtap        # only some layers
-#       layers: regress | pgtap | isolation | tap
+#       layers: regress | pgtap | isolation | tap | stress
 #
 # Works as root from a fresh clone, from any cwd.  Steps:
 #   deps     scripts/install_deps.sh (fast no-op when all packages are there)
@@ -16,6 +16,10 @@
 #     isolation  pg_isolation_regress, tests = test/isolation/specs/*.spec
 #   layer 4:
 #     tap        test/t/*.pl with PostgreSQL::Test::Cluster (own clusters)
+#   layer 5:
+#     stress     test/stress/*.pl: app traffic (pgbench) against live workers
+#                and a faulty mock TMS for COURIER_STRESS_SECONDS (60), a
+#                kill -9 half way, then invariants counted as TAP assertions
 #
 # Counting: regress and isolation count one per test/spec; pgtap and tap one
 # per assertion (a file that dies, or runs fewer tests than planned, adds at
@@ -26,6 +30,8 @@
 #
 # Environment knobs (all optional):
 #   TAP_TESTS="t/010_x.pl t/020_y.pl"   restrict layer 4 (paths relative to test/)
+#   STRESS_TESTS="stress/stress.pl"     same for layer 5
+#   COURIER_STRESS_SECONDS=60           traffic time of each stress file
 #   PGTAP_TESTS, REGRESS_TESTS, ISOLATION_TESTS   same for the other layers
 #                                       (pgtap: file paths; others: test names)
 #   COURIER_TAP_VERBOSE=1               show every TAP line (prove -v)
@@ -68,11 +74,11 @@ LOG_LINES=${COURIER_LOG_LINES:-300}   # lines of each log/diff printed on failur
 source "$HARNESS_DIR/lib/cluster.sh"
 
 # ---------------------------------------------------------------- arguments
-ALL_LAYERS=(regress pgtap isolation tap)
+ALL_LAYERS=(regress pgtap isolation tap stress)
 declare -A WANT=()
 for arg in "$@"; do
   case $arg in
-    regress|pgtap|isolation|tap) WANT[$arg]=1 ;;
+    regress|pgtap|isolation|tap|stress) WANT[$arg]=1 ;;
     -h|--help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown layer '$arg' (expected: ${ALL_LAYERS[*]})" >&2; exit 2 ;;
   esac
@@ -630,6 +636,60 @@ layer_tap() {
   record tap "$T_PASS" "$T_FAIL" "$T_SKIP"
 }
 
+# ---------------------------------------------------------------- layer 5: stress
+# Like layer 4 (same driver, same environment, run as postgres from test/),
+# for test/stress/*.pl; their pgbench logs land in tmp_check/log too.
+layer_stress() {
+  banner "layer 5: stress (pgbench traffic, faulty mock, kill -9)"
+  local testdir=$SRC/test
+  local -a files missing=()
+  local f
+  mapfile -t files < <(select_files "$testdir" 'stress/*.pl' "${STRESS_TESTS:-}")
+  for f in "${files[@]}"; do
+    [[ ($f == /* && -f $f) || -f $testdir/$f ]] || missing+=("$f")
+  done
+  if ((${#missing[@]} > 0)); then
+    echo "not found under $testdir: ${missing[*]}"
+    record stress 0 "${#missing[@]}" 0 "test files not found"
+    return
+  fi
+  if [[ ${#files[@]} -eq 0 ]]; then
+    echo "no tests (test/stress/*.pl)"
+    record stress 0 0 0 "no tests"
+    return
+  fi
+  local stresswork=$WORK/stress
+  as_pg mkdir -p "$stresswork/tmp_check" "$stresswork/tmp"
+  local -a env=(
+    PATH="$PGBIN:$PATH"
+    PERL5LIB="$TAP_PERL_LIB${PERL5LIB:+:$PERL5LIB}"
+    TESTDIR="$stresswork"
+    TMPDIR="$stresswork/tmp"
+    PG_REGRESS="$PG_REGRESS"
+    COURIER_REPO="$SRC"
+    COURIER_MOCK_TMS="$SRC/test/mock_tms/mock_tms"
+    COURIER_EXT_NAME="$EXT"
+  )
+  [[ -n ${COURIER_STRESS_SECONDS:-} ]] && env+=(COURIER_STRESS_SECONDS="$COURIER_STRESS_SECONDS")
+  [[ -n ${COURIER_KEEP_TMP:-} ]] && env+=(PG_TEST_NOCLEAN=1)
+  echo "(as postgres, same as: cd $testdir && ${env[*]:1} PATH=$PGBIN:\$PATH prove ${files[*]})"
+  (cd "$testdir" && as_pg env "${env[@]}" \
+      perl "$WORK/tap_driver.pl" perl "$stresswork/result" "$TIMEOUT" "${files[@]}")
+  if ! read_tap_results "$stresswork/result"; then
+    record stress 0 "${#files[@]}" 0 "TAP driver failed"
+    return
+  fi
+  local name logf
+  for f in "${T_BAD[@]}"; do
+    name=$(basename "$f" .pl)
+    for logf in "$stresswork/tmp_check/log/regress_log_$name" \
+                "$stresswork/tmp_check/log/${name}_"*.log; do
+      [[ -f $logf ]] && show_file "$(basename "$logf")" "$logf"
+    done
+  done
+  record stress "$T_PASS" "$T_FAIL" "$T_SKIP"
+}
+
 # ---------------------------------------------------------------- main
 main() {
   echo "courier tests: repo $REPO, work dir $WORK, layers: $(for l in "${ALL_LAYERS[@]}"; do wanted "$l" && printf '%s ' "$l"; done)"
@@ -646,6 +706,7 @@ main() {
       stop_shared_cluster
     fi
     wanted tap && layer_tap
+    wanted stress && layer_stress
   fi
 
   banner "summary"
