@@ -1,0 +1,188 @@
+
+# 050_upgrade_0_1_to_0_2_moves_queued_work.pl
+#	Upgrading a database from courier 0.1 to 0.2 keeps and finishes the
+#	work queued under 0.1.
+#
+#	The 0.2 library is loaded over an extension created at VERSION '0.1':
+#	the launcher warns (once) that the extension is at 0.1 and starts no
+#	worker, so work queued meanwhile stays queued.  Under 0.1, as the
+#	superuser: request 1 (orders 1-40) is applied in part by
+#	courier.run_once('logic') (one batch of 20), which writes 19 pending
+#	notices and their tms items and moves order 7 to courier.failures (a
+#	shop trigger refuses to change it; courier.max_attempts = 1 in that
+#	session); request 2 (orders 41-80) is queued whole; the app invoices
+#	order 3, whose notice is pending.
+#
+#	Then ALTER EXTENSION courier UPDATE: the extension is at 0.2, the
+#	workers start and drain everything.  Every queued logic item is
+#	applied once; every notice (39 + 40) is delivered exactly once at the
+#	provider, except order 3's, which is dropped unsent (its close
+#	committed before); order 7's failure is still there as it was;
+#	request_status adds up (request 1: 40 total, 39 done, 1 failed;
+#	request 2: 40 done); register_invoice answers in text ('delivered',
+#	'none').
+#
+#	courier 0.1 had no upgrade script (ALTER EXTENSION courier UPDATE had
+#	nowhere to go), its launcher started workers whatever version was
+#	installed, and register_invoice returned a boolean.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use CourierTest;
+use CourierTms;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $mock = start_mock();
+
+# tms_node's settings, without its CREATE EXTENSION.
+my $node = PostgreSQL::Test::Cluster->new('upgrade');
+$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'courier'
+courier.database = 'postgres'
+max_worker_processes = 16
+courier.retry_base = '20ms'
+courier.retry_cap = '200ms'
+courier.tms_url = '$mock->{url}'
+});
+$node->start;
+
+my $workers = "SELECT count(*) FROM pg_stat_activity"
+  . " WHERE backend_type IN ('courier logic worker', 'courier tms worker')";
+
+my $offset = log_offset($node);
+query($node, "CREATE EXTENSION courier VERSION '0.1'");
+is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
+	'0.1', 'the extension is created at version 0.1');
+ok( poll_log(
+		$node,
+		qr/courier launcher: extension courier is at version 0\.1, the library needs 0\.2; no worker is started/,
+		$offset, 30),
+	'the launcher warns that the extension is at 0.1 and starts no worker');
+
+# A shop's own rule that makes one order's delay fail in the logic stage.
+query($node, q{
+CREATE FUNCTION public.shop_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.order_id = 7 THEN
+		RAISE EXCEPTION 'order 7 is held by the warehouse'
+			USING ERRCODE = 'check_violation';
+	END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER shop_guard BEFORE UPDATE ON courier.orders
+	FOR EACH ROW EXECUTE FUNCTION public.shop_guard();
+});
+
+is(register_tms_orders($node, 1, 80), 80, 'register_orders registers 80 orders under 0.1');
+my $req1 = delay_tms($node, 1, 40, 10);
+is(query($node, q{
+	SET courier.batch_size = 20;
+	SET courier.max_attempts = 1;
+	SELECT courier.run_once('logic');}),
+	'20', 'under 0.1, run_once(logic) handles one batch of 20 items of request 1');
+my $req2 = delay_tms($node, 41, 80, 11);
+query($node, 'DROP TRIGGER shop_guard ON courier.orders');
+
+my $failure = query($node, q{
+	SELECT failure_id || '|' || stage || '|' || order_id || '|' || request_id
+		   || '|' || attempts || '|' || last_sqlstate || '|' || last_error
+	  FROM courier.failures});
+is($failure, "1|logic|7|$req1|1|23514|order 7 is held by the warehouse",
+	'under 0.1, order 7 is in courier.failures after its one attempt');
+is(query($node, qq{
+	SELECT (SELECT count(*) FROM courier.notices WHERE status = 'pending'),
+		   (SELECT count(*) FROM courier.work_items WHERE stage = 'tms'),
+		   (SELECT count(*) FROM courier.work_items WHERE stage = 'logic' AND request_id = $req1),
+		   (SELECT count(*) FROM courier.work_items WHERE stage = 'logic' AND request_id = $req2)}),
+	'19|19|20|40',
+	'under 0.1: 19 notices pending with their tms items; 20 + 40 logic items queued');
+is(query($node, "SELECT * FROM courier.request_status($req1)"), '40|19|1|20',
+	'under 0.1, request 1: 40 total, 19 done, 1 failed, 20 pending');
+is(query($node, "SELECT * FROM courier.request_status($req2)"), '40|0|0|40',
+	'under 0.1, request 2: 40 total, all pending');
+
+# The app invoices order 3, whose notice is pending, before the upgrade.
+query($node, "SELECT courier.register_invoice(3, 'INV-3')");
+is(query($node, "SELECT status FROM courier.orders WHERE order_id = 3"),
+	'invoiced', 'under 0.1 the app invoices order 3, whose notice is pending');
+
+# While the extension is at 0.1, nothing moves: no worker, no send.
+ok( stays_true(
+		sub {
+			query($node, $workers) eq '0'
+			  && query($node, 'SELECT count(*) FROM courier.work_items') eq '79';
+		},
+		2,
+		'no courier worker and the 79 queued items stay queued'),
+	'under 0.1 no courier worker starts and the queued work stays queued');
+is(mock_stats($mock)->{messages_received}, 0, 'under 0.1 nothing was sent');
+my @warnings = slurp_file($node->logfile, $offset)
+  =~ /extension courier is at version 0\.1, the library needs 0\.2/g;
+is(scalar(@warnings), 1, 'the launcher gave its warning once, not on every look');
+
+query($node, 'ALTER EXTENSION courier UPDATE');
+is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
+	'0.2', 'ALTER EXTENSION courier UPDATE brings the extension to 0.2');
+ok( poll_until(
+		$node,
+		"SELECT count(*) FILTER (WHERE backend_type = 'courier logic worker') > 0"
+		  . "   AND count(*) FILTER (WHERE backend_type = 'courier tms worker') > 0"
+		  . "  FROM pg_stat_activity",
+		't', 30),
+	'after the update the launcher starts logic and tms workers');
+ok( poll_until(
+		$node,
+		"SELECT (SELECT count(*) FROM courier.work_items)"
+		  . "   || '|' || (SELECT count(*) FROM courier.notices WHERE status = 'delivered')",
+		'0|78', 60),
+	'the queued work drains: no item left, 78 notices delivered');
+
+is(query($node, "SELECT * FROM courier.request_status($req1)"), '40|39|1|0',
+	'request 1: 40 total, 39 done, 1 failed, 0 pending');
+is(query($node, "SELECT * FROM courier.request_status($req2)"), '40|40|0|0',
+	'request 2: 40 total, 40 done, 0 failed, 0 pending');
+is(query($node, qq{
+	SELECT request_id, count(*), count(DISTINCT order_id),
+		   count(*) FILTER (WHERE outcome = 'delayed')
+	  FROM courier.delay_history GROUP BY request_id ORDER BY request_id}),
+	"$req1|39|39|39\n$req2|40|40|40",
+	'every queued logic item was applied once: 39 + 40 orders delayed, none twice');
+is(query($node, q{
+	SELECT failure_id || '|' || stage || '|' || order_id || '|' || request_id
+		   || '|' || attempts || '|' || last_sqlstate || '|' || last_error
+	  FROM courier.failures}),
+	$failure, 'order 7\'s failure is still in courier.failures, unchanged and alone');
+is(query($node, q{
+	SELECT count(*),
+		   count(*) FILTER (WHERE status = 'delivered' AND attempts = 1 AND http_status = 200),
+		   count(*) FILTER (WHERE order_id = 7)
+	  FROM courier.notices WHERE order_id <> 3}),
+	'78|78|0', 'the 78 other notices are delivered on their first attempt; order 7 has none');
+is(query($node, "SELECT status FROM courier.notices WHERE order_id = 3"),
+	'dropped', 'the notice of order 3, invoiced under 0.1, is dropped, not sent');
+
+ok(wait_for(sub { mock_stats($mock)->{in_flight} == 0 }, 10,
+		'mock has no request in flight'),
+	'the mock has no request in flight');
+my $s = mock_stats($mock);
+is("$s->{messages_received}|$s->{delivered}|$s->{duplicates}", '78|78|0',
+	'the provider received and delivered each of the 78 notices exactly once');
+is_deeply(
+	[ sort @{ mock_delivered($mock) } ],
+	notice_keys($node, "status = 'delivered'"),
+	'what the provider delivered is exactly the notices marked delivered');
+
+is(query($node, q{
+	SELECT courier.register_invoice(1, 'INV-1'), courier.register_invoice(7, 'INV-7')}),
+	'delivered|none',
+	'register_invoice answers in text: delivered for order 1, none for order 7');
+
+$node->stop;
+done_testing();
