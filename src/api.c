@@ -30,6 +30,7 @@
 #include "utils/date.h"
 #include "utils/datetime.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -732,6 +733,7 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	char	   *status;
 	char	   *fate;
+	bool		dropped;
 	MemoryContext caller = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
@@ -772,6 +774,29 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 							  " WHERE order_id = $1",
 							  2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "courier: could not register invoice");
+
+	/*
+	 * Called through 0.1's declaration (returns boolean, and no trigger
+	 * drops the notice): the library was updated, ALTER EXTENSION courier
+	 * UPDATE not yet run.  Drop as 0.1 did and answer as 0.1 did.
+	 */
+	if (get_func_rettype(fcinfo->flinfo->fn_oid) == BOOLOID)
+	{
+		if (SPI_execute_with_args(
+				"WITH dropped AS ("
+				"    DELETE FROM courier.work_items w"
+				"     WHERE w.stage = 'tms' AND w.order_id = $1 AND w.leased_by IS NULL"
+				"    RETURNING w.order_id, w.ship_date"
+				") "
+				"UPDATE courier.notices n SET status = 'dropped'"
+				"  FROM dropped d"
+				" WHERE n.order_id = d.order_id AND n.ship_date = d.ship_date",
+				1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "courier: could not drop the order's notice");
+		dropped = SPI_processed > 0;
+		SPI_finish();
+		PG_RETURN_BOOL(dropped);
+	}
 
 	/* a fresh snapshot: also notices the logic stage committed meanwhile */
 	if (SPI_execute_with_args(

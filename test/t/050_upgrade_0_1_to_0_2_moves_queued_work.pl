@@ -109,18 +109,23 @@ is(query($node, "SELECT * FROM courier.request_status($req2)"), '40|0|0|40',
 	'under 0.1, request 2: 40 total, all pending');
 
 # The app invoices order 3, whose notice is pending, before the upgrade.
-query($node, "SELECT courier.register_invoice(3, 'INV-3')");
+# Through 0.1's declaration the 0.2 library answers as 0.1 did (a boolean:
+# was a notice dropped) and drops the notice as 0.1 did (0.1 has no trigger).
+is(query($node, "SELECT courier.register_invoice(3, 'INV-3')"), 't',
+	'under 0.1, register_invoice answers as 0.1 did: true, a notice was dropped');
 is(query($node, "SELECT status FROM courier.orders WHERE order_id = 3"),
 	'invoiced', 'under 0.1 the app invoices order 3, whose notice is pending');
+is(query($node, "SELECT status FROM courier.notices WHERE order_id = 3"),
+	'dropped', "under 0.1, order 3's pending notice is dropped at once");
 
 # While the extension is at 0.1, nothing moves: no worker, no send.
 ok( stays_true(
 		sub {
 			query($node, $workers) eq '0'
-			  && query($node, 'SELECT count(*) FROM courier.work_items') eq '79';
+			  && query($node, 'SELECT count(*) FROM courier.work_items') eq '78';
 		},
 		2,
-		'no courier worker and the 79 queued items stay queued'),
+		'no courier worker and the 78 queued items stay queued'),
 	'under 0.1 no courier worker starts and the queued work stays queued');
 is(mock_stats($mock)->{messages_received}, 0, 'under 0.1 nothing was sent');
 my @warnings = slurp_file($node->logfile, $offset)
