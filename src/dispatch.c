@@ -43,6 +43,7 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -84,6 +85,9 @@ static Transfer transfers[MAX_TRANSFERS];
  * memory does not grow with the requests it sends.
  */
 static MemoryContext dispatch_context = NULL;
+
+/* The resource owner HMAC contexts need outside a transaction. */
+static ResourceOwner hmac_owner = NULL;
 
 /* The background POST of courier_post_start (the launcher's alerts). */
 static CURLM *post_multi = NULL;
@@ -613,6 +617,17 @@ add_hmac_headers(Transfer *t)
 					   query ? "?" : "", query ? query : "",
 					   ts, courier_tms_hmac_access_key);
 
+	/*
+	 * With OpenSSL, PostgreSQL registers an HMAC context with the current
+	 * resource owner, and a worker sends with no transaction (so no owner)
+	 * open: lend it one of its own for the few calls the signature takes.
+	 */
+	if (CurrentResourceOwner == NULL)
+	{
+		if (hmac_owner == NULL)
+			hmac_owner = ResourceOwnerCreate(NULL, "courier hmac");
+		CurrentResourceOwner = hmac_owner;
+	}
 	ctx = pg_hmac_create(PG_SHA256);
 	ok = (ctx != NULL &&
 		  pg_hmac_init(ctx, (const uint8 *) courier_tms_hmac_secret,
@@ -620,6 +635,8 @@ add_hmac_headers(Transfer *t)
 		  pg_hmac_update(ctx, (const uint8 *) to_sign, strlen(to_sign)) == 0 &&
 		  pg_hmac_final(ctx, mac, sizeof(mac)) == 0);
 	pg_hmac_free(ctx);
+	if (CurrentResourceOwner == hmac_owner)
+		CurrentResourceOwner = NULL;
 	curl_free(path);
 	curl_free(query);
 	curl_url_cleanup(u);
