@@ -12,7 +12,10 @@
 # TopMemoryContext and never freed them: several hundred bytes per
 # request, about 20 MB for 40,000 messages, without end in a long-running
 # sender.  Now bodies, headers and signatures live in a per-dispatch
-# context that is reset every batch.
+# context that is reset every batch.  Before that, a worker's first signed
+# request crashed it (signal 11, so the whole server restarted): with
+# OpenSSL, pg_hmac_create registers with the current resource owner, and a
+# sender has none while no transaction is open.
 
 use strict;
 use warnings;
