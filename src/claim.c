@@ -56,6 +56,8 @@ static int	last_claim_size = 0;
 static SPIPlanPtr lease_plans[COURIER_NUM_STAGES];
 
 static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
+static int	execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls,
+						   bool claim);
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
 
 /*
@@ -89,7 +91,8 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
  * courier_execute_kept
  *		Run a statement kept by the caller in *plan (preparing it on first
  *		use) and check it succeeded.  Every courier statement goes through
- *		here so the error handling is in one place.
+ *		here so the error handling is in one place, and so is the planner's
+ *		pinning (execute_pinned).
  */
 int
 courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
@@ -100,7 +103,7 @@ courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
 
 	if (*plan == NULL)
 		*plan = prepare_kept(sql, nargs, argtypes);
-	ret = SPI_execute_plan(*plan, values, nulls, false, 0);
+	ret = execute_pinned(*plan, values, nulls, false);
 	if (ret != expected)
 		elog(ERROR, "courier: statement failed (%s): %s",
 			 SPI_result_code_string(ret), sql);
@@ -132,29 +135,52 @@ courier_ids_to_array(int *n)
 }
 
 /*
- * execute_claim
- *		Run a claim statement with the planner pinned to the ordered index
- *		scan of work_items_due.
+ * execute_pinned
+ *		Execute a kept plan with the planner pinned to the shapes courier's
+ *		statements are written for, whatever the statistics say when the
+ *		plan is made (or remade after an ANALYZE).
  *
- * The queue fills and empties faster than autovacuum analyzes it, so with
- * the statistics it has the planner often believes few items are due and
- * picks a bitmap scan that reads and sorts every due item: at a million
- * items that is seconds per batch instead of a millisecond.  Turning off
- * sorts and bitmap scans for this one statement (as a function's SET
- * clause would) leaves the index scan that stops after LIMIT rows.
+ * Every kept statement reaches courier's tables from claimed ids or keys,
+ * through indexes: no sequential scan.  A plan made while the queue was
+ * empty, or from statistics that say few orders are open, would otherwise
+ * hash-join a sequential scan of the whole queue or of every order into
+ * each batch: milliseconds at a few rows, seconds at a million.  A claim
+ * (claim) also goes without sorts and bitmap scans: the queue fills and
+ * empties faster than autovacuum analyzes it, and with the statistics it
+ * has the planner often believes few items are due and picks a bitmap
+ * scan that reads and sorts every due item, instead of the ordered scan
+ * of work_items_due that stops after LIMIT rows.  The settings are made
+ * the way a function's SET clause makes them, for this statement only.
  */
-static void
-execute_claim(SPIPlanPtr plan, Datum *values, int expected)
+static int
+execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls, bool claim)
 {
 	int			save_nestlevel = NewGUCNestLevel();
 	int			ret;
 
-	(void) set_config_option("enable_sort", "off", PGC_USERSET,
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	ret = SPI_execute_plan(plan, values, NULL, false, 0);
+	if (claim)
+	{
+		(void) set_config_option("enable_sort", "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	}
+	ret = SPI_execute_plan(plan, values, nulls, false, 0);
 	AtEOXact_GUC(true, save_nestlevel);
+	return ret;
+}
+
+/*
+ * execute_claim
+ *		Run a claim statement (execute_pinned, without sorts).
+ */
+static void
+execute_claim(SPIPlanPtr plan, Datum *values, int expected)
+{
+	int			ret = execute_pinned(plan, values, NULL, true);
+
 	if (ret != expected)
 		elog(ERROR, "courier: claim failed: %s", SPI_result_code_string(ret));
 }

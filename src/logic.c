@@ -33,45 +33,54 @@
 
 /*
  * Apply the delays of the items $1.  An order named by several items of
- * the batch takes the newest request's date; the notice is written only
- * when the promised date really changes, and once per (order, new date),
- * in the variant the notice_v2 rollout switch gives the order.
- * Orders that were invoiced, shipped or cancelled (or are gone) meanwhile
- * are skipped: the status is tested again by the UPDATE, which sees the
- * latest version of a row a concurrent close changed (the CTE's snapshot
- * may predate that close), so no notice is written for an order whose
- * close committed first.  Every item gets a history row (an order closed
- * under the UPDATE is 'skipped', not 'delayed'), and leaves the queue.
+ * the batch takes the newest request's date (rn = 1); the notice is
+ * written only when the promised date really changes, and once per
+ * (order, new date), in the variant the notice_v2 rollout switch gives
+ * the order.  Every item gets a history row, and leaves the queue.
+ *
+ * Orders that were invoiced, shipped or cancelled (or are gone) are
+ * skipped.  The items CTE reads them in the statement's snapshot, so the
+ * UPDATE tests the status again, in its SET and RETURNING: an UPDATE that
+ * waited for a row lock evaluates those on the newest version of the row,
+ * so an order whose close committed meanwhile is left as it is, gets no
+ * notice and is recorded 'skipped'.  Every row the UPDATE is given comes
+ * back (applied or not), so the history is made from the UPDATE's result
+ * and the items it was not given, without joining two CTEs (whose row
+ * estimates are guesses, and a nested loop over a CTE scan costs a batch
+ * of n items n^2 row visits).
  */
 static const char *const apply_sql =
 "WITH items AS ("
 "    SELECT w.item_id, w.order_id, w.request_id, w.seller_id,"
-"           r.reason, r.new_ship_date, o.customer_phone, o.product_name,"
-"           o.promised_ship_date AS old_date,"
-"           coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open"
+"           r.reason, r.new_ship_date, o.promised_ship_date AS old_date,"
+"           coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open,"
+"           pg_catalog.row_number() OVER (PARTITION BY w.order_id"
+"                                         ORDER BY w.request_id DESC) AS rn"
 "      FROM pg_catalog.unnest($1::bigint[]) AS c(item_id)"
 "      JOIN courier.work_items w ON w.item_id = c.item_id"
 "      JOIN courier.requests r ON r.request_id = w.request_id"
 "      LEFT JOIN courier.orders o ON o.order_id = w.order_id"
-"), latest AS ("
-"    SELECT DISTINCT ON (order_id) *"
-"      FROM items WHERE open"
-"     ORDER BY order_id, request_id DESC"
 "), changed AS ("
 "    UPDATE courier.orders o"
-"       SET promised_ship_date = l.new_ship_date, delay_reason = l.reason,"
+"       SET promised_ship_date = CASE WHEN o.status IN ('paid', 'shipping_requested')"
+"                                     THEN i.new_ship_date ELSE o.promised_ship_date END,"
+"           delay_reason = CASE WHEN o.status IN ('paid', 'shipping_requested')"
+"                               THEN i.reason ELSE o.delay_reason END,"
 "           updated_at = pg_catalog.statement_timestamp()"
-"      FROM latest l"
-"     WHERE o.order_id = l.order_id AND o.promised_ship_date <> l.new_ship_date"
-"       AND o.status IN ('paid', 'shipping_requested')"
-"    RETURNING o.order_id, l.new_ship_date, o.seller_id, o.customer_phone,"
-"              o.product_name, l.reason,"
-"              CASE WHEN courier.switch_enabled('notice_v2', o.order_id)"
-"                   THEN 'v2' ELSE 'v1' END"
+"      FROM items i"
+"     WHERE o.order_id = i.order_id"
+"       AND i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date"
+"    RETURNING i.request_id, o.order_id, o.seller_id, i.old_date, i.new_ship_date,"
+"              o.customer_phone, o.product_name, i.reason,"
+"              o.status IN ('paid', 'shipping_requested') AS applied"
 "), notice AS ("
 "    INSERT INTO courier.notices (order_id, ship_date, seller_id,"
 "                                 customer_phone, product_name, reason, variant)"
-"    SELECT * FROM changed"
+"    SELECT ch.order_id, ch.new_ship_date, ch.seller_id, ch.customer_phone,"
+"           ch.product_name, ch.reason,"
+"           CASE WHEN courier.switch_enabled('notice_v2', ch.order_id)"
+"                THEN 'v2' ELSE 'v1' END"
+"      FROM changed ch WHERE ch.applied"
 "    ON CONFLICT (order_id, ship_date) DO NOTHING"
 "    RETURNING order_id, ship_date, seller_id"
 "), queued AS ("
@@ -80,12 +89,16 @@ static const char *const apply_sql =
 "), history AS ("
 "    INSERT INTO courier.delay_history (request_id, order_id, seller_id,"
 "                                       old_ship_date, new_ship_date, outcome)"
+"    SELECT ch.request_id, ch.order_id, ch.seller_id, ch.old_date, ch.new_ship_date,"
+"           CASE WHEN ch.applied THEN 'delayed' ELSE 'skipped' END"
+"      FROM changed ch"
+"    UNION ALL"
 "    SELECT i.request_id, i.order_id, i.seller_id, i.old_date, i.new_ship_date,"
 "           CASE WHEN NOT i.open THEN 'skipped'"
 "                WHEN i.old_date = i.new_ship_date THEN 'unchanged'"
-"                WHEN ch.order_id IS NOT NULL THEN 'delayed'"
-"                ELSE 'skipped' END"
-"      FROM items i LEFT JOIN changed ch ON ch.order_id = i.order_id"
+"                ELSE 'delayed' END"
+"      FROM items i"
+"     WHERE NOT (i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date)"
 ") "
 "DELETE FROM courier.work_items w"
 " USING pg_catalog.unnest($1::bigint[]) AS c(item_id)"
