@@ -39,19 +39,8 @@ use Test::More;
 
 my $mock = start_mock();
 
-# tms_node's settings, without its CREATE EXTENSION.
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'courier'
-courier.database = 'postgres'
-max_worker_processes = 16
-courier.retry_base = '20ms'
-courier.retry_cap = '200ms'
-courier.tms_url = '$mock->{url}'
-});
-$node->start;
+# The extension is created below, at version 0.1.
+my $node = tms_node('upgrade', $mock, create => 0);
 
 my $workers = "SELECT count(*) FROM pg_stat_activity"
   . " WHERE backend_type IN ('courier logic worker', 'courier tms worker')";

@@ -150,10 +150,11 @@ sub mock_delivered
 	return mock_request($mock, 'GET', '/_delivered');
 }
 
-# tms_node(NAME, MOCK, conf => EXTRA_CONF)
+# tms_node(NAME, MOCK, conf => EXTRA_CONF, create => 1)
 #	A started UTF-8 cluster with courier preloaded (workers in the database
-#	postgres), the extension created and courier.tms_url pointing at MOCK.
-#	EXTRA_CONF comes last, so it wins over the defaults set here.
+#	postgres), the extension created (unless create => 0) and
+#	courier.tms_url pointing at MOCK.  EXTRA_CONF comes last, so it wins
+#	over the defaults set here.
 sub tms_node
 {
 	my ($name, $mock, %opt) = @_;
@@ -171,7 +172,8 @@ courier.tms_url = '$mock->{url}'
 });
 	$node->append_conf('postgresql.conf', $opt{conf}) if defined $opt{conf};
 	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION courier');
+	$node->safe_psql('postgres', 'CREATE EXTENSION courier')
+	  if $opt{create} // 1;
 	return $node;
 }
 
