@@ -20,6 +20,9 @@ OBJS = \
 	src/dispatch.o \
 	src/limits.o \
 	src/api.o \
+	src/input.o \
+	src/ops.o \
+	src/transaction.o \
 	src/launcher.o \
 	src/worker.o
 

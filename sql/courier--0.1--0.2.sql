@@ -166,6 +166,61 @@ COMMENT ON FUNCTION courier.register_invoice(bigint, text) IS
  * Smaller corrections
  * ------------------------------------------------------------------------ */
 
+COMMENT ON TYPE courier.order_status IS
+	'Where an order stands: paid, shipping_requested (invoice deadline running), then closed by invoiced, shipped or cancelled.';
+
+/*
+ * metrics(): one row per metric family (name, type, help) and one query of
+ * samples, instead of numbered UNION ALL branches.  The families come out
+ * in the order listed, each with its HELP and TYPE lines and its samples.
+ */
+CREATE OR REPLACE FUNCTION courier.metrics()
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH family(name, type, help, ord) AS (VALUES
+		('courier_items_total', 'counter', 'Items processed per stage and result since server start.', 1),
+		('courier_batches_total', 'counter', 'Batches processed per stage since server start.', 2),
+		('courier_tms_events_total', 'counter', 'TMS requests, throttles and breaker openings since server start.', 3),
+		('courier_queue_backlog', 'gauge', 'Items queued per stage.', 4),
+		('courier_queue_due', 'gauge', 'Items due now per stage.', 5),
+		('courier_queue_in_flight', 'gauge', 'Items leased by senders per stage.', 6),
+		('courier_queue_oldest_age_seconds', 'gauge', 'Age of the oldest queued item per stage.', 7),
+		('courier_failures_open', 'gauge', 'Failures neither retried nor discarded per stage.', 8),
+		('courier_table_dead_tuples', 'gauge', 'Dead tuples of courier tables (queue bloat).', 9)
+	), counter AS (
+		SELECT c.stage, c.counter, c.value FROM courier.shared_counters() c
+	), sample(name, labels, value) AS (
+		SELECT 'courier_items_total', format('stage="%s",result="%s"', c.stage, c.counter), c.value::numeric
+		  FROM counter c WHERE c.counter IN ('done', 'failed')
+		UNION ALL
+		SELECT 'courier_batches_total', format('stage="%s"', c.stage), c.value
+		  FROM counter c WHERE c.counter = 'batches'
+		UNION ALL
+		SELECT 'courier_tms_events_total', format('event="%s"', c.counter), c.value
+		  FROM counter c WHERE c.counter LIKE 'tms\_%'
+		UNION ALL
+		SELECT g.name, format('stage="%s"', q.stage), g.value
+		  FROM courier.queue_stats q,
+			   LATERAL (VALUES ('courier_queue_backlog', q.backlog::numeric),
+							   ('courier_queue_due', q.due_now),
+							   ('courier_queue_in_flight', q.in_flight),
+							   ('courier_queue_oldest_age_seconds',
+								coalesce(round(extract(epoch FROM q.oldest_age), 3), 0)),
+							   ('courier_failures_open', q.failures_open)) AS g(name, value)
+		UNION ALL
+		SELECT 'courier_table_dead_tuples', format('table="%s"', t.relname), t.n_dead_tup
+		  FROM pg_stat_user_tables t WHERE t.schemaname = 'courier'
+	)
+	SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s', f.name, f.help, f.name, f.type)
+					  || coalesce((SELECT string_agg(format(E'\n%s{%s} %s', s.name, s.labels, s.value),
+													 '' ORDER BY s.labels)
+									 FROM sample s WHERE s.name = f.name), ''),
+					  E'\n' ORDER BY f.ord) || E'\n'
+	  FROM family f
+$$;
+
 /* run_once(NULL) is an error, not NULL */
 ALTER FUNCTION courier.run_once(text) CALLED ON NULL INPUT;
 
@@ -175,4 +230,5 @@ ALTER FUNCTION courier.run_once(text) CALLED ON NULL INPUT;
 
 REVOKE ALL ON FUNCTION courier.close_at_commit(bigint), courier.order_closed(),
 	courier.register_invoice(bigint, text) FROM PUBLIC;
+/* every function 0.2 creates or replaces declares SECURITY DEFINER and its search_path itself */
 GRANT EXECUTE ON FUNCTION courier.register_invoice(bigint, text) TO courier_app;

@@ -170,8 +170,6 @@ CREATE INDEX work_items_due ON courier.work_items (stage, not_before, item_id);
 /* register_invoice / sweep: the tms items of one order */
 CREATE INDEX work_items_order ON courier.work_items (order_id) WHERE stage = 'tms';
 
-/* request_status: done count of a request (the primary key serves it) */
-
 /* request_status: failed count of a request */
 CREATE INDEX failures_request ON courier.failures (request_id) WHERE request_id IS NOT NULL;
 

@@ -1,15 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * api.c
- *		The SQL-callable functions of courier: the app API (register_orders,
- *		request_shipping, register_invoice, delay_orders), run_once for
- *		schedules and tests, and backoff_delay.
+ *		The app API: register_orders, request_shipping, register_invoice
+ *		and delay_orders, with the checks of order ids they share.
  *
  * The app API validates its whole input before anything is written, or
  * raises an error that rolls back everything the call did: a caller never
  * sees half a request.  Each kind of bad input has its own SQLSTATE and
  * names the offending values.  Processing of queued work is not done here
  * (logic.c); this file only validates, writes and wakes the workers.
+ * The orders JSON and the text checks are validated in input.c; the
+ * operators' functions (run_once, ...) are in ops.c.
  *
  * IDENTIFICATION
  *		src/api.c
@@ -35,45 +36,22 @@
 #include "utils/timestamp.h"
 
 #include "courier.h"
+#include "input.h"
 
 PG_FUNCTION_INFO_V1(courier_register_orders);
 PG_FUNCTION_INFO_V1(courier_request_shipping);
 PG_FUNCTION_INFO_V1(courier_register_invoice);
 PG_FUNCTION_INFO_V1(courier_delay_orders);
-PG_FUNCTION_INFO_V1(courier_run_once);
-PG_FUNCTION_INFO_V1(courier_backoff_delay);
-PG_FUNCTION_INFO_V1(courier_shared_counters);
 
 /* How many offending values an error message names. */
 #define NAMED_IN_ERROR 5
-
-/* One order of register_orders' input, validated. */
-typedef struct OrderInput
-{
-	int64		order_id;
-	int64		seller_id;
-	char	   *phone;
-	char	   *product;
-	DateADT		ship_date;
-	char	   *status;			/* NULL: keep (or 'paid' when new) */
-} OrderInput;
 
 static Datum *check_order_ids(ArrayType *arr, const char *argname, int *n);
 static void check_no_duplicates(Datum *ids, int n, const char *argname);
 static void report_unusable_orders(Datum ids_array, const char *action);
 static int64 find_offending_orders(Datum ids_array, const char *join_where,
 								   bool with_status, StringInfo list);
-static void parse_order(JsonbValue *elem, int index, OrderInput *out);
-static JsonbValue *order_field(JsonbContainer *obj, const char *key,
-							   int index, bool required);
-static int64 json_to_int64(JsonbValue *v, const char *key, int index);
-static char *json_to_string(JsonbValue *v, const char *key, int index);
-static char *normalize_phone(const char *raw, int index, int64 order_id);
-static DateADT parse_iso_date(const char *s, int index, int64 order_id);
-static Datum int8_array(Datum *values, int n);
 static char *date_to_cstring(DateADT d);
-static int	control_char_position(const char *s);
-static int	cmp_order_input(const void *a, const void *b);
 
 /* ----------------------------------------------------------------
  * Validation helpers shared by the app API
@@ -261,43 +239,10 @@ find_offending_orders(Datum ids_array, const char *join_where, bool with_status,
 									   3, &isnull));
 }
 
-static Datum
-int8_array(Datum *values, int n)
-{
-	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
 static char *
 date_to_cstring(DateADT d)
 {
 	return DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d)));
-}
-
-/*
- * control_char_position
- *		1-based byte position of the first ASCII control character (C0 or
- *		DEL) in s, 0 when there is none.  Text that reaches a customer's
- *		phone must not carry them: carriers garble or reject them.
- */
-static int
-control_char_position(const char *s)
-{
-	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-	{
-		if (*p < 0x20 || *p == 0x7f)
-			return (int) (p - (const unsigned char *) s) + 1;
-	}
-	return 0;
-}
-
-static int
-cmp_order_input(const void *a, const void *b)
-{
-	int64		x = ((const OrderInput *) a)->order_id;
-	int64		y = ((const OrderInput *) b)->order_id;
-
-	return (x > y) - (x < y);
 }
 
 /* ----------------------------------------------------------------
@@ -314,7 +259,6 @@ cmp_order_input(const void *a, const void *b)
 Datum
 courier_register_orders(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *jb;
 	int			n;
 	OrderInput *orders;
 	Datum	   *ids,
@@ -335,26 +279,7 @@ courier_register_orders(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("orders must not be NULL"),
 				 errdetail("Pass a JSON array of order objects.")));
-	jb = PG_GETARG_JSONB_P(0);
-	if (JB_ROOT_IS_SCALAR(jb) || !JB_ROOT_IS_ARRAY(jb))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("orders must be a JSON array"),
-				 errdetail("Each element is an object with order_id, seller_id, customer_phone, product_name and promised_ship_date.")));
-	n = JB_ROOT_COUNT(jb);
-	if (n == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("orders is empty"),
-				 errdetail("A call registers at least one order.")));
-	if (n > courier_max_orders_per_request)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("orders has %d elements, more than the limit of %d",
-						n, courier_max_orders_per_request),
-				 errhint("Split the call, or raise courier.max_orders_per_request.")));
-
-	orders = palloc(sizeof(OrderInput) * n);
+	orders = courier_parse_orders(PG_GETARG_JSONB_P(0), &n);
 	ids = palloc(sizeof(Datum) * n);
 	sellers = palloc(sizeof(Datum) * n);
 	phones = palloc(sizeof(Datum) * n);
@@ -363,20 +288,6 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	statuses = palloc(sizeof(Datum) * n);
 	status_nulls = palloc(sizeof(bool) * n);
 
-	for (int i = 0; i < n; i++)
-	{
-		JsonbValue *elem = getIthJsonbValueFromContainer(&jb->root, i);
-
-		CHECK_FOR_INTERRUPTS();
-		parse_order(elem, i + 1, &orders[i]);
-	}
-
-	/*
-	 * Write in order_id order: two calls naming the same orders in
-	 * different orders then lock them in the same order, and cannot
-	 * deadlock.
-	 */
-	qsort(orders, n, sizeof(OrderInput), cmp_order_input);
 	for (int i = 0; i < n; i++)
 	{
 		ids[i] = Int64GetDatum(orders[i].order_id);
@@ -391,8 +302,8 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	check_no_duplicates(ids, n, "orders");
 
 	dims[0] = n;
-	values[0] = int8_array(ids, n);
-	values[1] = int8_array(sellers, n);
+	values[0] = courier_int8_array(ids, n);
+	values[1] = courier_int8_array(sellers, n);
 	values[2] = PointerGetDatum(construct_array(phones, n, TEXTOID, -1, false,
 												TYPALIGN_INT));
 	values[3] = PointerGetDatum(construct_array(products, n, TEXTOID, -1, false,
@@ -460,212 +371,6 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(n);
 }
 
-/*
- * parse_order
- *		Validate element index (1-based) of register_orders' array.
- */
-static void
-parse_order(JsonbValue *elem, int index, OrderInput *out)
-{
-	static const char *const known[] = {"order_id", "seller_id",
-		"customer_phone", "product_name", "promised_ship_date", "status"};
-	JsonbContainer *obj;
-	JsonbValue *v;
-	int			nfound = 0;
-
-	if (elem->type != jbvBinary || !JsonContainerIsObject(elem->val.binary.data))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("element %d of orders is not a JSON object", index)));
-	obj = elem->val.binary.data;
-
-	out->order_id = json_to_int64(order_field(obj, "order_id", index, true),
-								  "order_id", index);
-	out->seller_id = json_to_int64(order_field(obj, "seller_id", index, true),
-								   "seller_id", index);
-	out->phone = normalize_phone(json_to_string(order_field(obj, "customer_phone", index, true),
-												"customer_phone", index),
-								 index, out->order_id);
-	out->product = json_to_string(order_field(obj, "product_name", index, true),
-								  "product_name", index);
-	if (strspn(out->product, " \t\r\n") == strlen(out->product) ||
-		strlen(out->product) > 1000)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid product_name in element %d (order " INT64_FORMAT ")",
-						index, out->order_id),
-				 errdetail("A product name has 1 to 1000 bytes, not all of them blank.")));
-	if (control_char_position(out->product) > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("product_name in element %d (order " INT64_FORMAT ") contains a control character at byte %d",
-						index, out->order_id, control_char_position(out->product)),
-				 errdetail("Names are sent to customers as text messages; control characters are not allowed.")));
-	out->ship_date = parse_iso_date(json_to_string(order_field(obj, "promised_ship_date", index, true),
-												   "promised_ship_date", index),
-									index, out->order_id);
-	nfound = 5;
-
-	v = order_field(obj, "status", index, false);
-	out->status = NULL;
-	if (v != NULL)
-	{
-		static const char *const statuses[] = {"paid", "shipping_requested",
-		"invoiced", "shipped", "cancelled"};
-		bool		ok = false;
-
-		nfound++;
-		out->status = json_to_string(v, "status", index);
-		for (int i = 0; i < lengthof(statuses); i++)
-			ok |= (strcmp(out->status, statuses[i]) == 0);
-		if (!ok)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-					 errmsg("invalid status \"%s\" in element %d (order " INT64_FORMAT ")",
-							out->status, index, out->order_id),
-					 errdetail("The statuses are paid, shipping_requested, invoiced, shipped and cancelled.")));
-	}
-
-	/* Any other key is a typo the caller wants to hear about. */
-	if (JsonContainerSize(obj) > nfound)
-	{
-		JsonbIterator *it = JsonbIteratorInit(obj);
-		JsonbValue	key;
-		JsonbIteratorToken tok;
-
-		while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-		{
-			bool		ok = false;
-			char	   *name;
-
-			if (tok != WJB_KEY)
-				continue;
-			name = pnstrdup(key.val.string.val, key.val.string.len);
-			for (int i = 0; i < lengthof(known); i++)
-				ok |= (strcmp(name, known[i]) == 0);
-			if (!ok)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("unknown key \"%s\" in element %d of orders",
-								name, index),
-						 errdetail("The keys are order_id, seller_id, customer_phone, product_name, promised_ship_date and status.")));
-		}
-	}
-}
-
-static JsonbValue *
-order_field(JsonbContainer *obj, const char *key, int index, bool required)
-{
-	JsonbValue *v = getKeyJsonValueFromContainer(obj, key, strlen(key), NULL);
-
-	if (v == NULL && required)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("element %d of orders has no \"%s\"", index, key)));
-	if (v != NULL && v->type == jbvNull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("\"%s\" is null in element %d of orders", key, index)));
-	return v;
-}
-
-static int64
-json_to_int64(JsonbValue *v, const char *key, int index)
-{
-	char	   *text;
-	char	   *end;
-	int64		result;
-
-	if (v->type != jbvNumeric)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("\"%s\" in element %d of orders is not a number", key, index)));
-	text = DatumGetCString(DirectFunctionCall1(numeric_out,
-											   NumericGetDatum(v->val.numeric)));
-	errno = 0;
-	result = strtoi64(text, &end, 10);
-	if (*end != '\0' || errno != 0 || result <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("\"%s\" in element %d of orders is %s, not a positive bigint",
-						key, index, text)));
-	return result;
-}
-
-static char *
-json_to_string(JsonbValue *v, const char *key, int index)
-{
-	if (v->type != jbvString)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("\"%s\" in element %d of orders is not a string", key, index)));
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
-/*
- * normalize_phone
- *		Accept a Korean-style phone number with optional hyphens or spaces
- *		(010-1234-5678) and return its digits; reject anything else, since a
- *		wrong number would only be found when the TMS rejects the notice.
- */
-static char *
-normalize_phone(const char *raw, int index, int64 order_id)
-{
-	char	   *digits = palloc(strlen(raw) + 1);
-	int			n = 0;
-	bool		ok = true;
-
-	for (const char *p = raw; *p; p++)
-	{
-		if (*p >= '0' && *p <= '9')
-			digits[n++] = *p;
-		else if (*p != '-' && *p != ' ')
-			ok = false;
-	}
-	digits[n] = '\0';
-	if (!ok || n < 10 || n > 11 || digits[0] != '0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-				 errmsg("invalid customer_phone \"%s\" in element %d (order " INT64_FORMAT ")",
-						raw, index, order_id),
-				 errdetail("A phone number has 10 or 11 digits starting with 0, optionally separated by hyphens, e.g. 010-1234-5678.")));
-	return digits;
-}
-
-/*
- * parse_iso_date
- *		Strict YYYY-MM-DD: the app sends dates in one format, and a lenient
- *		parser would accept swapped months and days.
- */
-static DateADT
-parse_iso_date(const char *s, int index, int64 order_id)
-{
-	int			y,
-				m,
-				d;
-	int			consumed = 0;
-	int			yy,
-				mm,
-				dd;
-
-	if (strlen(s) != 10 ||
-		sscanf(s, "%4d-%2d-%2d%n", &y, &m, &d, &consumed) != 3 ||
-		consumed != 10 || m < 1 || m > 12 || d < 1 || d > 31 || y < 1)
-		goto bad;
-	j2date(date2j(y, m, d), &yy, &mm, &dd);
-	if (yy != y || mm != m || dd != d)
-		goto bad;
-	return date2j(y, m, d) - POSTGRES_EPOCH_JDATE;
-
-bad:
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_DATETIME_FORMAT),
-			 errmsg("invalid promised_ship_date \"%s\" in element %d (order " INT64_FORMAT ")",
-					s, index, order_id),
-			 errdetail("Dates are written YYYY-MM-DD and must exist in the calendar.")));
-	return 0;
-}
-
 /* ----------------------------------------------------------------
  * request_shipping(bigint[]) and register_invoice(bigint, text)
  * ----------------------------------------------------------------
@@ -691,7 +396,7 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("order_ids must not be NULL")));
 	ids = check_order_ids(PG_GETARG_ARRAYTYPE_P(0), "order_ids", &n);
-	arr = int8_array(ids, n);
+	arr = courier_int8_array(ids, n);
 
 	SPI_connect();
 	values[0] = arr;
@@ -871,11 +576,11 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ZERO_LENGTH_CHARACTER_STRING),
 				 errmsg("reason is empty"),
 				 errdetail("Customers are told the reason for the delay, so it must say something.")));
-	if (control_char_position(reason_str) > 0)
+	if (courier_control_char_position(reason_str) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("reason contains a control character at byte %d",
-						control_char_position(reason_str)),
+						courier_control_char_position(reason_str)),
 				 errdetail("The reason is sent to customers as a text message; control characters (including line breaks) are not allowed.")));
 	if (reason_chars > courier_max_reason_length)
 		ereport(ERROR,
@@ -907,7 +612,7 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 				 errhint("Choose an earlier date, or raise courier.max_delay_days.")));
 
 	ids = check_order_ids(PG_GETARG_ARRAYTYPE_P(0), "order_ids", &n);
-	arr = int8_array(ids, n);
+	arr = courier_int8_array(ids, n);
 
 	SPI_connect();
 	values[0] = PointerGetDatum(reason);
@@ -942,133 +647,4 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	SPI_finish();
 	courier_wake_stage_at_commit(COURIER_STAGE_LOGIC);
 	PG_RETURN_INT64(request_id);
-}
-
-/* ----------------------------------------------------------------
- * run_once(text) and backoff_delay(int)
- * ----------------------------------------------------------------
- */
-
-/*
- * courier_run_once
- *		Process one batch of a stage in the calling session and return the
- *		number of items handled.  The switches apply here too: a stopped
- *		stage handles nothing and says why.
- */
-Datum
-courier_run_once(PG_FUNCTION_ARGS)
-{
-	char	   *name;
-	CourierStage stage;
-	const char *why;
-	int			handled;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("stage must not be NULL"),
-				 errhint("The stages are logic and tms.")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	stage = courier_stage_from_name(name);
-
-	if (!courier_stage_runnable(stage, &why))
-	{
-		ereport(NOTICE,
-				(errmsg("courier stage \"%s\" is stopped: %s", name, why)));
-		PG_RETURN_INT32(0);
-	}
-
-	SPI_connect();
-	handled = courier_run_batch(stage);
-	SPI_finish();
-	if (courier_batch_error != NULL)
-	{
-		ereport(WARNING,
-				(errmsg("courier %s batch of %d items failed as a whole: %s",
-						name, handled, courier_batch_error->message),
-				 errdetail("Every item of the batch was charged an attempt and will be retried alone.")));
-		FreeErrorData(courier_batch_error);
-		courier_batch_error = NULL;
-	}
-	PG_RETURN_INT32(handled);
-}
-
-/*
- * courier_backoff_delay
- *		SQL face of courier_backoff_ms, used by the retry statement and by
- *		tests of the arithmetic.
- */
-Datum
-courier_backoff_delay(PG_FUNCTION_ARGS)
-{
-	int32		attempt = PG_GETARG_INT32(0);
-	double		ms = courier_backoff_ms(attempt);
-	Interval   *result = palloc0(sizeof(Interval));
-
-	result->time = (TimeOffset) (ms * 1000.0);
-	PG_RETURN_INTERVAL_P(result);
-}
-
-/*
- * courier_shared_counters
- *		The counters in shared memory as (stage, counter, value) rows, for
- *		courier.metrics().  Empty when courier is not preloaded.
- */
-Datum
-courier_shared_counters(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
-	InitMaterializedSRF(fcinfo, 0);
-	if (courier_shared == NULL)
-		return (Datum) 0;
-
-	for (int s = 0; s < COURIER_NUM_STAGES; s++)
-	{
-		CourierStageState *st = &courier_shared->stages[s];
-		struct
-		{
-			const char *name;
-			uint64		value;
-		}			rows[] = {
-			{"done", pg_atomic_read_u64(&st->items_done)},
-			{"failed", pg_atomic_read_u64(&st->items_failed)},
-			{"batches", pg_atomic_read_u64(&st->batches)},
-		};
-
-		for (int i = 0; i < lengthof(rows); i++)
-		{
-			Datum		values[3];
-			bool		nulls[3] = {false, false, false};
-
-			values[0] = CStringGetTextDatum(courier_stage_name((CourierStage) s));
-			values[1] = CStringGetTextDatum(rows[i].name);
-			values[2] = Int64GetDatum((int64) rows[i].value);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
-	}
-	{
-		CourierTmsLimits *lim = &courier_shared->tms;
-		struct
-		{
-			const char *name;
-			uint64		value;
-		}			rows[] = {
-			{"tms_requests", pg_atomic_read_u64(&lim->requests)},
-			{"tms_throttled", pg_atomic_read_u64(&lim->throttled)},
-			{"tms_breaker_opened", pg_atomic_read_u64(&lim->breaker_opened)},
-		};
-
-		for (int i = 0; i < lengthof(rows); i++)
-		{
-			Datum		values[3];
-			bool		nulls[3] = {false, false, false};
-
-			values[0] = CStringGetTextDatum("tms");
-			values[1] = CStringGetTextDatum(rows[i].name);
-			values[2] = Int64GetDatum((int64) rows[i].value);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
-	}
-	return (Datum) 0;
 }

@@ -55,122 +55,7 @@ static int	last_claim_n = 0;
 static int	last_claim_size = 0;
 static SPIPlanPtr lease_plans[COURIER_NUM_STAGES];
 
-static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
-static int	execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls,
-						   bool claim);
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
-
-/*
- * prepare_kept
- *		Prepare a statement once per process and keep the plan.  Callers
- *		cache the result in a static; the plan cache revalidates it if the
- *		extension's tables are recreated.
- *
- * The plan is generic from the first execution: courier's statements take
- * their rows from unnest($1) of claimed ids and reach tables through
- * primary keys, which the generic plan does with nested loops.  Custom
- * plans, made with the real 1,000-element array and a queue's unsettled
- * statistics, chose hash joins over sequential scans of the queue and made
- * the first batches of every new process 2-3 times slower.
- */
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
-										  CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "courier: SPI_prepare failed (%s): %s",
-			 SPI_result_code_string(SPI_result), sql);
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "courier: SPI_keepplan failed");
-	return plan;
-}
-
-/*
- * courier_execute_kept
- *		Run a statement kept by the caller in *plan (preparing it on first
- *		use) and check it succeeded.  Every courier statement goes through
- *		here so the error handling is in one place, and so is the planner's
- *		pinning (execute_pinned).
- */
-int
-courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
-					 Oid *argtypes, Datum *values, const char *nulls,
-					 int expected)
-{
-	int			ret;
-
-	if (*plan == NULL)
-		*plan = prepare_kept(sql, nargs, argtypes);
-	ret = execute_pinned(*plan, values, nulls, false);
-	if (ret != expected)
-		elog(ERROR, "courier: statement failed (%s): %s",
-			 SPI_result_code_string(ret), sql);
-	return ret;
-}
-
-/*
- * courier_ids_to_array
- *		Collect the int8 first column of the last SPI result into an int8[]
- *		datum, allocated in the caller's (per-batch) context.
- */
-Datum
-courier_ids_to_array(int *n)
-{
-	uint64		nrows = SPI_processed;
-	Datum	   *ids;
-
-	ids = palloc(sizeof(Datum) * Max(nrows, 1));
-	for (uint64 i = 0; i < nrows; i++)
-	{
-		bool		isnull;
-
-		ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
-							   1, &isnull);
-	}
-	*n = (int) nrows;
-	return PointerGetDatum(construct_array(ids, (int) nrows, INT8OID,
-										   8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
-/*
- * execute_pinned
- *		Execute a kept plan with the planner pinned to the shapes courier's
- *		statements are written for, whatever the statistics say when the
- *		plan is made (or remade after an ANALYZE).
- *
- * Every kept statement reaches courier's tables from claimed ids or keys,
- * through indexes: no sequential scan.  A plan made while the queue was
- * empty, or from statistics that say few orders are open, would otherwise
- * hash-join a sequential scan of the whole queue or of every order into
- * each batch: milliseconds at a few rows, seconds at a million.  A claim
- * (claim) also goes without sorts and bitmap scans: the queue fills and
- * empties faster than autovacuum analyzes it, and with the statistics it
- * has the planner often believes few items are due and picks a bitmap
- * scan that reads and sorts every due item, instead of the ordered scan
- * of work_items_due that stops after LIMIT rows.  The settings are made
- * the way a function's SET clause makes them, for this statement only.
- */
-static int
-execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls, bool claim)
-{
-	int			save_nestlevel = NewGUCNestLevel();
-	int			ret;
-
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	if (claim)
-	{
-		(void) set_config_option("enable_sort", "off", PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-		(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET,
-								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	}
-	ret = SPI_execute_plan(plan, values, nulls, false, 0);
-	AtEOXact_GUC(true, save_nestlevel);
-	return ret;
-}
 
 /*
  * execute_claim
@@ -179,7 +64,7 @@ execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls, bool claim)
 static void
 execute_claim(SPIPlanPtr plan, Datum *values, int expected)
 {
-	int			ret = execute_pinned(plan, values, NULL, true);
+	int			ret = courier_execute_pinned(plan, values, NULL, true);
 
 	if (ret != expected)
 		elog(ERROR, "courier: claim failed: %s", SPI_result_code_string(ret));
@@ -199,7 +84,7 @@ courier_claim_due(CourierStage stage, int limit, int *nclaimed)
 	Datum		result;
 
 	if (claim_plans[stage] == NULL)
-		claim_plans[stage] = prepare_kept(psprintf(DUE_ITEMS_SQL,
+		claim_plans[stage] = courier_prepare_kept(psprintf(DUE_ITEMS_SQL,
 												   courier_stage_name(stage)),
 										  1, argtypes);
 	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
@@ -244,8 +129,7 @@ courier_last_claim(int *n)
 	for (int i = 0; i < last_claim_n; i++)
 		ids[i] = Int64GetDatum(last_claim[i]);
 	*n = last_claim_n;
-	return PointerGetDatum(construct_array(ids, last_claim_n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return courier_int8_array(ids, last_claim_n);
 }
 
 /*
@@ -275,7 +159,7 @@ courier_lease_due(CourierStage stage, int limit, int lease_ms)
 		 * subquery in FROM, a generic plan may put it on the inner side of
 		 * a nested loop and re-run the claim for every row of the queue.
 		 */
-		lease_plans[stage] = prepare_kept(psprintf(
+		lease_plans[stage] = courier_prepare_kept(psprintf(
 			"WITH c AS MATERIALIZED (%s) "
 			"UPDATE courier.work_items w "
 			"   SET not_before = pg_catalog.statement_timestamp() + $2 * interval '1 ms', "

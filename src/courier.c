@@ -17,6 +17,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
 
 #include "courier.h"
 
@@ -31,6 +32,8 @@ void
 _PG_init(void)
 {
 	courier_define_gucs();
+	courier_define_rollouts();
+	MarkGUCPrefixReserved("courier");
 
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = redact_secrets;

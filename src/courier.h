@@ -1,12 +1,14 @@
 /*-------------------------------------------------------------------------
  *
  * courier.h
- *		What every courier source file shares: the stages, the GUC
- *		variables, the shared-memory state and the entry points each
- *		concern exports to the others.
+ *		The names courier's source files share: the stages, the GUC
+ *		variables, the shared-memory state, and what each file exports to
+ *		the others, grouped by the file that defines it.
  *
  * Only names used by more than one file live here; everything else is
- * static in the file that owns it.
+ * static in the file that owns it.  The HTTP side has its own headers
+ * (dispatch.h and what it includes), and so has the app's input (input.h).
+ * Every .c file includes postgres.h first, then this.
  *
  * IDENTIFICATION
  *		src/courier.h
@@ -15,8 +17,6 @@
  */
 #ifndef COURIER_H
 #define COURIER_H
-
-#include "postgres.h"
 
 #include <signal.h>
 
@@ -90,7 +90,6 @@ extern int	courier_tms_breaker_cooldown_ms;
 extern char *courier_notice_template;
 extern char *courier_notice_template_v2;
 extern char *courier_alert_url;
-extern int	courier_retention_min;
 
 extern void courier_define_gucs(void);
 
@@ -113,7 +112,6 @@ typedef struct CourierStageState
 {
 	CourierWorkerSlot slots[COURIER_MAX_WORKERS_PER_STAGE];
 	pg_atomic_uint64 items_done;	/* counters since postmaster start */
-	pg_atomic_uint64 items_retried;
 	pg_atomic_uint64 items_failed;
 	pg_atomic_uint64 batches;
 } CourierStageState;
@@ -164,8 +162,7 @@ typedef struct CourierCloseRing
 
 typedef struct CourierShared
 {
-	LWLock	   *lock;			/* protects the slots and launcher fields */
-	pid_t		launcher_pid;
+	LWLock	   *lock;			/* protects the slots and launcher_latch */
 	Latch	   *launcher_latch;
 	CourierStageState stages[COURIER_NUM_STAGES];
 	CourierTmsLimits tms;
@@ -174,21 +171,27 @@ typedef struct CourierShared
 
 extern CourierShared *courier_shared;
 
-extern void courier_shmem_request(void);
 extern void courier_shmem_install_hooks(void);
 extern void courier_wake_stage_at_commit(CourierStage stage);
-extern void courier_wake_stage(CourierStage stage);
 extern void courier_wake_launcher(void);
 extern int	courier_reserve_slot(CourierStage stage);
 extern void courier_release_slot(CourierStage stage, int slot);
 extern int	courier_slots_in_use(CourierStage stage);
 
 /* ----------
- * Shared TMS limits (limits.c) and the tms stage (tms.c)
+ * Shared TMS limits (limits.c; the dispatcher's side is in dispatch.h)
  * ----------
  */
 extern void courier_limits_init(CourierTmsLimits *lim);
 extern long courier_limits_send_wait_ms(const char **why);
+extern void courier_limits_counters(uint64 *requests, uint64 *throttled,
+									uint64 *breaker_opened);
+
+/* ----------
+ * The stages' batches (logic.c, tms.c)
+ * ----------
+ */
+extern int	courier_logic_run_batch(ErrorData **batch_error);
 extern int	courier_tms_worker_batch(volatile sig_atomic_t *stop_requested,
 									 volatile sig_atomic_t *sending,
 									 long *sleep_ms);
@@ -211,16 +214,28 @@ extern const char *courier_stage_name(CourierStage stage);
 extern CourierStage courier_stage_from_name(const char *name);
 extern bool courier_stage_runnable(CourierStage stage, const char **why);
 extern void courier_define_rollouts(void);
-extern bool courier_switch_is_on(const char *name, int64 key);
+
+/* ----------
+ * How background processes run SQL (transaction.c, a leaf)
+ * ----------
+ */
+extern void courier_pin_search_path(void);
+extern void courier_begin_transaction(void);
+extern void courier_commit_transaction(void);
+extern SPIPlanPtr courier_prepare_kept(const char *sql, int nargs,
+									   Oid *argtypes);
+extern int	courier_execute_pinned(SPIPlanPtr plan, Datum *values,
+								   const char *nulls, bool claim);
+extern int	courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
+								 Oid *argtypes, Datum *values,
+								 const char *nulls, int expected);
+extern Datum courier_int8_array(Datum *values, int n);
+extern Datum courier_ids_to_array(int *n);
 
 /* ----------
  * Claiming and retry state (claim.c, retry.c)
  * ----------
  */
-extern int	courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
-								 Oid *argtypes, Datum *values,
-								 const char *nulls, int expected);
-extern Datum courier_ids_to_array(int *n);
 extern Datum courier_claim_due(CourierStage stage, int limit, int *nclaimed);
 extern Datum courier_last_claim(int *n);
 extern void courier_remember_claim(Datum ids);
@@ -237,21 +252,10 @@ extern double courier_backoff_ms(int attempt);
 extern bool courier_error_is_transient(int sqlerrcode);
 
 /* ----------
- * Stage processing (logic.c)
- * ----------
- */
-extern int	courier_logic_run_batch(void);
-extern ErrorData *courier_batch_error;
-extern int	courier_run_batch(CourierStage stage);
-
-/* ----------
  * Background workers (launcher.c, worker.c)
  * ----------
  */
 extern void courier_register_launcher(void);
-extern void courier_pin_search_path(void);
-extern void courier_begin_transaction(void);
-extern void courier_commit_transaction(void);
 extern PGDLLEXPORT void courier_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void courier_worker_main(Datum main_arg);
 

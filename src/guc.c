@@ -59,9 +59,11 @@ int			courier_tms_breaker_cooldown_ms = 5000;
 char	   *courier_notice_template = NULL;
 char	   *courier_notice_template_v2 = NULL;
 char	   *courier_alert_url = NULL;
-int			courier_retention_min = 43200;
-char	   *courier_overdue_reason = NULL;
-int			courier_overdue_delay_days = 2;
+
+/* read by SQL only, through current_setting() */
+static int	courier_retention_min = 43200;
+static char *courier_overdue_reason = NULL;
+static int	courier_overdue_delay_days = 2;
 
 static const struct config_enum_entry tms_mode_options[] = {
 	{"live", COURIER_TMS_LIVE, false},
@@ -72,7 +74,8 @@ static const struct config_enum_entry tms_mode_options[] = {
 
 /*
  * courier_define_gucs
- *		Define all courier.* parameters, then reserve the prefix so that a
+ *		Define all courier.* parameters but the rollout switches (switches.c
+ *		defines those); _PG_init then reserves the prefix, so that a
  *		misspelt courier.* setting is reported instead of silently ignored.
  *
  * Called from _PG_init, in the postmaster when preloaded or in a backend
@@ -431,9 +434,4 @@ courier_define_gucs(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
-
-	/* Rollout switches: courier.rollout_<name> */
-	courier_define_rollouts();
-
-	MarkGUCPrefixReserved("courier");
 }

@@ -109,7 +109,6 @@ courier_launcher_main(Datum main_arg)
 										 ALLOCSET_DEFAULT_SIZES);
 
 	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
-	courier_shared->launcher_pid = MyProcPid;
 	courier_shared->launcher_latch = MyLatch;
 	LWLockRelease(courier_shared->lock);
 	on_shmem_exit(launcher_detach, (Datum) 0);
@@ -157,7 +156,6 @@ static void
 launcher_detach(int code, Datum arg)
 {
 	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
-	courier_shared->launcher_pid = 0;
 	courier_shared->launcher_latch = NULL;
 	LWLockRelease(courier_shared->lock);
 }

@@ -265,3 +265,19 @@ courier_limits_breaker_open(void)
 	SpinLockRelease(&lim->mutex);
 	return open;
 }
+
+/*
+ * courier_limits_counters
+ *		The counters of the shared limits, for courier.metrics(); zeros
+ *		without shared memory.
+ */
+void
+courier_limits_counters(uint64 *requests, uint64 *throttled,
+						uint64 *breaker_opened)
+{
+	CourierTmsLimits *lim = limits();
+
+	*requests = pg_atomic_read_u64(&lim->requests);
+	*throttled = pg_atomic_read_u64(&lim->throttled);
+	*breaker_opened = pg_atomic_read_u64(&lim->breaker_opened);
+}

@@ -106,24 +106,24 @@ static const char *const apply_sql =
 
 static SPIPlanPtr apply_plan = NULL;
 
-/* set when the last batch died as a whole; see apply_or_charge_batch */
-ErrorData  *courier_batch_error = NULL;
-
-static int	apply_or_charge_batch(Datum *ids, int n);
+static int	apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error);
 static int	apply_isolating_failures(Datum *ids, int n);
 static void apply_items(Datum *ids, int n);
-static Datum ids_array(Datum *ids, int n);
 
 /*
  * courier_logic_run_batch
  *		Claim one batch of due logic items and apply it.  Returns how many
  *		items were handled (applied or charged), 0 when nothing was due.
+ *		When the batch died as a whole (its items are then charged),
+ *		*batch_error is that error (in TopMemoryContext: the caller frees
+ *		it with FreeErrorData), else NULL: a worker backs off, run_once
+ *		warns.
  *
  * Runs in the caller's transaction with SPI connected; the claim's row
  * locks hold until that transaction ends.
  */
 int
-courier_logic_run_batch(void)
+courier_logic_run_batch(ErrorData **batch_error)
 {
 	int			n;
 	Datum		claimed;
@@ -152,11 +152,11 @@ courier_logic_run_batch(void)
 		{
 			ids = &ids[i];
 			n = 1;
-			courier_remember_claim(ids_array(ids, 1));
+			courier_remember_claim(courier_int8_array(ids, 1));
 			break;
 		}
 	}
-	failed = apply_or_charge_batch(ids, n);
+	failed = apply_or_charge_batch(ids, n, batch_error);
 	if (failed < n)
 		courier_wake_stage_at_commit(COURIER_STAGE_TMS);
 
@@ -175,9 +175,8 @@ courier_logic_run_batch(void)
  *		Apply the batch; if it dies as a whole (an error that is not about
  *		one item: a cancel), charge every item one attempt and mark it solo
  *		while the claim's row locks are still held, so that no other worker
- *		can take the items before the charge is in, and leave the error in
- *		courier_batch_error for the caller (a worker backs off, run_once
- *		warns).  A transient error (courier_error_is_transient) is thrown
+ *		can take the items before the charge is in, and return the error in
+ *		*batch_error.  A transient error (courier_error_is_transient) is thrown
  *		on instead: the caller's transaction is lost, the claimed items fall
  *		due again untouched.
  *		Returns the number of items charged.
@@ -186,11 +185,12 @@ courier_logic_run_batch(void)
  * when its error arrives here, so the claiming transaction is intact.
  */
 static int
-apply_or_charge_batch(Datum *ids, int n)
+apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	int			failed = 0;
 
+	*batch_error = NULL;
 	PG_TRY();
 	{
 		failed = apply_isolating_failures(ids, n);
@@ -203,17 +203,18 @@ apply_or_charge_batch(Datum *ids, int n)
 		edata = CopyErrorData();
 		if (courier_error_is_transient(edata->sqlerrcode))
 			PG_RE_THROW();		/* retried whole, nobody is charged */
+		/* outlives the caller's SPI and transaction; the caller frees it */
 		MemoryContextSwitchTo(TopMemoryContext);
-		courier_batch_error = CopyErrorData();
+		*batch_error = CopyErrorData();
 		FlushErrorState();
 		MemoryContextSwitchTo(oldcontext);
 	}
 	PG_END_TRY();
 
-	if (courier_batch_error != NULL)
+	if (*batch_error != NULL)
 	{
-		courier_charge_lost_batch(ids_array(ids, n), courier_batch_error->message,
-								  unpack_sql_state(courier_batch_error->sqlerrcode));
+		courier_charge_lost_batch(courier_int8_array(ids, n), (*batch_error)->message,
+								  unpack_sql_state((*batch_error)->sqlerrcode));
 		failed = n;
 	}
 	return failed;
@@ -277,7 +278,7 @@ apply_isolating_failures(Datum *ids, int n)
 	ereport(LOG,
 			(errmsg("courier: logic item " INT64_FORMAT " failed: %s",
 					DatumGetInt64(ids[0]), edata->message)));
-	courier_charge_attempt(ids_array(ids, 1), edata->message,
+	courier_charge_attempt(courier_int8_array(ids, 1), edata->message,
 						   unpack_sql_state(edata->sqlerrcode), 0, false);
 	FreeErrorData(edata);
 	return 1;
@@ -287,35 +288,8 @@ static void
 apply_items(Datum *ids, int n)
 {
 	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1] = {ids_array(ids, n)};
+	Datum		values[1] = {courier_int8_array(ids, n)};
 
 	courier_execute_kept(&apply_plan, apply_sql, 1, argtypes, values, NULL,
 						 SPI_OK_DELETE);
-}
-
-static Datum
-ids_array(Datum *ids, int n)
-{
-	return PointerGetDatum(construct_array(ids, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
-/*
- * courier_run_batch
- *		Run one batch of any stage.  The caller has SPI connected and a
- *		snapshot pushed; the switches were checked by the caller.
- */
-int
-courier_run_batch(CourierStage stage)
-{
-	switch (stage)
-	{
-		case COURIER_STAGE_LOGIC:
-			return courier_logic_run_batch();
-		case COURIER_STAGE_TMS:
-			return courier_tms_run_once();
-		default:
-			elog(ERROR, "courier: unknown stage %d", (int) stage);
-	}
-	return 0;
 }

@@ -11,6 +11,22 @@
  * file does not decide what a worker does; it only lets processes find
  * each other.
  *
+ * Locking rules, for all of courier's shared memory:
+ *	- courier_shared->lock (one LWLock of the "courier" tranche) protects
+ *	  the worker slots and launcher_latch: exclusive to change them (a
+ *	  worker attaching, retiring or detaching, the launcher reserving a
+ *	  slot), shared to read them (waking a stage, counting workers).
+ *	  Latches are set while it is held in shared mode, so a slot is never
+ *	  reused under a SetLatch.
+ *	- The per-stage counters are atomics: added to and read without a lock.
+ *	- The TMS limits (rate bucket, Retry-After, breaker) are under their own
+ *	  spinlock, held for a few instructions, never across a call that can
+ *	  error or wait (limits.c).
+ *	- The close ring is lock-free: atomic positions, barriers, and a
+ *	  sequence number per slot (closes.c).
+ *	- Everything is created once, in the postmaster, under
+ *	  AddinShmemInitLock; a crash restart creates it anew.
+ *
  * IDENTIFICATION
  *		src/shmem.c
  *
@@ -37,6 +53,7 @@ static bool xact_callback_registered = false;
 static void courier_shmem_request_hook(void);
 static void courier_shmem_startup(void);
 static void courier_xact_callback(XactEvent event, void *arg);
+static void courier_wake_stage(CourierStage stage);
 
 /*
  * courier_shmem_install_hooks
@@ -85,7 +102,6 @@ courier_shmem_startup(void)
 			CourierStageState *st = &courier_shared->stages[s];
 
 			pg_atomic_init_u64(&st->items_done, 0);
-			pg_atomic_init_u64(&st->items_retried, 0);
 			pg_atomic_init_u64(&st->items_failed, 0);
 			pg_atomic_init_u64(&st->batches, 0);
 		}
@@ -103,7 +119,7 @@ courier_shmem_startup(void)
  *		so that it can scale the pool.  Harmless when courier is not
  *		preloaded (no shared memory) or no worker runs.
  */
-void
+static void
 courier_wake_stage(CourierStage stage)
 {
 	CourierStageState *st;

@@ -48,6 +48,7 @@ static RolloutSwitch rollouts[] = {
 };
 
 static bool check_rollout(char **newval, void **extra, GucSource source);
+static bool courier_switch_is_on(const char *name, int64 key);
 
 static const char *const stage_names[COURIER_NUM_STAGES] = {"logic", "tms"};
 
@@ -200,7 +201,7 @@ rollout_bucket(const char *name, int64 key)
  * courier_switch_is_on
  *		Is key (an order id) inside switch name's rollout?
  */
-bool
+static bool
 courier_switch_is_on(const char *name, int64 key)
 {
 	for (int i = 0; i < lengthof(rollouts); i++)

@@ -70,7 +70,7 @@ static int	dead_batches = 0;	/* batches that died in a row */
 
 static void worker_attach(CourierStage stage, int slot);
 static void worker_detach(int code, Datum arg);
-static int	run_batch_transaction(long *sleep_ms);
+static int	run_logic_batch(long *sleep_ms, ErrorData **batch_error);
 static long batch_died(MemoryContext loop_context);
 static void charge_lost_batch(ErrorData *edata);
 static bool should_retire(long *sleep_ms);
@@ -115,6 +115,7 @@ courier_worker_main(Datum main_arg)
 		int			handled = 0;
 		long		wait;
 		const char *activity;
+		ErrorData  *batch_error = NULL;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -142,8 +143,8 @@ courier_worker_main(Datum main_arg)
 					handled = courier_tms_worker_batch(&got_sigterm, &sending,
 													   &sleep_ms);
 				else
-					handled = run_batch_transaction(&sleep_ms);
-				if (courier_batch_error == NULL)
+					handled = run_logic_batch(&sleep_ms, &batch_error);
+				if (batch_error == NULL)
 					dead_batches = 0;
 			}
 			PG_CATCH();
@@ -154,22 +155,21 @@ courier_worker_main(Datum main_arg)
 			}
 			PG_END_TRY();
 
-			if (courier_batch_error != NULL)
+			if (batch_error != NULL)
 			{
 				/*
 				 * A logic batch died whole; its items are already charged.
 				 * The error itself is logged whole (SQLSTATE, detail,
 				 * context), then what became of the batch.
 				 */
-				courier_batch_error->elevel = LOG;
-				ThrowErrorData(courier_batch_error);
+				batch_error->elevel = LOG;
+				ThrowErrorData(batch_error);
 				ereport(LOG,
 						(errmsg("courier %s worker: batch of %d items failed: %s",
 								courier_stage_name(my_stage), handled,
-								courier_batch_error->message),
+								batch_error->message),
 						 errdetail("Every item of the batch was charged an attempt and will be retried alone.")));
-				FreeErrorData(courier_batch_error);
-				courier_batch_error = NULL;
+				FreeErrorData(batch_error);
 				dead_batches++;
 				sleep_ms = Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
 							   DEAD_BATCH_BACKOFF_MAX_MS);
@@ -320,16 +320,16 @@ set_busy(bool busy, bool worked)
 }
 
 /*
- * run_batch_transaction
- *		One batch in its own transaction.  When nothing was due, also find
- *		when the stage's next item falls due and return the time to sleep
- *		in *sleep_ms.
+ * run_logic_batch
+ *		One logic batch in its own transaction.  When nothing was due, also
+ *		find when the stage's next item falls due and return the time to
+ *		sleep in *sleep_ms.  *batch_error: see courier_logic_run_batch.
  *
  * Memory allocated by the batch lives in the SPI context and goes with
  * SPI_finish, so nothing accumulates across batches.
  */
 static int
-run_batch_transaction(long *sleep_ms)
+run_logic_batch(long *sleep_ms, ErrorData **batch_error)
 {
 	int			handled;
 
@@ -337,58 +337,13 @@ run_batch_transaction(long *sleep_ms)
 	pgstat_report_activity(STATE_RUNNING, courier_stage_name(my_stage));
 
 	set_busy(true, false);
-	handled = courier_run_batch(my_stage);
+	handled = courier_logic_run_batch(batch_error);
 	if (handled == 0)
 		*sleep_ms = Min(*sleep_ms, courier_next_due_ms(my_stage));
 
 	courier_commit_transaction();
 	set_busy(false, handled > 0);
 	return handled;
-}
-
-/*
- * courier_pin_search_path
- *		Resolve every name a background process's SQL uses in pg_catalog
- *		(and pg_temp last), whatever search_path the database or role sets:
- *		a schema on that path that another role can create objects in would
- *		let that role's functions and operators run with courier's rights.
- *		Called right after connecting, before any SQL.
- */
-void
-courier_pin_search_path(void)
-{
-	SetConfigOption("search_path", "pg_catalog, pg_temp",
-					PGC_SUSET, PGC_S_SESSION);
-}
-
-/*
- * courier_begin_transaction
- *		Start a transaction in a background worker with SPI connected and a
- *		snapshot pushed: every transaction of the launcher and the workers
- *		starts here.
- */
-void
-courier_begin_transaction(void)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-}
-
-/*
- * courier_commit_transaction
- *		Undo courier_begin_transaction and commit.  SPI_finish frees what the
- *		batch allocated; pgstat_report_stat tells autovacuum about the churn
- *		(without it the queue tables would never be vacuumed).
- */
-void
-courier_commit_transaction(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_stat(false);
 }
 
 /*

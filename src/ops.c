@@ -1,0 +1,142 @@
+/*-------------------------------------------------------------------------
+ *
+ * ops.c
+ *		The SQL-callable functions for operators and tests: run_once (one
+ *		batch of a stage in the calling session), backoff_delay (the retry
+ *		arithmetic, used by the retry statement) and shared_counters (what
+ *		courier.metrics() reads from shared memory).
+ *
+ * No app-facing function lives here (api.c), and no stage's work: a
+ * batch is the stage's own (logic.c, tms.c); this file only picks which.
+ *
+ * IDENTIFICATION
+ *		src/ops.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "courier.h"
+
+PG_FUNCTION_INFO_V1(courier_run_once);
+PG_FUNCTION_INFO_V1(courier_backoff_delay);
+PG_FUNCTION_INFO_V1(courier_shared_counters);
+
+static void put_counter(ReturnSetInfo *rsinfo, const char *stage,
+						const char *counter, uint64 value);
+
+/*
+ * courier_run_once
+ *		Process one batch of a stage in the calling session and return the
+ *		number of items handled.  The switches apply here too: a stopped
+ *		stage handles nothing and says why.
+ */
+Datum
+courier_run_once(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	CourierStage stage;
+	const char *why;
+	int			handled;
+	ErrorData  *batch_error = NULL;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stage must not be NULL"),
+				 errhint("The stages are logic and tms.")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	stage = courier_stage_from_name(name);
+
+	if (!courier_stage_runnable(stage, &why))
+	{
+		ereport(NOTICE,
+				(errmsg("courier stage \"%s\" is stopped: %s", name, why)));
+		PG_RETURN_INT32(0);
+	}
+
+	SPI_connect();
+	if (stage == COURIER_STAGE_LOGIC)
+		handled = courier_logic_run_batch(&batch_error);
+	else
+		handled = courier_tms_run_once();
+	SPI_finish();
+	if (batch_error != NULL)
+	{
+		ereport(WARNING,
+				(errmsg("courier %s batch of %d items failed as a whole: %s",
+						name, handled, batch_error->message),
+				 errdetail("Every item of the batch was charged an attempt and will be retried alone.")));
+		FreeErrorData(batch_error);
+	}
+	PG_RETURN_INT32(handled);
+}
+
+/*
+ * courier_backoff_delay
+ *		SQL face of courier_backoff_ms, used by the retry statement and by
+ *		tests of the arithmetic.
+ */
+Datum
+courier_backoff_delay(PG_FUNCTION_ARGS)
+{
+	int32		attempt = PG_GETARG_INT32(0);
+	double		ms = courier_backoff_ms(attempt);
+	Interval   *result = palloc0(sizeof(Interval));
+
+	result->time = (TimeOffset) (ms * 1000.0);
+	PG_RETURN_INTERVAL_P(result);
+}
+
+/*
+ * courier_shared_counters
+ *		The counters in shared memory as (stage, counter, value) rows, for
+ *		courier.metrics().  Empty when courier is not preloaded.
+ */
+Datum
+courier_shared_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	uint64		requests,
+				throttled,
+				breaker_opened;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (courier_shared == NULL)
+		return (Datum) 0;
+
+	for (int s = 0; s < COURIER_NUM_STAGES; s++)
+	{
+		CourierStageState *st = &courier_shared->stages[s];
+		const char *stage = courier_stage_name((CourierStage) s);
+
+		put_counter(rsinfo, stage, "done", pg_atomic_read_u64(&st->items_done));
+		put_counter(rsinfo, stage, "failed", pg_atomic_read_u64(&st->items_failed));
+		put_counter(rsinfo, stage, "batches", pg_atomic_read_u64(&st->batches));
+	}
+	courier_limits_counters(&requests, &throttled, &breaker_opened);
+	put_counter(rsinfo, "tms", "tms_requests", requests);
+	put_counter(rsinfo, "tms", "tms_throttled", throttled);
+	put_counter(rsinfo, "tms", "tms_breaker_opened", breaker_opened);
+	return (Datum) 0;
+}
+
+/* One row of courier_shared_counters. */
+static void
+put_counter(ReturnSetInfo *rsinfo, const char *stage, const char *counter,
+			uint64 value)
+{
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	values[0] = CStringGetTextDatum(stage);
+	values[1] = CStringGetTextDatum(counter);
+	values[2] = Int64GetDatum((int64) value);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}

@@ -1,0 +1,198 @@
+/*-------------------------------------------------------------------------
+ *
+ * transaction.c
+ *		How every background process of courier runs SQL: the search_path it
+ *		pins before any statement, the one transaction bracket of the
+ *		launcher and the workers, the kept (prepared once, generic) plans
+ *		with the planner pinned to their shapes, and the int8[] datums that
+ *		carry claimed ids into those statements.
+ *
+ * A leaf: it knows no stage, no queue and no HTTP, and calls nothing else
+ * of courier.  What the statements say is their callers' business.
+ *
+ * IDENTIFICATION
+ *		src/transaction.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+
+#include "courier.h"
+
+/*
+ * courier_pin_search_path
+ *		Resolve every name a background process's SQL uses in pg_catalog
+ *		(and pg_temp last), whatever search_path the database or role sets:
+ *		a schema on that path that another role can create objects in would
+ *		let that role's functions and operators run with courier's rights.
+ *		Called right after connecting, before any SQL.
+ */
+void
+courier_pin_search_path(void)
+{
+	SetConfigOption("search_path", "pg_catalog, pg_temp",
+					PGC_SUSET, PGC_S_SESSION);
+}
+
+/*
+ * courier_begin_transaction
+ *		Start a transaction in a background worker with SPI connected and a
+ *		snapshot pushed: every transaction of the launcher and the workers
+ *		starts here.
+ */
+void
+courier_begin_transaction(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/*
+ * courier_commit_transaction
+ *		Undo courier_begin_transaction and commit.  SPI_finish frees what the
+ *		batch allocated; pgstat_report_stat tells autovacuum about the churn
+ *		(without it the queue tables would never be vacuumed).
+ */
+void
+courier_commit_transaction(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/*
+ * courier_prepare_kept
+ *		Prepare a statement once per process and keep the plan.  Callers
+ *		cache the result in a static; the plan cache revalidates it if the
+ *		extension's tables are recreated.
+ *
+ * The plan is generic from the first execution: courier's statements take
+ * their rows from unnest($1) of claimed ids and reach tables through
+ * primary keys, which the generic plan does with nested loops.  Custom
+ * plans, made with the real 1,000-element array and a queue's unsettled
+ * statistics, chose hash joins over sequential scans of the queue and made
+ * the first batches of every new process 2-3 times slower.
+ */
+SPIPlanPtr
+courier_prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
+										  CURSOR_OPT_GENERIC_PLAN);
+
+	if (plan == NULL)
+		elog(ERROR, "courier: SPI_prepare failed (%s): %s",
+			 SPI_result_code_string(SPI_result), sql);
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "courier: SPI_keepplan failed");
+	return plan;
+}
+
+/*
+ * courier_execute_pinned
+ *		Execute a kept plan with the planner pinned to the shapes courier's
+ *		statements are written for, whatever the statistics say when the
+ *		plan is made (or remade after an ANALYZE).
+ *
+ * Every kept statement reaches courier's tables from claimed ids or keys,
+ * through indexes: no sequential scan.  A plan made while the queue was
+ * empty, or from statistics that say few orders are open, would otherwise
+ * hash-join a sequential scan of the whole queue or of every order into
+ * each batch: milliseconds at a few rows, seconds at a million.  A claim
+ * (claim) also goes without sorts and bitmap scans: the queue fills and
+ * empties faster than autovacuum analyzes it, and with the statistics it
+ * has the planner often believes few items are due and picks a bitmap
+ * scan that reads and sorts every due item, instead of the ordered scan
+ * of work_items_due that stops after LIMIT rows.  The settings are made
+ * the way a function's SET clause makes them, for this statement only.
+ */
+int
+courier_execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls,
+					   bool claim)
+{
+	int			save_nestlevel = NewGUCNestLevel();
+	int			ret;
+
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (claim)
+	{
+		(void) set_config_option("enable_sort", "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	}
+	ret = SPI_execute_plan(plan, values, nulls, false, 0);
+	AtEOXact_GUC(true, save_nestlevel);
+	return ret;
+}
+
+/*
+ * courier_execute_kept
+ *		Run a statement kept by the caller in *plan (preparing it on first
+ *		use) and check it succeeded.  Every courier statement goes through
+ *		here so the error handling is in one place, and so is the planner's
+ *		pinning (courier_execute_pinned).
+ */
+int
+courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
+					 Oid *argtypes, Datum *values, const char *nulls,
+					 int expected)
+{
+	int			ret;
+
+	if (*plan == NULL)
+		*plan = courier_prepare_kept(sql, nargs, argtypes);
+	ret = courier_execute_pinned(*plan, values, nulls, false);
+	if (ret != expected)
+		elog(ERROR, "courier: statement failed (%s): %s",
+			 SPI_result_code_string(ret), sql);
+	return ret;
+}
+
+/*
+ * courier_int8_array
+ *		An int8[] datum of values[0..n), in the current memory context: the
+ *		form in which ids reach courier's statements ($1::bigint[]).
+ */
+Datum
+courier_int8_array(Datum *values, int n)
+{
+	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * courier_ids_to_array
+ *		Collect the int8 first column of the last SPI result into an int8[]
+ *		datum, allocated in the caller's (per-batch) context.
+ */
+Datum
+courier_ids_to_array(int *n)
+{
+	uint64		nrows = SPI_processed;
+	Datum	   *ids;
+
+	ids = palloc(sizeof(Datum) * Max(nrows, 1));
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+
+		ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+							   1, &isnull);
+	}
+	*n = (int) nrows;
+	return courier_int8_array(ids, (int) nrows);
+}
+
