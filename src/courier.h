@@ -244,8 +244,25 @@ extern long courier_next_due_ms(CourierStage stage);
 extern void courier_charge_attempt(Datum item_ids, const char *error,
 								   const char *sqlstate, int http_status,
 								   bool permanent);
-extern void courier_charge_items(Datum ids, Datum errors, Datum sqlstates,
-								 Datum http, Datum permanent, Datum unknown);
+/* failed attempts to charge in one statement (retry.c) */
+typedef struct CourierCharges
+{
+	int			n;
+	Datum	   *ids;
+	Datum	   *errors;
+	Datum	   *sqlstates;
+	bool	   *sqlstate_nulls;
+	Datum	   *http;
+	bool	   *http_nulls;
+	Datum	   *permanent;
+	Datum	   *unknown;
+} CourierCharges;
+
+extern void courier_charges_init(CourierCharges *c, int size);
+extern void courier_charges_add(CourierCharges *c, int64 item_id,
+								const char *error, const char *sqlstate,
+								int http_status, bool permanent, bool unknown);
+extern void courier_charge(CourierCharges *c);
 extern void courier_charge_lost_batch(Datum item_ids, const char *error,
 									  const char *sqlstate);
 extern double courier_backoff_ms(int attempt);

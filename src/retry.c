@@ -104,26 +104,84 @@ courier_error_is_transient(int sqlerrcode)
 }
 
 /*
- * courier_charge_items
- *		Charge one failed attempt to each item of a batch, each with its own
- *		reason.  All arguments are arrays of the same length: int8 ids, text
- *		errors, text sqlstates and int4 HTTP statuses (elements may be NULL),
- *		bool permanent (straight to failures), bool unknown (the outcome of
- *		a send is not known: flagged in the history).
+ * courier_charges_init
+ *		Start a list of failed attempts to charge, for up to size items, in
+ *		the current memory context.
+ */
+void
+courier_charges_init(CourierCharges *c, int size)
+{
+	size = Max(size, 1);
+	c->n = 0;
+	c->ids = palloc(sizeof(Datum) * size);
+	c->errors = palloc(sizeof(Datum) * size);
+	c->sqlstates = palloc(sizeof(Datum) * size);
+	c->sqlstate_nulls = palloc(sizeof(bool) * size);
+	c->http = palloc(sizeof(Datum) * size);
+	c->http_nulls = palloc(sizeof(bool) * size);
+	c->permanent = palloc(sizeof(Datum) * size);
+	c->unknown = palloc(sizeof(Datum) * size);
+}
+
+/*
+ * courier_charges_add
+ *		One failed attempt of an item: why (error; sqlstate and http_status
+ *		when there are some, NULL and 0 otherwise), whether it is permanent
+ *		(straight to failures) and whether the outcome of a send is unknown
+ *		(flagged in the history).
+ */
+void
+courier_charges_add(CourierCharges *c, int64 item_id, const char *error,
+					const char *sqlstate, int http_status, bool permanent,
+					bool unknown)
+{
+	int			i = c->n++;
+
+	c->ids[i] = Int64GetDatum(item_id);
+	c->errors[i] = CStringGetTextDatum(error ? error : "unknown error");
+	c->sqlstate_nulls[i] = (sqlstate == NULL);
+	c->sqlstates[i] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
+	c->http_nulls[i] = (http_status == 0);
+	c->http[i] = Int32GetDatum(http_status);
+	c->permanent[i] = BoolGetDatum(permanent);
+	c->unknown[i] = BoolGetDatum(unknown);
+}
+
+/*
+ * courier_charge
+ *		Charge the attempts of the list, in one statement: each item either
+ *		gets its next not_before or, when its attempts run out or it failed
+ *		permanently, moves with its whole history to courier.failures.
  *
  * Runs in the caller's transaction with SPI connected; for the logic stage
  * that is after the failed subtransaction was rolled back, so the charge
  * commits with the rest of the batch.
  */
 void
-courier_charge_items(Datum ids, Datum errors, Datum sqlstates, Datum http,
-					 Datum permanent, Datum unknown)
+courier_charge(CourierCharges *c)
 {
 	Oid			argtypes[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 	INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT4OID};
-	Datum		values[7] = {ids, errors, sqlstates, http, permanent, unknown,
-	Int32GetDatum(courier_max_attempts)};
+	Datum		values[7];
+	int			dims[1] = {c->n};
+	int			lbs[1] = {1};
 
+	if (c->n == 0)
+		return;
+	values[0] = courier_int8_array(c->ids, c->n);
+	values[1] = PointerGetDatum(construct_array(c->errors, c->n, TEXTOID, -1,
+												false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_md_array(c->sqlstates, c->sqlstate_nulls,
+												   1, dims, lbs, TEXTOID, -1,
+												   false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_md_array(c->http, c->http_nulls, 1,
+												   dims, lbs, INT4OID, 4, true,
+												   TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(c->permanent, c->n, BOOLOID, 1,
+												true, TYPALIGN_CHAR));
+	values[5] = PointerGetDatum(construct_array(c->unknown, c->n, BOOLOID, 1,
+												true, TYPALIGN_CHAR));
+	values[6] = Int32GetDatum(courier_max_attempts);
 	courier_execute_kept(&charge_plan, charge_sql, 7, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 }
@@ -139,34 +197,14 @@ courier_charge_attempt(Datum item_ids, const char *error, const char *sqlstate,
 {
 	ArrayType  *arr = DatumGetArrayTypeP(item_ids);
 	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-	Datum	   *errs = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *states = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *https = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *perms = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *unknowns = palloc(sizeof(Datum) * Max(n, 1));
-	bool	   *state_nulls = palloc(sizeof(bool) * Max(n, 1));
-	bool	   *http_nulls = palloc(sizeof(bool) * Max(n, 1));
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
+	int64	   *ids = (int64 *) ARR_DATA_PTR(arr);
+	CourierCharges charges;
 
+	courier_charges_init(&charges, n);
 	for (int i = 0; i < n; i++)
-	{
-		errs[i] = CStringGetTextDatum(error ? error : "unknown error");
-		states[i] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
-		state_nulls[i] = (sqlstate == NULL);
-		https[i] = Int32GetDatum(http_status);
-		http_nulls[i] = (http_status == 0);
-		perms[i] = BoolGetDatum(permanent);
-		unknowns[i] = BoolGetDatum(false);
-	}
-	courier_charge_items(item_ids,
-						 PointerGetDatum(construct_array(errs, n, TEXTOID, -1, false, TYPALIGN_INT)),
-						 PointerGetDatum(construct_md_array(states, state_nulls, 1, dims, lbs,
-															TEXTOID, -1, false, TYPALIGN_INT)),
-						 PointerGetDatum(construct_md_array(https, http_nulls, 1, dims, lbs,
-															INT4OID, 4, true, TYPALIGN_INT)),
-						 PointerGetDatum(construct_array(perms, n, BOOLOID, 1, true, TYPALIGN_CHAR)),
-						 PointerGetDatum(construct_array(unknowns, n, BOOLOID, 1, true, TYPALIGN_CHAR)));
+		courier_charges_add(&charges, ids[i], error, sqlstate, http_status,
+							permanent, false);
+	courier_charge(&charges);
 }
 
 /*

@@ -156,7 +156,7 @@ static const char *const render_sql =
  *	release				the item falls due after release_ms, if this sender
  *						still holds it
  * ($8 is this sender's pid, $12 the time of recording.)  Charged items go
- * through courier_charge_items.
+ * through courier_charge (retry.c).
  */
 static const char *const record_sql =
 "WITH r AS ("
@@ -664,15 +664,7 @@ tms_record(TmsBatch *b)
 	Datum	   *orders = palloc(sizeof(Datum) * n);
 	Datum	   *dates = palloc(sizeof(Datum) * n);
 	Datum	   *attempts = palloc(sizeof(Datum) * n);
-	Datum	   *f_ids = palloc(sizeof(Datum) * n);
-	Datum	   *f_err = palloc(sizeof(Datum) * n);
-	Datum	   *f_state = palloc(sizeof(Datum) * n);
-	Datum	   *f_http = palloc(sizeof(Datum) * n);
-	Datum	   *f_perm = palloc(sizeof(Datum) * n);
-	Datum	   *f_unknown = palloc(sizeof(Datum) * n);
-	bool	   *f_state_null = palloc(sizeof(bool) * n);
-	bool	   *f_http_null = palloc(sizeof(bool) * n);
-	int			nf = 0;
+	CourierCharges charges;
 	int			delivered = 0;
 	bool		unauthorized = false;
 	Oid			argtypes[12] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
@@ -681,6 +673,7 @@ tms_record(TmsBatch *b)
 	Datum		values[12];
 	CourierStageState *st;
 
+	courier_charges_init(&charges, n);
 	for (int i = 0; i < n; i++)
 	{
 		CourierMessage *m = &b->msgs[i];
@@ -755,20 +748,14 @@ tms_record(TmsBatch *b)
 		attempts[i] = Int32GetDatum(b->attempts[i]);
 		if (strcmp(s, "charge") == 0)
 		{
-			f_ids[nf] = ids[i];
-			f_err[nf] = CStringGetTextDatum(error);
-			f_state_null[nf] = (b->verdict[i] != VERDICT_SEND || m->code[0] == '\0');
-			f_state[nf] = f_state_null[nf] ? (Datum) 0 :
-				CStringGetTextDatum(psprintf("tms:%s", m->code));
-			f_http_null[nf] = (m->http_status == 0);
-			f_http[nf] = Int32GetDatum(m->http_status);
-			f_perm[nf] = BoolGetDatum(permanent);
-			f_unknown[nf] = BoolGetDatum(m->unknown);
-			nf++;
+			courier_charges_add(&charges, b->item_ids[i], error,
+								(b->verdict[i] != VERDICT_SEND || m->code[0] == '\0') ?
+								NULL : psprintf("tms:%s", m->code),
+								m->http_status, permanent, m->unknown);
 		}
 	}
 
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[0] = courier_int8_array(ids, n);
 	values[1] = PointerGetDatum(construct_array(status, n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[2] = PointerGetDatum(construct_array(http, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[3] = PointerGetDatum(construct_array(pid, n, TEXTOID, -1, false, TYPALIGN_INT));
@@ -776,27 +763,14 @@ tms_record(TmsBatch *b)
 	values[5] = PointerGetDatum(construct_array(latency, n, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[6] = PointerGetDatum(construct_array(release, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[7] = Int32GetDatum(MyProcPid);
-	values[8] = PointerGetDatum(construct_array(orders, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[8] = courier_int8_array(orders, n);
 	values[9] = PointerGetDatum(construct_array(dates, n, DATEOID, 4, true, TYPALIGN_INT));
 	values[10] = PointerGetDatum(construct_array(attempts, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[11] = TimestampTzGetDatum(GetCurrentTimestamp());
 	courier_execute_kept(&record_plan, record_sql, 12, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
-	if (nf > 0)
-	{
-		int			dims[1] = {nf};
-		int			lbs[1] = {1};
-
-		courier_charge_items(PointerGetDatum(construct_array(f_ids, nf, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE)),
-							 PointerGetDatum(construct_array(f_err, nf, TEXTOID, -1, false, TYPALIGN_INT)),
-							 PointerGetDatum(construct_md_array(f_state, f_state_null, 1, dims, lbs,
-																TEXTOID, -1, false, TYPALIGN_INT)),
-							 PointerGetDatum(construct_md_array(f_http, f_http_null, 1, dims, lbs,
-																INT4OID, 4, true, TYPALIGN_INT)),
-							 PointerGetDatum(construct_array(f_perm, nf, BOOLOID, 1, true, TYPALIGN_CHAR)),
-							 PointerGetDatum(construct_array(f_unknown, nf, BOOLOID, 1, true, TYPALIGN_CHAR)));
-	}
+	courier_charge(&charges);
 
 	if (unauthorized)
 	{
@@ -812,6 +786,6 @@ tms_record(TmsBatch *b)
 		st = &courier_shared->stages[COURIER_STAGE_TMS];
 		pg_atomic_fetch_add_u64(&st->batches, 1);
 		pg_atomic_fetch_add_u64(&st->items_done, delivered);
-		pg_atomic_fetch_add_u64(&st->items_failed, nf);
+		pg_atomic_fetch_add_u64(&st->items_failed, charges.n);
 	}
 }
