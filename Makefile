@@ -18,6 +18,10 @@ OBJS = \
 	src/logic.o \
 	src/tms.o \
 	src/dispatch.o \
+	src/http.o \
+	src/provider.o \
+	src/provider_common.o \
+	src/provider_generic.o \
 	src/limits.o \
 	src/api.o \
 	src/input.o \

@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * dispatch.h
- *		The HTTP dispatcher's interface: messages in, one outcome per
- *		message out.  Used by the tms stage (tms.c).
+ *		The sender's interface: messages in, one outcome per message out.
+ *		Used by the tms stage (tms.c); the provider dialects (provider.h)
+ *		write these outcomes, the shared limits (limits.c) read them.
  *
  * IDENTIFICATION
  *		src/dispatch.h
@@ -69,10 +70,6 @@ typedef struct CourierDispatchHooks
 
 extern void courier_dispatch(CourierMessage *msgs, int n,
 							 const CourierDispatchHooks *hooks);
-
-/* One POST in the background of a loop (the launcher's alerts). */
-extern bool courier_post_start(const char *url, const char *json);
-extern bool courier_post_poll(int *http_status, char *error, size_t errlen);
 
 /* limits.c: the shared limits behind the hooks */
 extern int	courier_limits_acquire(int n);

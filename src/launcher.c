@@ -41,7 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "courier.h"
-#include "dispatch.h"
+#include "http.h"
 
 /* Shortest time between two looks at the backlog. */
 #define LAUNCHER_MIN_INTERVAL_MS	100
@@ -317,9 +317,11 @@ post_alerts(void)
 		Datum		values[3];
 		bool		ok;
 
-		if (!courier_post_poll(&http, error, sizeof(error)))
+		if (!courier_http_post_poll(&http, error, sizeof(error)))
 			return;				/* still going */
 		ok = (http >= 200 && http < 300);
+		if (!ok && error[0] == '\0')
+			snprintf(error, sizeof(error), "alert URL answered HTTP %d", http);
 		if (!ok)
 			ereport(WARNING,
 					(errmsg("courier could not post alert " INT64_FORMAT " to courier.alert_url: %s",
@@ -353,9 +355,9 @@ post_alerts(void)
 		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 													 SPI_tuptable->tupdesc, 1, &isnull));
 
-		if (courier_post_start(courier_alert_url,
-							   SPI_getvalue(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 2)))
+		if (courier_http_post_start(courier_alert_url, "application/json",
+									SPI_getvalue(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 2)))
 			alert_in_flight = id;
 	}
 	courier_commit_transaction();

@@ -32,6 +32,8 @@
 static CourierTmsLimits local_limits;	/* without shared memory (not preloaded) */
 
 static CourierTmsLimits *limits(void);
+static long ms_until(TimestampTz t, TimestampTz now);
+static long cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now);
 
 void
 courier_limits_init(CourierTmsLimits *lim)
@@ -67,6 +69,18 @@ ms_until(TimestampTz t, TimestampTz now)
 }
 
 /*
+ * cooldown_left_ms
+ *		How long an open breaker stays shut before it lets a probe through.
+ *		lim->mutex held.
+ */
+static long
+cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now)
+{
+	return ms_until(TimestampTzPlusMilliseconds(lim->breaker_opened_at,
+												courier_tms_breaker_cooldown_ms), now);
+}
+
+/*
  * courier_limits_send_wait_ms
  *		How long a sender should wait before leasing a batch: while the
  *		breaker is open (until its cooldown ends) or the provider asked
@@ -84,8 +98,7 @@ courier_limits_send_wait_ms(const char **why)
 	SpinLockAcquire(&lim->mutex);
 	if (lim->breaker == COURIER_BREAKER_OPEN)
 	{
-		wait = ms_until(TimestampTzPlusMilliseconds(lim->breaker_opened_at,
-													courier_tms_breaker_cooldown_ms), now);
+		wait = cooldown_left_ms(lim, now);
 		*why = lim->unauthorized ? "tms: circuit breaker open (TMS refused our credentials)" :
 			"tms: circuit breaker open";
 	}
@@ -119,8 +132,7 @@ courier_limits_acquire(int n)
 	SpinLockAcquire(&lim->mutex);
 	if (lim->breaker == COURIER_BREAKER_OPEN)
 	{
-		wait = ms_until(TimestampTzPlusMilliseconds(lim->breaker_opened_at,
-													courier_tms_breaker_cooldown_ms), now);
+		wait = cooldown_left_ms(lim, now);
 		if (wait == 0)
 			lim->breaker = COURIER_BREAKER_PROBING;	/* this request probes */
 		SpinLockRelease(&lim->mutex);

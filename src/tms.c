@@ -107,6 +107,7 @@ static SPIPlanPtr render_plan = NULL;
 static SPIPlanPtr lock_orders_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
+static void tms_begin_batch(volatile sig_atomic_t *stop);
 static void tms_lease(TmsBatch *b, bool lock_orders);
 static char *render_text(const char *template, int64 order_id,
 						 DateADT ship_date, const char *product,
@@ -205,12 +206,7 @@ courier_tms_worker_batch(volatile sig_atomic_t *stop,
 {
 	TmsBatch	batch;
 
-	stop_flag = stop;
-	if (batch_context == NULL)
-		batch_context = AllocSetContextCreate(TopMemoryContext, "courier tms batch",
-											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContextReset(batch_context);
-
+	tms_begin_batch(stop);
 	courier_begin_transaction();
 	tms_lease(&batch, false);
 	if (batch.n == 0)
@@ -241,18 +237,29 @@ courier_tms_run_once(void)
 {
 	TmsBatch	batch;
 
-	stop_flag = NULL;
-	if (batch_context == NULL)
-		batch_context = AllocSetContextCreate(TopMemoryContext, "courier tms batch",
-											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContextReset(batch_context);
-
+	tms_begin_batch(NULL);
 	tms_lease(&batch, true);
 	if (batch.n == 0)
 		return 0;
 	tms_send(&batch);
 	tms_record(&batch);
 	return batch.n;
+}
+
+/*
+ * tms_begin_batch
+ *		What every batch starts from: an empty batch_context (the last
+ *		batch's messages and outcomes are recorded by now), and the flag
+ *		that asks the sender to stop (NULL: none, in run_once).
+ */
+static void
+tms_begin_batch(volatile sig_atomic_t *stop)
+{
+	stop_flag = stop;
+	if (batch_context == NULL)
+		batch_context = AllocSetContextCreate(TopMemoryContext, "courier tms batch",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(batch_context);
 }
 
 /*
