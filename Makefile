@@ -7,28 +7,8 @@
 # against a server you already have.
 
 MODULE_big = courier
-OBJS = \
-	src/courier.o \
-	src/guc.o \
-	src/shmem.o \
-	src/switches.o \
-	src/claim.o \
-	src/closes.o \
-	src/retry.o \
-	src/logic.o \
-	src/tms.o \
-	src/dispatch.o \
-	src/http.o \
-	src/provider.o \
-	src/provider_common.o \
-	src/provider_generic.o \
-	src/limits.o \
-	src/api.o \
-	src/input.o \
-	src/ops.o \
-	src/transaction.o \
-	src/launcher.o \
-	src/worker.o
+# every file of src/ (one concern each; docs/design.md has the map)
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard $(srcdir)/src/*.c)))
 
 EXTENSION = courier
 DATA = sql/courier--0.1.sql sql/courier--0.1--0.2.sql

@@ -42,6 +42,7 @@ _PG_init(void)
 		return;
 
 	courier_shmem_install_hooks();
+	courier_limits_install_hooks();
 	courier_register_launcher();
 }
 

@@ -165,7 +165,6 @@ typedef struct CourierShared
 	LWLock	   *lock;			/* protects the slots and launcher_latch */
 	Latch	   *launcher_latch;
 	CourierStageState stages[COURIER_NUM_STAGES];
-	CourierTmsLimits tms;
 	CourierCloseRing closes;
 } CourierShared;
 
@@ -182,7 +181,7 @@ extern int	courier_slots_in_use(CourierStage stage);
  * Shared TMS limits (limits.c; the dispatcher's side is in dispatch.h)
  * ----------
  */
-extern void courier_limits_init(CourierTmsLimits *lim);
+extern void courier_limits_install_hooks(void);
 extern long courier_limits_send_wait_ms(const char **why);
 extern void courier_limits_counters(uint64 *requests, uint64 *throttled,
 									uint64 *breaker_opened);

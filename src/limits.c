@@ -20,6 +20,10 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/timestamp.h"
 
@@ -29,14 +33,64 @@
 #define MIN_RATE_FACTOR		0.05
 #define PROBE_WAIT_MS		100
 
-static CourierTmsLimits local_limits;	/* without shared memory (not preloaded) */
+/*
+ * The limits live in a shared-memory segment of their own ("courier
+ * limits"), created by the hooks courier_limits_install_hooks chains, and
+ * found in every process through shared_limits.  Without preloading (no
+ * shared memory, no worker: run_once in a backend) a process has its own.
+ */
+static CourierTmsLimits *shared_limits = NULL;
+static CourierTmsLimits local_limits;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+static void limits_shmem_request(void);
+static void limits_shmem_startup(void);
+static void limits_init(CourierTmsLimits *lim);
 static CourierTmsLimits *limits(void);
 static long ms_until(TimestampTz t, TimestampTz now);
 static long cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now);
 
+/*
+ * courier_limits_install_hooks
+ *		Chain the shared-memory hooks of the limits; called from _PG_init
+ *		while preloading.
+ */
 void
-courier_limits_init(CourierTmsLimits *lim)
+courier_limits_install_hooks(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = limits_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = limits_shmem_startup;
+}
+
+static void
+limits_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(CourierTmsLimits)));
+}
+
+/* Create or attach, under AddinShmemInitLock (in the postmaster). */
+static void
+limits_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared_limits = ShmemInitStruct("courier limits", sizeof(CourierTmsLimits),
+									&found);
+	if (!found)
+		limits_init(shared_limits);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+limits_init(CourierTmsLimits *lim)
 {
 	memset(lim, 0, sizeof(CourierTmsLimits));
 	SpinLockInit(&lim->mutex);
@@ -52,11 +106,11 @@ limits(void)
 {
 	static bool local_ready = false;
 
-	if (courier_shared != NULL)
-		return &courier_shared->tms;
+	if (shared_limits != NULL)
+		return shared_limits;
 	if (!local_ready)
 	{
-		courier_limits_init(&local_limits);
+		limits_init(&local_limits);
 		local_ready = true;
 	}
 	return &local_limits;

@@ -5,8 +5,9 @@
  *		by name.
  *
  * A dialect is one file, provider_<name>.c, defining one CourierProvider
- * (provider.h), and one line in the table below (with its extern).  What
- * the dialects share is in provider_common.c.
+ * named courier_provider_<name> (provider.h), and one line in the list
+ * below; the Makefile builds every .c file of src/.  What the dialects
+ * share is in provider_common.c.
  *
  * IDENTIFICATION
  *		src/provider.c
@@ -18,10 +19,16 @@
 #include "provider.h"
 
 /* The dialects, one line each. */
-extern const CourierProvider courier_provider_generic;
+#define COURIER_PROVIDERS(X) \
+	X(generic)
+
+#define DECLARE_PROVIDER(name) extern const CourierProvider courier_provider_##name;
+#define LIST_PROVIDER(name) &courier_provider_##name,
+
+COURIER_PROVIDERS(DECLARE_PROVIDER)
 
 static const CourierProvider *const providers[] = {
-	&courier_provider_generic,
+	COURIER_PROVIDERS(LIST_PROVIDER)
 };
 
 /*

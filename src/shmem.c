@@ -105,7 +105,6 @@ courier_shmem_startup(void)
 			pg_atomic_init_u64(&st->items_failed, 0);
 			pg_atomic_init_u64(&st->batches, 0);
 		}
-		courier_limits_init(&courier_shared->tms);
 		pg_atomic_init_u64(&courier_shared->closes.head, 0);
 		for (int i = 0; i < COURIER_CLOSE_RING_SIZE; i++)
 			pg_atomic_init_u64(&courier_shared->closes.slots[i].seq, 0);
