@@ -215,9 +215,10 @@ extern bool courier_stage_runnable(CourierStage stage, const char **why);
 extern void courier_define_rollouts(void);
 
 /* ----------
- * How background processes run SQL (transaction.c, a leaf)
+ * How background processes run (transaction.c, a leaf)
  * ----------
  */
+extern void courier_loop_turn(MemoryContext loop_context);
 extern void courier_pin_search_path(void);
 extern void courier_begin_transaction(void);
 extern void courier_commit_transaction(void);

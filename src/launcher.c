@@ -121,15 +121,7 @@ courier_launcher_main(Datum main_arg)
 	{
 		bool		ready;
 
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		MemoryContextReset(loop_context);
-		MemoryContextSwitchTo(loop_context);
+		courier_loop_turn(loop_context);
 
 		ready = extension_ready();
 		for (int s = 0; s < COURIER_NUM_STAGES; s++)

@@ -50,6 +50,8 @@ static void limits_init(CourierTmsLimits *lim);
 static CourierTmsLimits *limits(void);
 static long ms_until(TimestampTz t, TimestampTz now);
 static long cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now);
+static long pause_ms(CourierTmsLimits *lim, TimestampTz now, bool take_probe,
+					 const char **why);
 
 /*
  * courier_limits_install_hooks
@@ -135,6 +137,46 @@ cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now)
 }
 
 /*
+ * pause_ms
+ *		How long sending must pause for the breaker or the provider's
+ *		Retry-After, and why (*why; NULL when it need not).  With
+ *		take_probe, an open breaker whose cooldown is over lets the caller's
+ *		request through as the probe (the breaker goes PROBING, 0 is
+ *		returned); while a probe is out, everyone else waits.  lim->mutex
+ *		held.
+ */
+static long
+pause_ms(CourierTmsLimits *lim, TimestampTz now, bool take_probe,
+		 const char **why)
+{
+	long		wait = 0;
+
+	*why = NULL;
+	if (lim->breaker == COURIER_BREAKER_OPEN)
+	{
+		wait = cooldown_left_ms(lim, now);
+		*why = lim->unauthorized ? "tms: circuit breaker open (TMS refused our credentials)" :
+			"tms: circuit breaker open";
+		if (wait == 0 && take_probe)
+		{
+			lim->breaker = COURIER_BREAKER_PROBING; /* this request probes */
+			return 0;
+		}
+	}
+	else if (lim->breaker == COURIER_BREAKER_PROBING)
+	{
+		wait = PROBE_WAIT_MS;
+		*why = "tms: circuit breaker probing";
+	}
+	if (wait == 0 && lim->throttled_until > now)
+	{
+		wait = ms_until(lim->throttled_until, now);
+		*why = "tms: throttled by the TMS (Retry-After)";
+	}
+	return wait;
+}
+
+/*
  * courier_limits_send_wait_ms
  *		How long a sender should wait before leasing a batch: while the
  *		breaker is open (until its cooldown ends) or the provider asked
@@ -148,24 +190,8 @@ courier_limits_send_wait_ms(const char **why)
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait = 0;
 
-	*why = NULL;
 	SpinLockAcquire(&lim->mutex);
-	if (lim->breaker == COURIER_BREAKER_OPEN)
-	{
-		wait = cooldown_left_ms(lim, now);
-		*why = lim->unauthorized ? "tms: circuit breaker open (TMS refused our credentials)" :
-			"tms: circuit breaker open";
-	}
-	else if (lim->breaker == COURIER_BREAKER_PROBING)
-	{
-		wait = PROBE_WAIT_MS;
-		*why = "tms: circuit breaker probing";
-	}
-	if (wait == 0 && lim->throttled_until > now)
-	{
-		wait = ms_until(lim->throttled_until, now);
-		*why = "tms: throttled by the TMS (Retry-After)";
-	}
+	wait = pause_ms(lim, now, false, why);
 	SpinLockRelease(&lim->mutex);
 	return wait;
 }
@@ -181,25 +207,14 @@ courier_limits_acquire(int n)
 {
 	CourierTmsLimits *lim = limits();
 	TimestampTz now = GetCurrentTimestamp();
-	long		wait = 0;
+	long		wait;
+	const char *why;
 
 	SpinLockAcquire(&lim->mutex);
-	if (lim->breaker == COURIER_BREAKER_OPEN)
+	wait = pause_ms(lim, now, true, &why);
+	if (wait > 0 || lim->breaker == COURIER_BREAKER_PROBING)
 	{
-		wait = cooldown_left_ms(lim, now);
-		if (wait == 0)
-			lim->breaker = COURIER_BREAKER_PROBING;	/* this request probes */
-		SpinLockRelease(&lim->mutex);
-		return (int) wait;
-	}
-	if (lim->breaker == COURIER_BREAKER_PROBING)
-	{
-		SpinLockRelease(&lim->mutex);
-		return PROBE_WAIT_MS;
-	}
-	if (lim->throttled_until > now)
-	{
-		wait = ms_until(lim->throttled_until, now);
+		/* the probe itself (just admitted) waits for nothing */
 		SpinLockRelease(&lim->mutex);
 		return (int) wait;
 	}

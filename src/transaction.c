@@ -1,11 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * transaction.c
- *		How every background process of courier runs SQL: the search_path it
- *		pins before any statement, the one transaction bracket of the
- *		launcher and the workers, the kept (prepared once, generic) plans
- *		with the planner pinned to their shapes, and the int8[] datums that
- *		carry claimed ids into those statements.
+ *		How every background process of courier runs: the start of each
+ *		turn of its loop, the search_path it pins before any statement, the
+ *		one transaction bracket of the launcher and the workers, the kept
+ *		(prepared once, generic) plans with the planner pinned to their
+ *		shapes, and the int8[] datums that carry claimed ids into those
+ *		statements.
  *
  * A leaf: it knows no stage, no queue and no HTTP, and calls nothing else
  * of courier.  What the statements say is their callers' business.
@@ -20,9 +21,12 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "pgstat.h"
+#include "postmaster/interrupt.h"
 #include "utils/array.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "courier.h"
@@ -40,6 +44,26 @@ courier_pin_search_path(void)
 {
 	SetConfigOption("search_path", "pg_catalog, pg_temp",
 					PGC_SUSET, PGC_S_SESSION);
+}
+
+/*
+ * courier_loop_turn
+ *		The start of each turn of a background process's loop: serve
+ *		interrupts, apply a configuration reload (courier's switches are
+ *		flipped that way), and free what the last turn allocated in
+ *		loop_context, which becomes current.
+ */
+void
+courier_loop_turn(MemoryContext loop_context)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	MemoryContextReset(loop_context);
+	MemoryContextSwitchTo(loop_context);
 }
 
 /*

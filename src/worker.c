@@ -117,14 +117,7 @@ courier_worker_main(Datum main_arg)
 		const char *activity;
 		ErrorData  *batch_error = NULL;
 
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-		MemoryContextReset(loop_context);
-		MemoryContextSwitchTo(loop_context);
+		courier_loop_turn(loop_context);
 
 		activity = idle_activity;
 		if (!courier_stage_runnable(my_stage, &why))
