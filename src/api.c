@@ -48,6 +48,9 @@ PG_FUNCTION_INFO_V1(courier_delay_orders);
 
 static Datum *check_order_ids(ArrayType *arr, const char *argname, int *n);
 static void check_no_duplicates(Datum *ids, int n, const char *argname);
+static void write_every_order(const char *sql, int nargs, Oid *argtypes,
+							  Datum *values, int expected, Datum ids, int n,
+							  const char *action);
 static void report_unusable_orders(Datum ids_array, const char *action);
 static int64 find_offending_orders(Datum ids_array, const char *join_where,
 								   bool with_status, StringInfo list);
@@ -146,6 +149,23 @@ check_no_duplicates(Datum *ids, int n, const char *argname)
 				 errdetail("Named more than once: %s%s.", dups.data,
 						   ndups > NAMED_IN_ERROR ? ", ..." : "")));
 	pfree(sorted);
+}
+
+/*
+ * write_every_order
+ *		Run a statement of the app API that must write one row for each of
+ *		the n orders of ids (one of its parameters), or raise the error that
+ *		names the orders it could not use (report_unusable_orders), which
+ *		rolls back what it wrote.  SPI connected.
+ */
+static void
+write_every_order(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				  int expected, Datum ids, int n, const char *action)
+{
+	if (SPI_execute_with_args(sql, nargs, argtypes, values, NULL, false, 0) != expected)
+		elog(ERROR, "courier: could not %s the orders", action);
+	if (SPI_processed != (uint64) n)
+		report_unusable_orders(ids, action);
 }
 
 /*
@@ -401,7 +421,7 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 	SPI_connect();
 	values[0] = arr;
 	values[1] = Int32GetDatum(courier_invoice_deadline_min);
-	if (SPI_execute_with_args(
+	write_every_order(
 			"UPDATE courier.orders o"
 			"   SET status = 'shipping_requested',"
 			"       invoice_deadline = coalesce(o.invoice_deadline,"
@@ -409,10 +429,7 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 			"       updated_at = pg_catalog.statement_timestamp()"
 			" WHERE o.order_id = ANY ($1)"
 			"   AND o.status IN ('paid', 'shipping_requested')",
-			2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "courier: could not update orders");
-	if (SPI_processed != (uint64) n)
-		report_unusable_orders(arr, "request shipping for");
+			2, argtypes, values, SPI_OK_UPDATE, arr, n, "request shipping for");
 	SPI_finish();
 	PG_RETURN_INT32(n);
 }
@@ -632,17 +649,14 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 
 	argtypes[0] = INT8OID;
 	values[0] = Int64GetDatum(request_id);
-	if (SPI_execute_with_args(
+	write_every_order(
 			"INSERT INTO courier.work_items (stage, seller_id, order_id, request_id)"
 			"SELECT 'logic', o.seller_id, o.order_id, $1"
 			"  FROM pg_catalog.unnest($4) WITH ORDINALITY AS u(id, ord)"
 			"  JOIN courier.orders o ON o.order_id = u.id"
 			" WHERE o.status IN ('paid', 'shipping_requested')"
 			" ORDER BY u.ord",
-			4, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "courier: could not queue the request");
-	if (SPI_processed != (uint64) n)
-		report_unusable_orders(arr, "delay");
+			4, argtypes, values, SPI_OK_INSERT, arr, n, "delay");
 
 	SPI_finish();
 	courier_wake_stage_at_commit(COURIER_STAGE_LOGIC);
