@@ -26,6 +26,7 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
+#include "utils/date.h"
 #include "utils/elog.h"
 
 /*
@@ -185,6 +186,19 @@ extern void courier_limits_install_hooks(void);
 extern long courier_limits_send_wait_ms(const char **why);
 extern void courier_limits_counters(uint64 *requests, uint64 *throttled,
 									uint64 *breaker_opened);
+
+/* ----------
+ * A notice's text and length (render.c)
+ * ----------
+ */
+#define COURIER_SMS_MAX_BYTES	90	/* in EUC-KR */
+#define COURIER_LMS_MAX_BYTES	2000
+#define COURIER_LMS_SUBJECT		"Shipping delay"
+
+extern char *courier_render_notice(const char *template, int64 order_id,
+								   DateADT ship_date, const char *product,
+								   const char *reason);
+extern int	courier_euckr_length(const char *text);
 
 /* ----------
  * The stages' batches (logic.c, tms.c)

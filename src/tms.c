@@ -58,9 +58,6 @@
 #include "courier.h"
 #include "dispatch.h"
 
-#define SMS_MAX_BYTES	90
-#define LMS_MAX_BYTES	2000
-#define LMS_SUBJECT		"Shipping delay"
 #define TMS_MAX_LEASE	20000	/* most notices one sender leases at once */
 #define LEASE_MARGIN_MS	1000	/* time to record outcomes after a request */
 #define RECORD_TRIES	5		/* attempts at recording, on transient errors */
@@ -109,10 +106,6 @@ static SPIPlanPtr record_plan = NULL;
 
 static void tms_begin_batch(volatile sig_atomic_t *stop);
 static void tms_lease(TmsBatch *b, bool lock_orders);
-static char *render_text(const char *template, int64 order_id,
-						 DateADT ship_date, const char *product,
-						 const char *reason);
-static int	euckr_length(const char *text);
 static void index_orders(TmsBatch *b);
 static bool admit_requests(void);
 static void drop_closed_order(int64 order_id, void *arg);
@@ -133,7 +126,7 @@ static const CourierDispatchHooks hooks = {
  * The notices of the leased items with what their messages are made of,
  * and whether their order is still open (in this statement's snapshot,
  * which is newer than the lease's).  The text is rendered in C, in one
- * pass over the template (render_text).
+ * pass over the template (courier_render_notice, render.c).
  */
 static const char *const render_sql =
 "SELECT w.item_id, n.customer_phone, n.order_id, n.ship_date,"
@@ -417,12 +410,12 @@ tms_lease(TmsBatch *b, bool lock_orders)
 		m->to = SPI_getvalue(tup, desc, 2);
 		m->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", b->order_ids[i],
 						  year, month, day);
-		m->text = render_text(strcmp(variant, "v2") == 0 ?
+		m->text = courier_render_notice(strcmp(variant, "v2") == 0 ?
 							  courier_notice_template_v2 : courier_notice_template,
 							  b->order_ids[i], b->ship_dates[i],
 							  SPI_getvalue(tup, desc, 5),
 							  SPI_getvalue(tup, desc, 6));
-		bytes = euckr_length(m->text);
+		bytes = courier_euckr_length(m->text);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)))
 			b->verdict[i] = VERDICT_CLOSED;
 		else if (DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull)))
@@ -431,64 +424,13 @@ tms_lease(TmsBatch *b, bool lock_orders)
 			b->verdict[i] = VERDICT_EXHAUSTED;
 		else if (bytes < 0)
 			b->verdict[i] = VERDICT_UNSUPPORTED;
-		else if (bytes > LMS_MAX_BYTES)
+		else if (bytes > COURIER_LMS_MAX_BYTES)
 			b->verdict[i] = VERDICT_TOO_LONG;
-		m->channel = (bytes >= 0 && bytes <= SMS_MAX_BYTES) ? "sms" : "lms";
-		m->subject = (strcmp(m->channel, "lms") == 0) ? LMS_SUBJECT : NULL;
+		m->channel = (bytes >= 0 && bytes <= COURIER_SMS_MAX_BYTES) ? "sms" : "lms";
+		m->subject = (strcmp(m->channel, "lms") == 0) ? COURIER_LMS_SUBJECT : NULL;
 	}
 	index_orders(b);
 	MemoryContextSwitchTo(old);
-}
-
-/*
- * render_text
- *		The notice's text: the template with {order_id}, {new_ship_date},
- *		{product} and {reason} replaced, in one pass, so that a value that
- *		itself contains "{reason}" is never expanded again.
- */
-static char *
-render_text(const char *template, int64 order_id, DateADT ship_date,
-			const char *product, const char *reason)
-{
-	StringInfoData out;
-	char	   *date = DatumGetCString(DirectFunctionCall1(date_out,
-														   DateADTGetDatum(ship_date)));
-	char	   *id = psprintf(INT64_FORMAT, order_id);
-	const struct
-	{
-		const char *name;
-		const char *value;
-	}			fields[] = {
-		{"{order_id}", id},
-		{"{new_ship_date}", date},
-		{"{product}", product},
-		{"{reason}", reason},
-	};
-
-	initStringInfo(&out);
-	for (const char *p = template; *p;)
-	{
-		bool		replaced = false;
-
-		if (*p == '{')
-		{
-			for (int f = 0; f < lengthof(fields); f++)
-			{
-				size_t		len = strlen(fields[f].name);
-
-				if (strncmp(p, fields[f].name, len) == 0)
-				{
-					appendStringInfoString(&out, fields[f].value);
-					p += len;
-					replaced = true;
-					break;
-				}
-			}
-		}
-		if (!replaced)
-			appendStringInfoChar(&out, *p++);
-	}
-	return out.data;
 }
 
 /*
@@ -515,39 +457,6 @@ index_orders(TmsBatch *b)
 		b->next_of_order[i] = found ? e->first : -1;
 		e->first = i;
 	}
-}
-
-/*
- * euckr_length
- *		Bytes of text in EUC-KR, the encoding Korean carriers count SMS and
- *		LMS lengths in; -1 when a character has no EUC-KR form (emoji, for
- *		instance), which the carrier would garble.  Needs a transaction (the
- *		conversion is looked up in the catalog).
- */
-static int
-euckr_length(const char *text)
-{
-	static Oid	proc = InvalidOid;
-	int			len = strlen(text);
-	unsigned char *buf;
-	int			converted;
-	int			result;
-
-	if (GetDatabaseEncoding() == PG_EUC_KR)
-		return len;
-	if (!OidIsValid(proc))
-		proc = FindDefaultConversionProc(GetDatabaseEncoding(), PG_EUC_KR);
-	if (!OidIsValid(proc))
-		return len;				/* no conversion known: count the bytes */
-
-	buf = palloc((size_t) len * MAX_CONVERSION_GROWTH + 1);
-	converted = pg_do_encoding_conversion_buf(proc, GetDatabaseEncoding(), PG_EUC_KR,
-											  (unsigned char *) text, len,
-											  buf, len * MAX_CONVERSION_GROWTH + 1,
-											  true);
-	result = (converted == len) ? (int) strlen((char *) buf) : -1;
-	pfree(buf);
-	return result;
 }
 
 /*
@@ -702,7 +611,7 @@ tms_record(TmsBatch *b)
 			case VERDICT_TOO_LONG:
 				permanent = true;
 				error = psprintf("message of %d bytes in EUC-KR exceeds the LMS limit of %d",
-								 euckr_length(m->text), LMS_MAX_BYTES);
+								 courier_euckr_length(m->text), COURIER_LMS_MAX_BYTES);
 				break;
 			case VERDICT_EXHAUSTED:
 				permanent = true;
