@@ -578,24 +578,27 @@ layer_isolation() {
   record isolation "$R_PASS" "$R_FAIL" 0
 }
 
-# ---------------------------------------------------------------- layer 4: TAP
-layer_tap() {
-  banner "layer 4: TAP (PostgreSQL::Test::Cluster)"
+# ---------------------------------------------------------------- layers 4 and 5: Perl TAP
+# run_perl_tap STEP GLOB OVERRIDE: run the Perl TAP files GLOB (relative to
+# test/, or OVERRIDE) as postgres from test/, through tap_driver.pl, in the
+# work dir WORK/STEP, and record them under STEP.
+run_perl_tap() {
+  local step=$1 glob=$2 override=$3
   local testdir=$SRC/test
   local -a files missing=()
   local f
-  mapfile -t files < <(select_files "$testdir" 't/*.pl' "${TAP_TESTS:-}")
+  mapfile -t files < <(select_files "$testdir" "$glob" "$override")
   for f in "${files[@]}"; do
     [[ ($f == /* && -f $f) || -f $testdir/$f ]] || missing+=("$f")
   done
   if ((${#missing[@]} > 0)); then
     echo "not found under $testdir: ${missing[*]}"
-    record tap 0 "${#missing[@]}" 0 "test files not found"
+    record "$step" 0 "${#missing[@]}" 0 "test files not found"
     return
   fi
   if [[ ${#files[@]} -eq 0 ]]; then
-    echo "no tests (test/t/*.pl)"
-    record tap 0 0 0 "no tests"
+    echo "no tests (test/$glob)"
+    record "$step" 0 0 0 "no tests"
     return
   fi
   # Everything the TAP modules write goes into the work dir:
@@ -603,68 +606,13 @@ layer_tap() {
   #   TMPDIR    -> tempdir_short (unix socket dirs)
   #   PG_REGRESS-> used by Cluster->init for --config-auth
   # PG_TEST_NOCLEAN keeps the data dirs of passing tests (with COURIER_KEEP_TMP).
-  local tapwork=$WORK/tap
-  as_pg mkdir -p "$tapwork/tmp_check" "$tapwork/tmp"
+  local stepwork=$WORK/$step
+  as_pg mkdir -p "$stepwork/tmp_check" "$stepwork/tmp"
   local -a env=(
     PATH="$PGBIN:$PATH"
     PERL5LIB="$TAP_PERL_LIB${PERL5LIB:+:$PERL5LIB}"
-    TESTDIR="$tapwork"
-    TMPDIR="$tapwork/tmp"
-    PG_REGRESS="$PG_REGRESS"
-    COURIER_REPO="$SRC"
-    COURIER_MOCK_TMS="$SRC/test/mock_tms/mock_tms"
-    COURIER_EXT_NAME="$EXT"
-  )
-  [[ -n ${COURIER_KEEP_TMP:-} ]] && env+=(PG_TEST_NOCLEAN=1)
-  echo "(as postgres, same as: cd $testdir && ${env[*]:1} PATH=$PGBIN:\$PATH prove ${files[*]})"
-  (cd "$testdir" && as_pg env "${env[@]}" \
-      perl "$WORK/tap_driver.pl" perl "$tapwork/result" "$TIMEOUT" "${files[@]}")
-  if ! read_tap_results "$tapwork/result"; then
-    record tap 0 "${#files[@]}" 0 "TAP driver failed"
-    return
-  fi
-  # Logs of failed files: regress_log_NAME (the test's own log) and
-  # NAME_<node>.log (each cluster's server log).
-  local name logf
-  for f in "${T_BAD[@]}"; do
-    name=$(basename "$f" .pl)
-    for logf in "$tapwork/tmp_check/log/regress_log_$name" \
-                "$tapwork/tmp_check/log/${name}_"*.log; do
-      [[ -f $logf ]] && show_file "$(basename "$logf")" "$logf"
-    done
-  done
-  record tap "$T_PASS" "$T_FAIL" "$T_SKIP"
-}
-
-# ---------------------------------------------------------------- layer 5: stress
-# Like layer 4 (same driver, same environment, run as postgres from test/),
-# for test/stress/*.pl; their pgbench logs land in tmp_check/log too.
-layer_stress() {
-  banner "layer 5: stress (pgbench traffic, faulty mock, kill -9)"
-  local testdir=$SRC/test
-  local -a files missing=()
-  local f
-  mapfile -t files < <(select_files "$testdir" 'stress/*.pl' "${STRESS_TESTS:-}")
-  for f in "${files[@]}"; do
-    [[ ($f == /* && -f $f) || -f $testdir/$f ]] || missing+=("$f")
-  done
-  if ((${#missing[@]} > 0)); then
-    echo "not found under $testdir: ${missing[*]}"
-    record stress 0 "${#missing[@]}" 0 "test files not found"
-    return
-  fi
-  if [[ ${#files[@]} -eq 0 ]]; then
-    echo "no tests (test/stress/*.pl)"
-    record stress 0 0 0 "no tests"
-    return
-  fi
-  local stresswork=$WORK/stress
-  as_pg mkdir -p "$stresswork/tmp_check" "$stresswork/tmp"
-  local -a env=(
-    PATH="$PGBIN:$PATH"
-    PERL5LIB="$TAP_PERL_LIB${PERL5LIB:+:$PERL5LIB}"
-    TESTDIR="$stresswork"
-    TMPDIR="$stresswork/tmp"
+    TESTDIR="$stepwork"
+    TMPDIR="$stepwork/tmp"
     PG_REGRESS="$PG_REGRESS"
     COURIER_REPO="$SRC"
     COURIER_MOCK_TMS="$SRC/test/mock_tms/mock_tms"
@@ -674,20 +622,35 @@ layer_stress() {
   [[ -n ${COURIER_KEEP_TMP:-} ]] && env+=(PG_TEST_NOCLEAN=1)
   echo "(as postgres, same as: cd $testdir && ${env[*]:1} PATH=$PGBIN:\$PATH prove ${files[*]})"
   (cd "$testdir" && as_pg env "${env[@]}" \
-      perl "$WORK/tap_driver.pl" perl "$stresswork/result" "$TIMEOUT" "${files[@]}")
-  if ! read_tap_results "$stresswork/result"; then
-    record stress 0 "${#files[@]}" 0 "TAP driver failed"
+      perl "$WORK/tap_driver.pl" perl "$stepwork/result" "$TIMEOUT" "${files[@]}")
+  if ! read_tap_results "$stepwork/result"; then
+    record "$step" 0 "${#files[@]}" 0 "TAP driver failed"
     return
   fi
+  # Logs of failed files: regress_log_NAME (the test's own log) and
+  # NAME_<node>.log (each cluster's server log; stress.pl also keeps its
+  # pgbench logs there).
   local name logf
   for f in "${T_BAD[@]}"; do
     name=$(basename "$f" .pl)
-    for logf in "$stresswork/tmp_check/log/regress_log_$name" \
-                "$stresswork/tmp_check/log/${name}_"*.log; do
+    for logf in "$stepwork/tmp_check/log/regress_log_$name" \
+                "$stepwork/tmp_check/log/${name}_"*.log; do
       [[ -f $logf ]] && show_file "$(basename "$logf")" "$logf"
     done
   done
-  record stress "$T_PASS" "$T_FAIL" "$T_SKIP"
+  record "$step" "$T_PASS" "$T_FAIL" "$T_SKIP"
+}
+
+layer_tap() {
+  banner "layer 4: TAP (PostgreSQL::Test::Cluster)"
+  run_perl_tap tap 't/*.pl' "${TAP_TESTS:-}"
+}
+
+# test/stress/*.pl: real app traffic (pgbench) against live workers, a faulty
+# mock and a kill -9, with invariants as TAP assertions.
+layer_stress() {
+  banner "layer 5: stress (pgbench traffic, faulty mock, kill -9)"
+  run_perl_tap stress 'stress/*.pl' "${STRESS_TESTS:-}"
 }
 
 # ---------------------------------------------------------------- main
