@@ -39,6 +39,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -53,8 +54,6 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-
-#include "common/pg_prng.h"
 
 #include "courier.h"
 
@@ -72,6 +71,7 @@ static void worker_attach(CourierStage stage, int slot);
 static void worker_detach(int code, Datum arg);
 static int	run_logic_batch(long *sleep_ms, ErrorData **batch_error);
 static long batch_died(MemoryContext loop_context);
+static long dead_batch_backoff_ms(void);
 static void charge_lost_batch(ErrorData *edata);
 static bool should_retire(long *sleep_ms);
 static void set_busy(bool busy, bool worked);
@@ -163,9 +163,7 @@ courier_worker_main(Datum main_arg)
 								batch_error->message),
 						 errdetail("Every item of the batch was charged an attempt and will be retried alone.")));
 				FreeErrorData(batch_error);
-				dead_batches++;
-				sleep_ms = Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
-							   DEAD_BATCH_BACKOFF_MAX_MS);
+				sleep_ms = dead_batch_backoff_ms();
 				handled = 0;
 			}
 			if (dead_batches > 0 && handled == 0)
@@ -236,6 +234,17 @@ batch_died(MemoryContext loop_context)
 	}
 	PG_END_TRY();
 
+	return dead_batch_backoff_ms();
+}
+
+/*
+ * dead_batch_backoff_ms
+ *		Count one more batch that died in a row and return how long to wait
+ *		before the next: 1 s, doubling, up to a minute.
+ */
+static long
+dead_batch_backoff_ms(void)
+{
 	dead_batches++;
 	return Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
 			   DEAD_BATCH_BACKOFF_MAX_MS);
