@@ -1,13 +1,20 @@
 # shellcheck shell=bash
-# bench/lib.sh: helpers shared by bench/logic_bench.sh and bench/worker_bench.sh.
-# Sourced, not executed.
+# bench/lib.sh: helpers shared by every benchmark script (bench/*_bench.sh).
+# Sourced, not executed.  bench/tms_lib.sh adds the helpers of the scripts
+# that run courier's workers against an HTTP endpoint.
 #
-#   bench_build                  make + make install (PGXS) at the repo top
+#   bench_build                  make + make install (PGXS) at the repo top;
+#                                with BENCH_SKIP_BUILD=1 neither: the courier
+#                                installed now is used as it is
+#   bench_build_tools            make the mock TMS and bench/curl_ceiling (never
+#                                installed, so built even with BENCH_SKIP_BUILD)
 #   bench_cluster_start NAME CONF  throwaway cluster (initdb as postgres in a
 #                                mktemp -d work dir, CONF appended to
 #                                postgresql.conf); sets PORT, WORK, DATA; a
 #                                trap stops it and removes the work dir on exit
 #   bench_cluster_restart        pg_ctl restart of that cluster
+#   bench_conf_block TEXT        TEXT becomes the block of bench settings at the
+#                                end of postgresql.conf, replacing the last one
 #   Q DB SQL                     one statement, unaligned tuples-only output
 #   now_s                        wall clock in seconds with nanoseconds
 #   median / min_of / max_of     of the numbers given as arguments
@@ -24,10 +31,32 @@ source "$REPO/test/lib/cluster.sh"
 export LC_ALL=C.UTF-8 LANG=C.UTF-8
 
 bench_build() {
+  if [[ ${BENCH_SKIP_BUILD:-} == 1 ]]; then
+    # Someone else may be changing and installing courier on this machine
+    # meanwhile: measure what is installed, and say which build that is,
+    # since the figures belong to it and not to this work tree.
+    local lib ctl
+    lib=$("$PG_CONFIG" --pkglibdir)/courier.so
+    ctl=$("$PG_CONFIG" --sharedir)/extension/courier.control
+    if [[ ! -f $lib || ! -f $ctl ]]; then
+      echo "BENCH_SKIP_BUILD=1, but no courier is installed ($lib, $ctl)" >&2
+      exit 1
+    fi
+    echo "BENCH_SKIP_BUILD=1: the installed courier, default_version" \
+         "$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$ctl"), $lib of $(date -r "$lib" '+%F %T')"
+    return 0
+  fi
   if ! (cd "$REPO" && make -s PG_CONFIG="$PG_CONFIG" >/dev/null &&
         make -s install PG_CONFIG="$PG_CONFIG" >/dev/null); then
     echo "build or install of the extension failed" >&2
     (cd "$REPO" && make PG_CONFIG="$PG_CONFIG" 2>&1 | tail -20) >&2
+    exit 1
+  fi
+}
+
+bench_build_tools() {
+  if ! make -s -C "$REPO/test/mock_tms" >/dev/null || ! make -s -C "$BENCH_DIR" curl_ceiling >/dev/null; then
+    echo "build of the mock TMS or curl_ceiling failed" >&2
     exit 1
   fi
 }
@@ -96,6 +125,21 @@ bench_cluster_restart() {
     tail -50 "$WORK/server.log" >&2
     exit 1
   fi
+}
+
+# bench_conf_block TEXT: the settings that must be in postgresql.conf from
+# the server's start (no ALTER SYSTEM) go in one marked block at the end of
+# the file, so the next call replaces them instead of piling up.  Rewritten
+# in place (cat >) so that the file keeps its owner, postgres.
+bench_conf_block() {
+  local conf=$DATA/postgresql.conf tmp
+  tmp=$(mktemp)
+  awk '/^# --- bench settings block ---$/ { skip = 1 }
+       !skip { print }
+       /^# --- end of bench settings block ---$/ { skip = 0 }' "$conf" >"$tmp"
+  printf '# --- bench settings block ---\n%s\n# --- end of bench settings block ---\n' "$1" >>"$tmp"
+  cat "$tmp" >"$conf"
+  rm -f "$tmp"
 }
 
 # Q DB SQL: run SQL, print the result unaligned without headers.
