@@ -650,8 +650,8 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	argtypes[0] = INT8OID;
 	values[0] = Int64GetDatum(request_id);
 	write_every_order(
-			"INSERT INTO courier.work_items (stage, seller_id, order_id, request_id)"
-			"SELECT 'logic', o.seller_id, o.order_id, $1"
+			"INSERT INTO courier.work_items (slot, stage, seller_id, order_id, request_id)"
+			"SELECT (SELECT courier.queue_slot()), 'logic', o.seller_id, o.order_id, $1"
 			"  FROM pg_catalog.unnest($4) WITH ORDINALITY AS u(id, ord)"
 			"  JOIN courier.orders o ON o.order_id = u.id"
 			" WHERE o.status IN ('paid', 'shipping_requested')"

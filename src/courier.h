@@ -72,6 +72,7 @@ extern int	courier_max_workers[COURIER_NUM_STAGES];
 extern int	courier_worker_idle_exit_ms;
 extern int	courier_idle_wakeup_ms;
 extern int	courier_lease_ms;
+extern int	courier_queue_rotate_ms;
 extern int	courier_tms_mode;
 extern char *courier_tms_url;
 extern int	courier_tms_bulk_size;

@@ -40,6 +40,7 @@ int			courier_max_workers[COURIER_NUM_STAGES] = {2, 2};
 int			courier_worker_idle_exit_ms = 60000;
 int			courier_idle_wakeup_ms = 10000;
 int			courier_lease_ms = 60000;
+int			courier_queue_rotate_ms = 10000;
 int			courier_tms_mode = COURIER_TMS_LIVE;
 char	   *courier_tms_url = NULL;
 int			courier_tms_bulk_size = 1;
@@ -165,6 +166,15 @@ courier_define_gucs(void)
 							&courier_lease_ms,
 							60000, 1000, 3600000,
 							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("courier.queue_rotate_interval",
+							"How long a queue slot takes new items before the next one does; the old slot is truncated once drained.",
+							"The launcher rotates; 0 stops it (courier.rotate_queue() still rotates when called).",
+							&courier_queue_rotate_ms,
+							10000, 0, 3600000,
+							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -13,7 +13,9 @@
  * loop: a receiver that never answers holds up neither the pools nor a
  * shutdown.  Workers are started only once the extension's installed
  * version is the one this library was built for (after ALTER EXTENSION
- * courier UPDATE).  When
+ * courier UPDATE).  It rotates the queue's slots (courier.rotate_queue(),
+ * at most once a second), so the queue's storage stays what its backlog
+ * needs.  When
  * max_worker_processes has no free slot the launcher says so, keeps the
  * workers it has and tries again later.
  *
@@ -56,11 +58,13 @@ static void balance_stage(CourierStage stage, bool ready);
 static bool start_worker(CourierStage stage);
 static void launcher_detach(int code, Datum arg);
 static void post_alerts(void);
+static void rotate_queue(void);
 
 /* The SQL version of courier this library works with. */
-#define COURIER_SCHEMA_VERSION "0.2"
+#define COURIER_SCHEMA_VERSION "0.3"
 
 static TimestampTz last_no_slot_warning = 0;
+static TimestampTz last_rotation = 0;
 static bool version_warned = false;
 
 /* The alert being POSTed in the background, 0 when none. */
@@ -128,6 +132,8 @@ courier_launcher_main(Datum main_arg)
 			balance_stage((CourierStage) s, ready);
 		if (ready && (courier_alert_url[0] != '\0' || alert_in_flight != 0))
 			post_alerts();
+		if (ready && courier_queue_rotate_ms > 0)
+			rotate_queue();
 		MemoryContextSwitchTo(loop_context);
 		pgstat_report_stat(false);
 		pgstat_report_activity(STATE_IDLE, ready ? "balancing worker pools" :
@@ -352,5 +358,26 @@ post_alerts(void)
 												 SPI_tuptable->tupdesc, 2)))
 			alert_in_flight = id;
 	}
+	courier_commit_transaction();
+}
+
+/*
+ * rotate_queue
+ *		Give courier.rotate_queue() its turn, at most once a second: it
+ *		truncates drained slots and makes a fresh slot current when the
+ *		current one is courier.queue_rotate_interval old.  It waits at most
+ *		100 ms for a lock, so a busy queue delays the pools only briefly.
+ */
+static void
+rotate_queue(void)
+{
+	if (!TimestampDifferenceExceeds(last_rotation, GetCurrentTimestamp(),
+									Min(courier_queue_rotate_ms, LAUNCHER_MAX_INTERVAL_MS)))
+		return;
+	last_rotation = GetCurrentTimestamp();
+	pgstat_report_activity(STATE_RUNNING, "rotating the queue");
+	courier_begin_transaction();
+	if (SPI_execute("SELECT courier.rotate_queue()", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not rotate the queue");
 	courier_commit_transaction();
 }

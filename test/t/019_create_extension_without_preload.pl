@@ -47,7 +47,7 @@ SELECT 'still here after CREATE EXTENSION';
 SELECT extversion FROM pg_extension WHERE extname = 'courier';
 });
 is($rc, 0, 'CREATE EXTENSION courier and the statements after it succeed in one session');
-is($out, "still here after CREATE EXTENSION\n0.2",
+is($out, "still here after CREATE EXTENSION\n0.3",
 	'the session that created the extension goes on running statements');
 unlike($err, qr/FATAL|server closed the connection/,
 	'psql saw no FATAL and no lost connection');
