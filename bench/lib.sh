@@ -109,6 +109,8 @@ checkpoint_timeout = '30min'
 log_min_messages = warning
 log_line_prefix = '%m [%p] %b '
 $conf
+# BENCH_CONF: extra lines for a look inside (auto_explain, ...); last, so they win
+${BENCH_CONF:-}
 EOF
   if ! cluster_start "$DATA" "${BENCH_PORT:-56432}" "$WORK/server.log"; then
     echo "cluster did not start; server log:" >&2
