@@ -21,7 +21,13 @@ SELECT courier.run_once('logic');
 SELECT (promised_ship_date - current_date) AS days_ahead, delay_reason, count(*)
   FROM courier.orders GROUP BY 1, 2 ORDER BY 1;
 SELECT order_id, (ship_date - current_date) AS days_ahead, reason, status FROM courier.notices ORDER BY 1;
-SELECT stage, count(*) FROM courier.work_items GROUP BY 1;
+-- the logic items are done; the tms stage's queue is the pending notices
+-- (since 0.3): all four, due now, unleased, no attempt yet
+SELECT (SELECT count(*) FROM courier.work_items) AS logic_items_left,
+       count(*) AS tms_queued,
+       count(*) FILTER (WHERE due_at <= now() AND leased_by IS NULL
+                          AND attempts = 0 AND errors = '[]') AS due_fresh
+  FROM courier.notices WHERE status = 'pending';
 SELECT total, done, failed, pending FROM courier.request_status(:r1);
 
 -- notified_once_per_distinct_date: same date again -> no new notice; new date -> one more
@@ -46,8 +52,8 @@ SELECT count(*) AS notices_for_6 FROM courier.notices WHERE order_id = 6 AND shi
 
 -- register_invoice_drops_unsent_notice
 SELECT courier.register_invoice(7, 'CJ-7');
-SELECT status FROM courier.notices WHERE order_id = 7;
-SELECT count(*) AS tms_items_for_7 FROM courier.work_items WHERE order_id = 7;
+-- dropped, so out of the tms queue: no due time, no lease
+SELECT status, due_at, leased_by FROM courier.notices WHERE order_id = 7;
 
 -- batches honour courier.batch_size
 SET courier.batch_size = 2;
