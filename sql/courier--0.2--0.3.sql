@@ -1,7 +1,7 @@
 /* courier--0.2--0.3.sql
  *
  * courier 0.3: a queue whose storage does not grow with what has passed
- * through it.
+ * through it, and fewer writes per order.
  *
  * A heap that rows are inserted into and deleted from keeps its high-water
  * mark: 1,000,000 orders through 0.2 left courier.work_items at 544 MB for
@@ -15,11 +15,18 @@
  * current slot, so a slot never waits for them.  The launcher rotates
  * (courier.rotate_queue()); without workers, pg_cron or a DBA can.
  *
+ * The notice is the tms stage's queue entry: it carries its own due time,
+ * lease, attempts and history, so the logic stage writes one row per
+ * notice instead of two, and a sender's lease and record touch one row
+ * instead of two.  courier.work_items keeps the logic stage's items.
+ *
  * Run by ALTER EXTENSION courier UPDATE TO '0.3' (and by CREATE EXTENSION,
  * after the earlier scripts).  The queued items are copied into the new
- * queue with their ids, attempts, back-off, leases and history, in the
- * update's transaction: nothing queued is lost, and a sender that holds a
- * lease across the update records its outcome on the same item id.
+ * queue with their ids, attempts, back-off and history, and the tms items'
+ * state moves into their notices, in the update's transaction: nothing
+ * queued is lost.  A lease held by a sender of the old library (which
+ * cannot outlive the server restart that loads the new one) is kept and
+ * runs out as any lease of a dead sender does.
  */
 
 \echo Use "ALTER EXTENSION courier UPDATE TO '0.3'" to load this file. \quit
@@ -67,7 +74,6 @@ CREATE TABLE courier.work_items (
 	seller_id			bigint NOT NULL,
 	order_id			bigint NOT NULL,
 	request_id			bigint,
-	ship_date			date,
 	attempts			integer NOT NULL DEFAULT 0,
 	not_before			timestamptz NOT NULL DEFAULT now(),
 	leased_by			integer,
@@ -76,20 +82,18 @@ CREATE TABLE courier.work_items (
 	created_at			timestamptz NOT NULL DEFAULT now(),
 	PRIMARY KEY (item_id, slot),
 	CHECK ((stage = 'logic') = (request_id IS NOT NULL)),
-	CHECK ((stage = 'tms') = (ship_date IS NOT NULL))
+	CHECK (stage <> 'tms')
 ) PARTITION BY LIST (slot);
 COMMENT ON TABLE courier.work_items IS
-	'The queue of every stage: one row per item not yet done, in one of three rotating slots (courier.queue_slots). Done items are deleted, failed ones move to courier.failures.';
+	'The queue of the logic stage: one row per item not yet done, in one of three rotating slots (courier.queue_slots). Done items are deleted, failed ones move to courier.failures. The tms stage''s queue is courier.notices itself (status pending).';
 COMMENT ON COLUMN courier.work_items.slot IS
 	'The partition the item lives in: the current slot when it was queued, or the one courier.rotate_queue() moved it to.';
 COMMENT ON COLUMN courier.work_items.request_id IS
 	'logic items: the delay request to apply to order_id.';
-COMMENT ON COLUMN courier.work_items.ship_date IS
-	'tms items: the notice (order_id, ship_date) to send.';
 COMMENT ON COLUMN courier.work_items.not_before IS
-	'The item is not claimed before this time: now for new work, the back-off after a failed attempt, the lease expiry while a sender holds it.';
+	'The item is not claimed before this time: now for new work, the back-off after a failed attempt.';
 COMMENT ON COLUMN courier.work_items.leased_by IS
-	'pid of the sender holding a lease; the lease ends at not_before, so a dead sender''s items fall due again by themselves.';
+	'Unused by the logic stage (its claim is a row lock); kept for stages that lease.';
 COMMENT ON COLUMN courier.work_items.solo IS
 	'The item''s batch died as a whole: it is retried alone, so only the culprit pays another attempt.';
 COMMENT ON COLUMN courier.work_items.errors IS
@@ -115,16 +119,50 @@ CREATE TABLE courier.work_items_2 PARTITION OF courier.work_items FOR VALUES IN 
 /* claim: WHERE stage = $1 AND not_before <= now() ORDER BY not_before, item_id LIMIT n FOR UPDATE SKIP LOCKED */
 CREATE INDEX work_items_due ON courier.work_items (stage, not_before, item_id);
 
-/* register_invoice / the order_closed trigger: the tms items of one order */
-CREATE INDEX work_items_order ON courier.work_items (order_id) WHERE stage = 'tms';
 
 INSERT INTO courier.work_items
-	(item_id, slot, stage, seller_id, order_id, request_id, ship_date, attempts,
+	(item_id, slot, stage, seller_id, order_id, request_id, attempts,
 	 not_before, leased_by, solo, errors, created_at)
 OVERRIDING SYSTEM VALUE
-SELECT w.item_id, 0, w.stage, w.seller_id, w.order_id, w.request_id, w.ship_date,
+SELECT w.item_id, 0, w.stage, w.seller_id, w.order_id, w.request_id,
 	   w.attempts, w.not_before, w.leased_by, w.solo, w.errors, w.created_at
-  FROM courier.work_items_0_2 w;
+  FROM courier.work_items_0_2 w
+ WHERE w.stage = 'logic';
+
+/* ------------------------------------------------------------------------
+ * The notice is the tms stage's queue entry
+ * ------------------------------------------------------------------------ */
+
+ALTER TABLE courier.notices
+	ADD COLUMN due_at timestamptz,
+	ADD COLUMN leased_by integer,
+	ADD COLUMN errors jsonb NOT NULL DEFAULT '[]',
+	ALTER COLUMN attempts SET DEFAULT 0;
+COMMENT ON COLUMN courier.notices.due_at IS
+	'A pending notice is not leased before this time: when it was written, the back-off after a failed attempt, the lease''s end while a sender holds it.';
+COMMENT ON COLUMN courier.notices.leased_by IS
+	'pid of the sender holding the notice''s lease; the lease ends at due_at, so a dead sender''s notices fall due again by themselves.';
+COMMENT ON COLUMN courier.notices.attempts IS
+	'Attempts at sending: failed ones while pending, all of them (the last one delivered) once sent.';
+COMMENT ON COLUMN courier.notices.errors IS
+	'One object per failed attempt: at, error, http_status, outcome_unknown.';
+COMMENT ON TABLE courier.notices IS
+	'The outbox, the tms stage''s queue and the delivery log: one delay notice per order and distinct new ship date. Pending ones are leased by senders (due_at, leased_by); the key is the idempotency key. Delivered notices keep the provider id, HTTP status, latency and attempts.';
+
+/* the tms lease: pending notices by due time (a lease moves due_at) */
+CREATE INDEX notices_due ON courier.notices (due_at) WHERE status = 'pending';
+
+UPDATE courier.notices n
+   SET due_at = w.not_before, leased_by = w.leased_by,
+	   attempts = w.attempts, errors = w.errors
+  FROM courier.work_items_0_2 w
+ WHERE w.stage = 'tms' AND n.order_id = w.order_id AND n.ship_date = w.ship_date
+   AND n.status = 'pending';
+
+/* failures of the tms stage name their notice, not an item */
+ALTER TABLE courier.failures ALTER COLUMN item_id DROP NOT NULL;
+COMMENT ON COLUMN courier.failures.item_id IS
+	'logic failures: the work item''s id; NULL for tms failures, whose notice is (order_id, ship_date).';
 
 /* new ids go on after every id ever given, also those already in failures */
 SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('courier.work_items', 'item_id'),
@@ -133,6 +171,79 @@ SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence('courier.work_items',
 						 false);
 
 DROP TABLE courier.work_items_0_2;
+
+/* (0.2 kept a queue row beside every pending notice; should one lack it, it is due now) */
+UPDATE courier.notices n SET due_at = now()
+ WHERE n.status = 'pending' AND n.due_at IS NULL;
+
+/* ------------------------------------------------------------------------
+ * What closes, retries and reports read the tms queue from now on
+ * ------------------------------------------------------------------------ */
+
+CREATE OR REPLACE FUNCTION courier.order_closed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM courier.close_at_commit(NEW.order_id);
+	/* notices no sender holds are dropped now; a held one is dropped by its sender */
+	UPDATE courier.notices n SET status = 'dropped', due_at = NULL, leased_by = NULL
+	 WHERE n.order_id = NEW.order_id AND n.status = 'pending'
+	   AND (n.leased_by IS NULL OR n.due_at <= pg_catalog.statement_timestamp());
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.retry_failures(failure_ids bigint[] DEFAULT NULL,
+												  stage courier.stage DEFAULT NULL,
+												  error_pattern text DEFAULT NULL,
+												  failed_after timestamptz DEFAULT NULL,
+												  failed_before timestamptz DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	WITH moved AS (
+		DELETE FROM courier.failures f
+		 WHERE f.failure_id IN (SELECT courier.failures_matching($1, $2, $3, $4, $5))
+		   /* never a second item beside one still queued for the same work */
+		   AND NOT (f.stage = 'logic' AND EXISTS (
+					SELECT 1 FROM courier.work_items w
+					 WHERE w.stage = 'logic' AND w.order_id = f.order_id
+					   AND w.request_id = f.request_id))
+		   AND NOT (f.stage = 'tms' AND EXISTS (
+					SELECT 1 FROM courier.notices p
+					 WHERE p.order_id = f.order_id AND p.ship_date = f.ship_date
+					   AND p.status = 'pending'))
+		RETURNING f.*
+	), queued AS (
+		INSERT INTO courier.work_items
+			(slot, stage, seller_id, order_id, request_id, errors, created_at)
+		SELECT (SELECT courier.queue_slot()), m.stage, m.seller_id, m.order_id,
+			   m.request_id, m.errors, m.first_queued_at
+		  FROM moved m
+		 WHERE m.stage = 'logic'
+		RETURNING 1
+	), reopened AS (
+		UPDATE courier.notices n
+		   SET status = 'pending', due_at = pg_catalog.now(), leased_by = NULL,
+			   attempts = 0, errors = m.errors
+		  FROM moved m
+		 WHERE m.stage = 'tms' AND n.order_id = m.order_id AND n.ship_date = m.ship_date
+		RETURNING 1
+	)
+	SELECT (SELECT count(*) FROM queued) + (SELECT count(*) FROM reopened) INTO n;
+	RETURN n;
+END
+$$;
+
+/* PL/pgSQL: the notice's fate is read in a fresh snapshot, after the close */
+COMMENT ON FUNCTION courier.register_invoice(bigint, text) IS
+	'Invoice registered: the order becomes invoiced and no send of its notice starts afterwards. Returns what became of its newest notice: dropped (not sent, and never will be), in_flight (a sender holds it: a request may be on the wire; notices.status tells the outcome), delivered, failed, or none.';
 
 /* ------------------------------------------------------------------------
  * Rotation
@@ -234,6 +345,22 @@ COMMENT ON FUNCTION courier.rotate_queue(interval) IS
  * ------------------------------------------------------------------------ */
 
 CREATE VIEW courier.queue_stats AS
+WITH queued(stage, backlog, due_now, in_flight, oldest_age) AS (
+	SELECT 'logic'::courier.stage, count(*),
+		   count(*) FILTER (WHERE w.not_before <= now()),
+		   count(*) FILTER (WHERE w.leased_by IS NOT NULL AND w.not_before > now()),
+		   now() - min(w.created_at)
+	  FROM courier.work_items w
+	 WHERE w.stage = 'logic'
+	UNION ALL
+	/* the tms stage's queue is its pending notices */
+	SELECT 'tms'::courier.stage, count(*),
+		   count(*) FILTER (WHERE n.due_at <= now()),
+		   count(*) FILTER (WHERE n.leased_by IS NOT NULL AND n.due_at > now()),
+		   now() - min(n.created_at)
+	  FROM courier.notices n
+	 WHERE n.status = 'pending'
+)
 SELECT s.stage,
 	   coalesce(q.backlog, 0) AS backlog,
 	   coalesce(q.due_now, 0) AS due_now,
@@ -250,15 +377,9 @@ SELECT s.stage,
 	   (SELECT count(*) FROM courier.failures f
 		 WHERE f.stage = s.stage AND f.discarded_at IS NULL) AS failures_open
   FROM unnest(enum_range(NULL::courier.stage)) AS s(stage)
-  LEFT JOIN LATERAL (
-	SELECT count(*) AS backlog,
-		   count(*) FILTER (WHERE w.not_before <= now()) AS due_now,
-		   count(*) FILTER (WHERE w.leased_by IS NOT NULL AND w.not_before > now()) AS in_flight,
-		   now() - min(w.created_at) AS oldest_age
-	  FROM courier.work_items w
-	 WHERE w.stage = s.stage) q ON true;
+  LEFT JOIN queued q ON q.stage = s.stage;
 COMMENT ON VIEW courier.queue_stats IS
-	'Per stage: items queued, due now, in flight (leased), age of the oldest, done and failed in the last hour, open failures.';
+	'Per stage: items queued (logic: work items; tms: pending notices), due now, in flight (leased), age of the oldest, done and failed in the last hour, open failures.';
 
 CREATE VIEW courier.queue_storage AS
 SELECT q.slot, q.state, q.since,

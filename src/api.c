@@ -55,6 +55,7 @@ static void report_unusable_orders(Datum ids_array, const char *action);
 static int64 find_offending_orders(Datum ids_array, const char *join_where,
 								   bool with_status, StringInfo list);
 static char *date_to_cstring(DateADT d);
+static bool schema_has_notice_queue(void);
 
 /* ----------------------------------------------------------------
  * Validation helpers shared by the app API
@@ -265,6 +266,22 @@ date_to_cstring(DateADT d)
 	return DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d)));
 }
 
+/*
+ * schema_has_notice_queue
+ *		Is the installed schema 0.3 or later (the tms queue in the notices,
+ *		the logic queue in slots)?  Between the restart that loads a new
+ *		library and ALTER EXTENSION courier UPDATE the app keeps calling
+ *		courier: its functions then write what the older schema holds.
+ */
+static bool
+schema_has_notice_queue(void)
+{
+	char	   *version = courier_installed_version();
+
+	return version != NULL && strcmp(version, "0.1") != 0 &&
+		strcmp(version, "0.2") != 0;
+}
+
 /* ----------------------------------------------------------------
  * register_orders(jsonb)
  * ----------------------------------------------------------------
@@ -455,6 +472,7 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	char	   *status;
 	char	   *fate;
+	const char *in_flight;
 	bool		dropped;
 	MemoryContext caller = CurrentMemoryContext;
 
@@ -520,20 +538,27 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(dropped);
 	}
 
+	/* a notice a sender holds; under 0.2, the tms items were work items */
+	in_flight = schema_has_notice_queue() ?
+		"SELECT 'in_flight' FROM courier.notices p"
+		" WHERE p.order_id = $1 AND p.status = 'pending'"
+		"   AND p.leased_by IS NOT NULL"
+		"   AND p.due_at > pg_catalog.statement_timestamp()" :
+		"SELECT 'in_flight' FROM courier.work_items w"
+		" WHERE w.stage = 'tms' AND w.order_id = $1"
+		"   AND w.leased_by IS NOT NULL"
+		"   AND w.not_before > pg_catalog.statement_timestamp()";
+
 	/* a fresh snapshot: also notices the logic stage committed meanwhile */
-	if (SPI_execute_with_args(
+	if (SPI_execute_with_args(psprintf(
 			"SELECT coalesce("
-			"    (SELECT 'in_flight' FROM courier.work_items w"
-			"      WHERE w.stage = 'tms' AND w.order_id = $1"
-			"        AND w.leased_by IS NOT NULL"
-			"        AND w.not_before > pg_catalog.statement_timestamp()"
-			"      LIMIT 1),"
+			"    (%s LIMIT 1),"
 			"    (SELECT CASE WHEN n.status IN ('delivered', 'dry_run') THEN 'delivered'"
 			"                 WHEN n.status = 'failed' THEN 'failed'"
 			"                 ELSE 'dropped' END"
 			"       FROM courier.notices n WHERE n.order_id = $1"
 			"      ORDER BY n.created_at DESC, n.ship_date DESC LIMIT 1),"
-			"    'none')",
+			"    'none')", in_flight),
 			1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not read the order's notice");
 	fate = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -572,6 +597,7 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	Oid			argtypes[5] = {TEXTOID, DATEOID, INT4OID, INT8ARRAYOID, NAMEOID};
 	Datum		values[5];
 	bool		isnull;
+	bool		slots;
 	int64		request_id;
 
 	for (int i = 0; i < 3; i++)
@@ -649,13 +675,16 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 
 	argtypes[0] = INT8OID;
 	values[0] = Int64GetDatum(request_id);
-	write_every_order(
-			"INSERT INTO courier.work_items (slot, stage, seller_id, order_id, request_id)"
-			"SELECT (SELECT courier.queue_slot()), 'logic', o.seller_id, o.order_id, $1"
+	/* the queue's current slot; 0.1 and 0.2 had one queue table, no slots */
+	slots = schema_has_notice_queue();
+	write_every_order(psprintf(
+			"INSERT INTO courier.work_items (%sstage, seller_id, order_id, request_id)"
+			"SELECT %s'logic', o.seller_id, o.order_id, $1"
 			"  FROM pg_catalog.unnest($4) WITH ORDINALITY AS u(id, ord)"
 			"  JOIN courier.orders o ON o.order_id = u.id"
 			" WHERE o.status IN ('paid', 'shipping_requested')"
 			" ORDER BY u.ord",
+			slots ? "slot, " : "", slots ? "(SELECT courier.queue_slot()), " : ""),
 			4, argtypes, values, SPI_OK_INSERT, arr, n, "delay");
 
 	SPI_finish();

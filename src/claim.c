@@ -12,9 +12,10 @@
  * Two ways to hold a claim:
  *	- courier_claim_due: the row locks of the calling transaction are the
  *	  claim (the logic stage does all its work in that transaction);
- *	- courier_lease_due: the claim outlives the transaction as a lease:
- *	  not_before moves to the lease's end and leased_by names the holder,
- *	  so a sender can commit, go on the network, and if it dies the items
+ *	- courier_lease_notices: the claim outlives the transaction as a
+ *	  lease: the tms stage's queue is the pending notices, whose due_at
+ *	  moves to the lease's end while leased_by names the holder, so a
+ *	  sender can commit, go on the network, and if it dies the notices
  *	  fall due again by themselves when the lease runs out.
  *
  * The caller has SPI connected and a snapshot pushed.  A per-seller
@@ -34,6 +35,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "courier.h"
 
@@ -53,7 +55,6 @@ static SPIPlanPtr claim_plans[COURIER_NUM_STAGES];
 static int64 *last_claim = NULL;
 static int	last_claim_n = 0;
 static int	last_claim_size = 0;
-static SPIPlanPtr lease_plans[COURIER_NUM_STAGES];
 
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
 
@@ -133,64 +134,61 @@ courier_last_claim(int *n)
 }
 
 /*
- * courier_lease_due
- *		Claim up to limit due items of a stage as a lease that ends after
- *		lease_ms, held by this process.  An item whose previous lease ran
- *		out is charged that lost attempt, flagged outcome-unknown.  The result (SPI_tuptable) has the
- *		columns item_id, order_id, ship_date, attempts, was_leased; was_leased
- *		is true for an item whose previous lease ran out, i.e. whose holder
- *		died with the outcome of its send unknown.
+ * courier_lease_notices
+ *		Lease up to limit due notices (the tms stage's queue is the pending
+ *		notices) until now + lease_ms, held by this process, and return what
+ *		their messages are made of.  A notice whose previous lease ran out is
+ *		charged that lost attempt, flagged outcome-unknown.
  *
- * The caller must commit before doing anything slow with the items.
+ * The result (SPI_tuptable) has the columns order_id, ship_date, attempts,
+ * was_leased, customer_phone, product_name, reason, variant, expired (older
+ * than max_age_min minutes) and open (the order is still open in this
+ * statement's snapshot, which the close ring then covers, closes.c).
+ * The caller must commit before doing anything slow with the notices.
  */
 int
-courier_lease_due(CourierStage stage, int limit, int lease_ms)
+courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 {
-	Oid			argtypes[3] = {INT4OID, INT4OID, INT4OID};
-	Datum		values[3] = {Int32GetDatum(limit), Int32GetDatum(lease_ms),
-	Int32GetDatum(MyProcPid)};
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[5] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[5] = {Int32GetDatum(limit), Int32GetDatum(lease_ms),
+		Int32GetDatum(MyProcPid), TimestampTzGetDatum(now),
+	Int32GetDatum(max_age_min)};
 
-	if (lease_plans[stage] == NULL)
-	{
-		char	   *due = psprintf(DUE_ITEMS_SQL, courier_stage_name(stage));
-
-		/*
-		 * The claim is a MATERIALIZED CTE: run once, then joined.  As a
-		 * subquery in FROM, a generic plan may put it on the inner side of
-		 * a nested loop and re-run the claim for every row of the queue.
-		 */
-		lease_plans[stage] = courier_prepare_kept(psprintf(
-			"WITH c AS MATERIALIZED (%s) "
-			"UPDATE courier.work_items w "
-			"   SET not_before = pg_catalog.statement_timestamp() + $2 * interval '1 ms', "
-			"       leased_by = $3, "
-			"       attempts = w.attempts + (c.leased_by IS NOT NULL)::int, "
-			"       errors = CASE WHEN c.leased_by IS NULL THEN w.errors ELSE w.errors || "
-			"           pg_catalog.jsonb_build_object('at', pg_catalog.clock_timestamp(), 'outcome_unknown', true, "
-			"               'error', 'the lease of sender ' || c.leased_by || ' ran out: outcome of its send unknown') END "
-			"  FROM c "
-			" WHERE w.item_id = c.item_id "
-			"RETURNING w.item_id, w.order_id, w.ship_date, w.attempts, "
-			"          c.leased_by IS NOT NULL AS was_leased", due),
-			3, argtypes);
-	}
-	execute_claim(lease_plans[stage], values, SPI_OK_UPDATE_RETURNING);
-	{
-		SPITupleTable *tuptable = SPI_tuptable;
-		uint64		processed = SPI_processed;
-		int			n;
-
-		courier_remember_claim(courier_ids_to_array(&n));
-		SPI_tuptable = tuptable;
-		SPI_processed = processed;
-	}
+	/*
+	 * The claim is a MATERIALIZED CTE: run once, then joined through the
+	 * notices' primary key.  Times come in as $4, so the statement calls
+	 * no clock of its own (the same time for the whole batch).
+	 */
+	if (plan == NULL)
+		plan = courier_prepare_kept(
+			"WITH c AS MATERIALIZED ("
+			"    SELECT n.order_id, n.ship_date, n.leased_by FROM courier.notices n"
+			"     WHERE n.status = 'pending' AND n.due_at <= $4"
+			"     ORDER BY n.due_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
+			"UPDATE courier.notices n"
+			"   SET due_at = $4 + $2 * interval '1 ms',"
+			"       leased_by = $3,"
+			"       attempts = n.attempts + (c.leased_by IS NOT NULL)::int,"
+			"       errors = CASE WHEN c.leased_by IS NULL THEN n.errors ELSE n.errors || "
+			"           pg_catalog.jsonb_build_object('at', $4, 'outcome_unknown', true,"
+			"               'error', 'the lease of sender ' || c.leased_by || ' ran out: outcome of its send unknown') END"
+			"  FROM c"
+			" WHERE n.order_id = c.order_id AND n.ship_date = c.ship_date "
+			"RETURNING n.order_id, n.ship_date, n.attempts, c.leased_by IS NOT NULL,"
+			"          n.customer_phone, n.product_name, n.reason, n.variant,"
+			"          n.created_at < $4 - $5 * interval '1 minute',"
+			"          coalesce((SELECT o.status IN ('paid', 'shipping_requested')"
+			"                      FROM courier.orders o WHERE o.order_id = n.order_id), false)",
+			5, argtypes);
+	execute_claim(plan, values, SPI_OK_UPDATE_RETURNING);
 	return (int) SPI_processed;
 }
 
 /*
  * courier_next_due_ms
- *		Milliseconds until the earliest not_before of a stage (an item in
- *		back-off, a lease running out), so an idle worker sleeps exactly
+ *		Milliseconds until the earliest not_before of a stage (due_at of a
+ *		pending notice for the tms stage: a back-off, a lease running out), so an idle worker sleeps exactly
  *		until then; courier.idle_wakeup when the queue is empty.
  */
 long
@@ -201,6 +199,10 @@ courier_next_due_ms(CourierStage stage)
 	Datum		d;
 
 	courier_execute_kept(&plans[stage],
+						 stage == COURIER_STAGE_TMS ?
+						 "SELECT pg_catalog.ceil(extract(epoch FROM"
+						 " pg_catalog.min(due_at) - pg_catalog.clock_timestamp()) * 1000)::bigint"
+						 "  FROM courier.notices WHERE status = 'pending'" :
 						 psprintf("SELECT pg_catalog.ceil(extract(epoch FROM"
 								  " pg_catalog.min(not_before) - pg_catalog.clock_timestamp()) * 1000)::bigint"
 								  "  FROM courier.work_items WHERE stage = '%s'",

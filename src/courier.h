@@ -51,6 +51,9 @@ typedef enum CourierTmsMode
 /* Most workers one stage may run; bounds courier.<stage>_max_workers. */
 #define COURIER_MAX_WORKERS_PER_STAGE 16
 
+/* The SQL version of courier this library works with. */
+#define COURIER_SCHEMA_VERSION "0.3"
+
 /* ----------
  * GUC variables (guc.c)
  * ----------
@@ -235,6 +238,7 @@ extern void courier_define_rollouts(void);
  */
 extern void courier_loop_turn(MemoryContext loop_context);
 extern void courier_pin_search_path(void);
+extern char *courier_installed_version(void);
 extern void courier_begin_transaction(void);
 extern void courier_commit_transaction(void);
 extern SPIPlanPtr courier_prepare_kept(const char *sql, int nargs,
@@ -254,7 +258,8 @@ extern Datum courier_ids_to_array(int *n);
 extern Datum courier_claim_due(CourierStage stage, int limit, int *nclaimed);
 extern Datum courier_last_claim(int *n);
 extern void courier_remember_claim(Datum ids);
-extern int	courier_lease_due(CourierStage stage, int limit, int lease_ms);
+extern int	courier_lease_notices(int limit, int lease_ms, TimestampTz now,
+								  int max_age_min);
 extern long courier_next_due_ms(CourierStage stage);
 extern void courier_charge_attempt(Datum item_ids, const char *error,
 								   const char *sqlstate, int http_status,
@@ -263,7 +268,9 @@ extern void courier_charge_attempt(Datum item_ids, const char *error,
 typedef struct CourierCharges
 {
 	int			n;
-	Datum	   *ids;
+	CourierStage stage;
+	Datum	   *ids;			/* work item ids, or notices' order ids */
+	Datum	   *dates;			/* notices' ship dates */
 	Datum	   *errors;
 	Datum	   *sqlstates;
 	bool	   *sqlstate_nulls;
@@ -273,8 +280,8 @@ typedef struct CourierCharges
 	Datum	   *unknown;
 } CourierCharges;
 
-extern void courier_charges_init(CourierCharges *c, int size);
-extern void courier_charges_add(CourierCharges *c, int64 item_id,
+extern void courier_charges_init(CourierCharges *c, int size, CourierStage stage);
+extern void courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
 								const char *error, const char *sqlstate,
 								int http_status, bool permanent, bool unknown);
 extern void courier_charge(CourierCharges *c);

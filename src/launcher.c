@@ -60,9 +60,6 @@ static void launcher_detach(int code, Datum arg);
 static void post_alerts(void);
 static void rotate_queue(void);
 
-/* The SQL version of courier this library works with. */
-#define COURIER_SCHEMA_VERSION "0.3"
-
 static TimestampTz last_no_slot_warning = 0;
 static TimestampTz last_rotation = 0;
 static bool version_warned = false;
@@ -251,11 +248,7 @@ extension_ready(void)
 	bool		ready;
 
 	courier_begin_transaction();
-	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension"
-					" WHERE extname = 'courier'", true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "courier: could not look up pg_extension");
-	if (SPI_processed > 0)
-		version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	version = courier_installed_version();
 	ready = (version != NULL && strcmp(version, COURIER_SCHEMA_VERSION) == 0);
 	if (version != NULL && !ready && !version_warned)
 	{
@@ -275,8 +268,9 @@ extension_ready(void)
 
 /*
  * due_backlog
- *		Due items of a stage, counted up to cap: enough to decide on one more
- *		worker without counting a million-row queue.
+ *		Due items of a stage (pending notices for the tms stage), counted up
+ *		to cap: enough to decide on one more worker without counting a
+ *		million-row queue.
  */
 static int
 due_backlog(CourierStage stage, int cap)
@@ -285,7 +279,11 @@ due_backlog(CourierStage stage, int cap)
 	bool		isnull;
 
 	courier_begin_transaction();
-	if (SPI_execute(psprintf("SELECT pg_catalog.count(*)::int FROM (SELECT 1 FROM courier.work_items"
+	if (SPI_execute(stage == COURIER_STAGE_TMS ?
+					psprintf("SELECT pg_catalog.count(*)::int FROM (SELECT 1 FROM courier.notices"
+							 " WHERE status = 'pending' AND due_at <= pg_catalog.now() LIMIT %d) d",
+							 cap) :
+					psprintf("SELECT pg_catalog.count(*)::int FROM (SELECT 1 FROM courier.work_items"
 							 " WHERE stage = '%s' AND not_before <= pg_catalog.now() LIMIT %d) d",
 							 courier_stage_name(stage), cap),
 					true, 0) != SPI_OK_SELECT)

@@ -2,8 +2,8 @@
  *
  * logic.c
  *		The business-logic stage: apply a batch of delay requests to their
- *		orders, keep the history, and write the notices to send (the outbox
- *		and the tms stage's queue) in the same transaction.
+ *		orders, keep the history, and write the notices to send (the outbox,
+ *		which is also the tms stage's queue) in the same transaction.
  *
  * The work is one set-based statement over the whole batch.  One bad item
  * must not sink its batch, so the statement runs in a subtransaction; when
@@ -75,18 +75,15 @@ static const char *const apply_sql =
 "              o.status IN ('paid', 'shipping_requested') AS applied"
 "), notice AS ("
 "    INSERT INTO courier.notices (order_id, ship_date, seller_id,"
-"                                 customer_phone, product_name, reason, variant)"
+"                                 customer_phone, product_name, reason, variant,"
+"                                 due_at)"
 "    SELECT ch.order_id, ch.new_ship_date, ch.seller_id, ch.customer_phone,"
 "           ch.product_name, ch.reason,"
 "           CASE WHEN courier.switch_enabled('notice_v2', ch.order_id)"
-"                THEN 'v2' ELSE 'v1' END"
+"                THEN 'v2' ELSE 'v1' END,"
+"           pg_catalog.statement_timestamp()"
 "      FROM changed ch WHERE ch.applied"
 "    ON CONFLICT (order_id, ship_date) DO NOTHING"
-"    RETURNING order_id, ship_date, seller_id"
-"), queued AS ("
-"    INSERT INTO courier.work_items (slot, stage, seller_id, order_id, ship_date)"
-"    SELECT (SELECT courier.queue_slot()), 'tms', seller_id, order_id, ship_date"
-"      FROM notice"
 "), history AS ("
 "    INSERT INTO courier.delay_history (request_id, order_id, seller_id,"
 "                                       old_ship_date, new_ship_date, outcome)"

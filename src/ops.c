@@ -44,6 +44,7 @@ courier_run_once(PG_FUNCTION_ARGS)
 	CourierStage stage;
 	const char *why;
 	int			handled;
+	char	   *version;
 	ErrorData  *batch_error = NULL;
 
 	if (PG_ARGISNULL(0))
@@ -62,6 +63,14 @@ courier_run_once(PG_FUNCTION_ARGS)
 	}
 
 	SPI_connect();
+	version = courier_installed_version();
+	if (version == NULL || strcmp(version, COURIER_SCHEMA_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("courier.run_once needs the extension at version %s, it is at %s",
+						COURIER_SCHEMA_VERSION, version ? version : "none"),
+				 errdetail("The library was updated; its stages work on the schema of its own version."),
+				 errhint("Run ALTER EXTENSION courier UPDATE.")));
 	if (stage == COURIER_STAGE_LOGIC)
 		handled = courier_logic_run_batch(&batch_error);
 	else

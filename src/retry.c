@@ -23,6 +23,7 @@
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "courier.h"
 
@@ -47,17 +48,12 @@ static const char *const charge_sql =
 "              r.http_status AS last_http_status"
 "), failed AS ("
 "    INSERT INTO courier.failures (item_id, stage, seller_id, order_id,"
-"        request_id, ship_date, attempts, last_error, last_sqlstate,"
+"        request_id, attempts, last_error, last_sqlstate,"
 "        last_http_status, errors, first_queued_at)"
 "    SELECT m.item_id, m.stage, m.seller_id, m.order_id, m.request_id,"
-"           m.ship_date, m.attempts + 1, m.last_error, m.last_sqlstate,"
+"           m.attempts + 1, m.last_error, m.last_sqlstate,"
 "           m.last_http_status, m.errors || m.e, m.created_at"
 "      FROM moved m"
-"    RETURNING stage, order_id, ship_date"
-"), failed_notices AS ("
-"    UPDATE courier.notices n SET status = 'failed'"
-"      FROM failed f"
-"     WHERE f.stage = 'tms' AND n.order_id = f.order_id AND n.ship_date = f.ship_date"
 ") "
 "UPDATE courier.work_items w"
 "   SET attempts = w.attempts + 1,"
@@ -67,7 +63,45 @@ static const char *const charge_sql =
 "  FROM r"
 " WHERE w.item_id = r.item_id AND NOT (w.attempts + 1 >= $7 OR r.permanent)";
 
+/*
+ * The same for the tms stage, whose queue entries are the pending notices
+ * themselves (keys order_id, ship_date): a notice either falls due again
+ * after its back-off or fails, and its failure row names it.  $8 is the
+ * time of the charge.
+ */
+static const char *const charge_notices_sql =
+"WITH r AS ("
+"    SELECT u.*, pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
+"               'at', $8, 'error', u.error, 'sqlstate', u.sqlstate,"
+"               'http_status', u.http_status,"
+"               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
+"      FROM unnest($1::bigint[], $2::date[], $3::text[], $4::text[], $5::int[],"
+"                  $6::bool[], $7::bool[])"
+"           AS u(order_id, ship_date, error, sqlstate, http_status, permanent,"
+"                unknown)"
+"), charged AS ("
+"    UPDATE courier.notices n"
+"       SET attempts = n.attempts + 1,"
+"           status = CASE WHEN n.attempts + 1 >= $9 OR r.permanent"
+"                         THEN 'failed' ELSE 'pending' END,"
+"           due_at = CASE WHEN n.attempts + 1 >= $9 OR r.permanent THEN NULL"
+"                         ELSE $8 + courier.backoff_delay(n.attempts + 1) END,"
+"           leased_by = NULL,"
+"           errors = n.errors || r.e"
+"      FROM r"
+"     WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
+"       AND n.status = 'pending'"
+"    RETURNING n.seller_id, n.order_id, n.ship_date, n.attempts, n.errors,"
+"              n.created_at, n.status, r.error, r.sqlstate, r.http_status"
+") "
+"INSERT INTO courier.failures (stage, seller_id, order_id, ship_date, attempts,"
+"    last_error, last_sqlstate, last_http_status, errors, first_queued_at)"
+"SELECT 'tms', c.seller_id, c.order_id, c.ship_date, c.attempts, c.error,"
+"       c.sqlstate, c.http_status, c.errors, c.created_at"
+"  FROM charged c WHERE c.status = 'failed'";
+
 static SPIPlanPtr charge_plan = NULL;
+static SPIPlanPtr charge_notices_plan = NULL;
 
 /*
  * courier_backoff_ms
@@ -105,15 +139,18 @@ courier_error_is_transient(int sqlerrcode)
 
 /*
  * courier_charges_init
- *		Start a list of failed attempts to charge, for up to size items, in
+ *		Start a list of failed attempts to charge, for up to size items of a
+ *		stage (work items of the logic stage, notices of the tms stage), in
  *		the current memory context.
  */
 void
-courier_charges_init(CourierCharges *c, int size)
+courier_charges_init(CourierCharges *c, int size, CourierStage stage)
 {
 	size = Max(size, 1);
 	c->n = 0;
+	c->stage = stage;
 	c->ids = palloc(sizeof(Datum) * size);
+	c->dates = palloc(sizeof(Datum) * size);
 	c->errors = palloc(sizeof(Datum) * size);
 	c->sqlstates = palloc(sizeof(Datum) * size);
 	c->sqlstate_nulls = palloc(sizeof(bool) * size);
@@ -125,19 +162,21 @@ courier_charges_init(CourierCharges *c, int size)
 
 /*
  * courier_charges_add
- *		One failed attempt of an item: why (error; sqlstate and http_status
+ *		One failed attempt of an item (a work item's id, or a notice's
+ *		order_id and ship_date): why (error; sqlstate and http_status
  *		when there are some, NULL and 0 otherwise), whether it is permanent
  *		(straight to failures) and whether the outcome of a send is unknown
  *		(flagged in the history).
  */
 void
-courier_charges_add(CourierCharges *c, int64 item_id, const char *error,
-					const char *sqlstate, int http_status, bool permanent,
-					bool unknown)
+courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
+					const char *error, const char *sqlstate, int http_status,
+					bool permanent, bool unknown)
 {
 	int			i = c->n++;
 
-	c->ids[i] = Int64GetDatum(item_id);
+	c->ids[i] = Int64GetDatum(id);
+	c->dates[i] = DateADTGetDatum(ship_date);
 	c->errors[i] = CStringGetTextDatum(error ? error : "unknown error");
 	c->sqlstate_nulls[i] = (sqlstate == NULL);
 	c->sqlstates[i] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
@@ -160,27 +199,63 @@ courier_charges_add(CourierCharges *c, int64 item_id, const char *error,
 void
 courier_charge(CourierCharges *c)
 {
-	Oid			argtypes[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT4OID};
-	Datum		values[7];
+	Oid			argtypes[9] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT4OID, TIMESTAMPTZOID,
+	INT4OID};
+	Datum		values[9];
 	int			dims[1] = {c->n};
 	int			lbs[1] = {1};
+	Datum		errors,
+				sqlstates,
+				http,
+				permanent,
+				unknown;
 
 	if (c->n == 0)
 		return;
-	values[0] = courier_int8_array(c->ids, c->n);
-	values[1] = PointerGetDatum(construct_array(c->errors, c->n, TEXTOID, -1,
-												false, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_md_array(c->sqlstates, c->sqlstate_nulls,
+	errors = PointerGetDatum(construct_array(c->errors, c->n, TEXTOID, -1,
+											 false, TYPALIGN_INT));
+	sqlstates = PointerGetDatum(construct_md_array(c->sqlstates, c->sqlstate_nulls,
 												   1, dims, lbs, TEXTOID, -1,
 												   false, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_md_array(c->http, c->http_nulls, 1,
-												   dims, lbs, INT4OID, 4, true,
-												   TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(c->permanent, c->n, BOOLOID, 1,
+	http = PointerGetDatum(construct_md_array(c->http, c->http_nulls, 1,
+											  dims, lbs, INT4OID, 4, true,
+											  TYPALIGN_INT));
+	permanent = PointerGetDatum(construct_array(c->permanent, c->n, BOOLOID, 1,
 												true, TYPALIGN_CHAR));
-	values[5] = PointerGetDatum(construct_array(c->unknown, c->n, BOOLOID, 1,
-												true, TYPALIGN_CHAR));
+	unknown = PointerGetDatum(construct_array(c->unknown, c->n, BOOLOID, 1,
+											  true, TYPALIGN_CHAR));
+
+	if (c->stage == COURIER_STAGE_TMS)
+	{
+		/* $1 order ids, $2 dates, $3 errors, ..., $8 now, $9 max attempts */
+		argtypes[1] = DATEARRAYOID;
+		argtypes[2] = TEXTARRAYOID;
+		argtypes[3] = TEXTARRAYOID;
+		argtypes[4] = INT4ARRAYOID;
+		argtypes[5] = BOOLARRAYOID;
+		argtypes[6] = BOOLARRAYOID;
+		values[0] = courier_int8_array(c->ids, c->n);
+		values[1] = PointerGetDatum(construct_array(c->dates, c->n, DATEOID, 4,
+													true, TYPALIGN_INT));
+		values[2] = errors;
+		values[3] = sqlstates;
+		values[4] = http;
+		values[5] = permanent;
+		values[6] = unknown;
+		values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
+		values[8] = Int32GetDatum(courier_max_attempts);
+		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 9,
+							 argtypes, values, NULL, SPI_OK_INSERT);
+		return;
+	}
+
+	values[0] = courier_int8_array(c->ids, c->n);
+	values[1] = errors;
+	values[2] = sqlstates;
+	values[3] = http;
+	values[4] = permanent;
+	values[5] = unknown;
 	values[6] = Int32GetDatum(courier_max_attempts);
 	courier_execute_kept(&charge_plan, charge_sql, 7, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
@@ -200,9 +275,9 @@ courier_charge_attempt(Datum item_ids, const char *error, const char *sqlstate,
 	int64	   *ids = (int64 *) ARR_DATA_PTR(arr);
 	CourierCharges charges;
 
-	courier_charges_init(&charges, n);
+	courier_charges_init(&charges, n, COURIER_STAGE_LOGIC);
 	for (int i = 0; i < n; i++)
-		courier_charges_add(&charges, ids[i], error, sqlstate, http_status,
+		courier_charges_add(&charges, ids[i], 0, error, sqlstate, http_status,
 							permanent, false);
 	courier_charge(&charges);
 }

@@ -83,7 +83,6 @@ typedef struct OrderEntry
 typedef struct TmsBatch
 {
 	int			n;
-	int64	   *item_ids;
 	int64	   *order_ids;
 	DateADT    *ship_dates;
 	int		   *attempts;
@@ -100,12 +99,12 @@ static volatile sig_atomic_t *stop_flag = NULL;
 static TimestampTz lease_started = 0;
 static int	lease_ms = 0;
 static TmsBatch *sending_batch = NULL;	/* the batch courier_dispatch sends */
-static SPIPlanPtr render_plan = NULL;
 static SPIPlanPtr lock_orders_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
 static void tms_begin_batch(volatile sig_atomic_t *stop);
 static void tms_lease(TmsBatch *b, bool lock_orders);
+static void lock_leased_orders(TmsBatch *b);
 static void index_orders(TmsBatch *b);
 static bool admit_requests(void);
 static void drop_closed_order(int64 order_id, void *arg);
@@ -123,66 +122,44 @@ static const CourierDispatchHooks hooks = {
 };
 
 /*
- * The notices of the leased items with what their messages are made of,
- * and whether their order is still open (in this statement's snapshot,
- * which is newer than the lease's).  The text is rendered in C, in one
- * pass over the template (courier_render_notice, render.c).
- */
-static const char *const render_sql =
-"SELECT w.item_id, n.customer_phone, n.order_id, n.ship_date,"
-"       n.product_name, n.reason, n.variant,"
-"       n.created_at < $2 - $3 * interval '1 minute' AS expired,"
-"       w.attempts,"
-"       coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open"
-"  FROM pg_catalog.unnest($1::bigint[]) WITH ORDINALITY AS c(item_id, ord)"
-"  JOIN courier.work_items w ON w.item_id = c.item_id"
-"  JOIN courier.notices n ON n.order_id = w.order_id AND n.ship_date = w.ship_date"
-"  LEFT JOIN courier.orders o ON o.order_id = n.order_id"
-" ORDER BY c.ord";
-
-/*
- * What happened to each message, written back in one statement:
- *	delivered, dry_run	the item leaves the queue (whoever holds it now: a
- *						delivery is a fact) and the notice is logged
- *	closed				the order closed before the send: the item leaves
- *						the queue and the notice is dropped, if this sender
- *						still holds it
- *	release				the item falls due after release_ms, if this sender
- *						still holds it
- * ($8 is this sender's pid, $12 the time of recording.)  Charged items go
+ * What happened to each message, written back to its notice in one
+ * statement:
+ *	delivered, dry_run	the notice is logged as sent (provider id, HTTP
+ *						status, latency, channel, attempts), whoever holds
+ *						it now: a delivery is a fact
+ *	closed				the order closed before the send: the notice is
+ *						dropped, if this sender still holds it
+ *	release				the notice falls due after release_ms, if this
+ *						sender still holds it
+ * ($9 is this sender's pid, $10 the time of recording.)  Charged notices go
  * through courier_charge (retry.c).
  */
 static const char *const record_sql =
 "WITH r AS ("
-"    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[],"
-"                         $5::text[], $6::float8[], $7::int[], $9::bigint[],"
-"                         $10::date[], $11::int[])"
-"           AS r(item_id, status, http_status, provider_id, channel, latency_ms,"
-"                release_ms, order_id, ship_date, attempts)"
-"), gone AS ("
-"    DELETE FROM courier.work_items w USING r"
-"     WHERE w.item_id = r.item_id"
-"       AND (r.status IN ('delivered', 'dry_run')"
-"            OR (r.status = 'closed' AND w.leased_by = $8))"
-"    RETURNING w.order_id, w.ship_date, r.status = 'closed' AS closed"
-"), logged AS ("
-"    UPDATE courier.notices n"
-"       SET status = r.status, sent_at = $12,"
-"           http_status = r.http_status, provider_id = nullif(r.provider_id, ''),"
-"           channel = r.channel, latency_ms = r.latency_ms, attempts = r.attempts + 1"
-"      FROM r"
-"     WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
-"       AND r.status IN ('delivered', 'dry_run')"
-"), dropped AS ("
-"    UPDATE courier.notices n SET status = 'dropped'"
-"      FROM gone g"
-"     WHERE n.order_id = g.order_id AND n.ship_date = g.ship_date AND g.closed"
+"    SELECT * FROM unnest($1::bigint[], $2::date[], $3::text[], $4::int[],"
+"                         $5::text[], $6::text[], $7::float8[], $8::int[])"
+"           AS r(order_id, ship_date, status, http_status, provider_id, channel,"
+"                latency_ms, release_ms)"
 ") "
-"UPDATE courier.work_items w"
-"   SET not_before = $12 + r.release_ms * interval '1 ms',"
+"UPDATE courier.notices n"
+"   SET status = CASE r.status WHEN 'closed' THEN 'dropped'"
+"                              WHEN 'release' THEN n.status ELSE r.status END,"
+"       sent_at = CASE WHEN r.status IN ('delivered', 'dry_run') THEN $10 ELSE n.sent_at END,"
+"       http_status = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.http_status"
+"                          ELSE n.http_status END,"
+"       provider_id = CASE WHEN r.status IN ('delivered', 'dry_run')"
+"                          THEN nullif(r.provider_id, '') ELSE n.provider_id END,"
+"       channel = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.channel"
+"                      ELSE n.channel END,"
+"       latency_ms = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.latency_ms"
+"                         ELSE n.latency_ms END,"
+"       attempts = n.attempts + (r.status IN ('delivered', 'dry_run'))::int,"
+"       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms' END,"
 "       leased_by = NULL"
 "  FROM r"
-" WHERE w.item_id = r.item_id AND r.status = 'release' AND w.leased_by = $8";
+" WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
+"   AND (r.status IN ('delivered', 'dry_run')"
+"        OR (n.status = 'pending' AND n.leased_by = $9))";
 
 /*
  * courier_tms_worker_batch
@@ -334,20 +311,18 @@ drop_closed_order(int64 order_id, void *arg)
  *		EUC-KR cannot carry, is rejected without being sent.  A message
  *		whose order is closed is not sent (VERDICT_CLOSED).
  *
- * The position in the close ring is taken before the render statement's
- * snapshot, so every close that snapshot misses is read from the ring
- * before a request starts.  With lock_orders (run_once), the orders are
- * locked FOR SHARE before the render instead: a close then waits for the
- * caller's transaction.
+ * The lease statement also reads what the messages are made of and
+ * whether each order is still open.  The position in the close ring is
+ * taken before that statement's snapshot, so every close the snapshot
+ * misses is read from the ring before a request starts.  With lock_orders
+ * (run_once), the orders are also locked FOR SHARE: a close then waits
+ * for the caller's transaction.
  */
 static void
 tms_lease(TmsBatch *b, bool lock_orders)
 {
-	int			n;
-	Datum		ids;
-	Oid			argtypes[3] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4OID};
-	Datum		values[3];
 	MemoryContext old;
+	SPITupleTable *leased;
 
 	memset(b, 0, sizeof(TmsBatch));
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
@@ -359,66 +334,49 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	 * Enough for every request slot to be busy: with bulk sends a batch of
 	 * courier.batch_size notices would fill only a few requests.
 	 */
-	n = courier_lease_due(COURIER_STAGE_TMS,
-						  Max(courier_batch_size,
-							  Min(courier_tms_bulk_size * courier_tms_concurrency,
-								  TMS_MAX_LEASE)),
-						  lease_ms);
-	if (n == 0)
+	if (courier_lease_notices(Max(courier_batch_size,
+								  Min(courier_tms_bulk_size * courier_tms_concurrency,
+									  TMS_MAX_LEASE)),
+							  lease_ms, lease_started,
+							  courier_tms_max_notice_age_min) == 0)
 		return;
-	ids = courier_ids_to_array(&n);
-
-	if (lock_orders)
-		courier_execute_kept(&lock_orders_plan,
-							 "SELECT 1 FROM courier.orders o"
-							 "  JOIN courier.work_items w ON w.order_id = o.order_id"
-							 " WHERE w.item_id = ANY ($1)"
-							 " ORDER BY o.order_id FOR SHARE OF o",
-							 1, argtypes, &ids, NULL, SPI_OK_SELECT);
-
-	values[0] = ids;
-	values[1] = TimestampTzGetDatum(lease_started);
-	values[2] = Int32GetDatum(courier_tms_max_notice_age_min);
-	courier_execute_kept(&render_plan, render_sql, 3, argtypes, values, NULL,
-						 SPI_OK_SELECT);
+	leased = SPI_tuptable;
 
 	old = MemoryContextSwitchTo(batch_context);
 	b->n = (int) SPI_processed;
-	b->item_ids = palloc(sizeof(int64) * Max(b->n, 1));
-	b->order_ids = palloc(sizeof(int64) * Max(b->n, 1));
-	b->ship_dates = palloc(sizeof(DateADT) * Max(b->n, 1));
-	b->attempts = palloc(sizeof(int) * Max(b->n, 1));
-	b->verdict = palloc0(sizeof(Verdict) * Max(b->n, 1));
-	b->msgs = palloc0(sizeof(CourierMessage) * Max(b->n, 1));
+	b->order_ids = palloc(sizeof(int64) * b->n);
+	b->ship_dates = palloc(sizeof(DateADT) * b->n);
+	b->attempts = palloc(sizeof(int) * b->n);
+	b->verdict = palloc0(sizeof(Verdict) * b->n);
+	b->msgs = palloc0(sizeof(CourierMessage) * b->n);
 	for (int i = 0; i < b->n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		HeapTuple	tup = leased->vals[i];
+		TupleDesc	desc = leased->tupdesc;
 		bool		isnull;
 		CourierMessage *m = &b->msgs[i];
-		char	   *variant = SPI_getvalue(tup, desc, 7);
+		char	   *variant = SPI_getvalue(tup, desc, 8);
 		int			year,
 					month,
 					day;
 		int			bytes;
 
-		b->item_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		b->order_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		b->ship_dates[i] = DatumGetDateADT(SPI_getbinval(tup, desc, 4, &isnull));
-		b->attempts[i] = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+		b->order_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		b->ship_dates[i] = DatumGetDateADT(SPI_getbinval(tup, desc, 2, &isnull));
+		b->attempts[i] = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 		j2date(b->ship_dates[i] + POSTGRES_EPOCH_JDATE, &year, &month, &day);
-		m->to = SPI_getvalue(tup, desc, 2);
+		m->to = SPI_getvalue(tup, desc, 5);
 		m->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", b->order_ids[i],
 						  year, month, day);
 		m->text = courier_render_notice(strcmp(variant, "v2") == 0 ?
-							  courier_notice_template_v2 : courier_notice_template,
-							  b->order_ids[i], b->ship_dates[i],
-							  SPI_getvalue(tup, desc, 5),
-							  SPI_getvalue(tup, desc, 6));
+										courier_notice_template_v2 : courier_notice_template,
+										b->order_ids[i], b->ship_dates[i],
+										SPI_getvalue(tup, desc, 6),
+										SPI_getvalue(tup, desc, 7));
 		bytes = courier_euckr_length(m->text);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)))
 			b->verdict[i] = VERDICT_CLOSED;
-		else if (DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull)))
+		else if (DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull)))
 			b->verdict[i] = VERDICT_EXPIRED;
 		else if (b->attempts[i] >= courier_max_attempts)
 			b->verdict[i] = VERDICT_EXHAUSTED;
@@ -431,6 +389,47 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	}
 	index_orders(b);
 	MemoryContextSwitchTo(old);
+
+	if (lock_orders)
+		lock_leased_orders(b);
+}
+
+/*
+ * lock_leased_orders
+ *		run_once: lock the batch's orders FOR SHARE until the caller's
+ *		transaction ends, so a close waits for the send; an order that
+ *		closed between the lease and the lock (FOR SHARE reads its newest
+ *		version) is not sent.
+ */
+static void
+lock_leased_orders(TmsBatch *b)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum	   *ids = palloc(sizeof(Datum) * b->n);
+	Datum		values[1];
+
+	for (int i = 0; i < b->n; i++)
+		ids[i] = Int64GetDatum(b->order_ids[i]);
+	values[0] = courier_int8_array(ids, b->n);
+	courier_execute_kept(&lock_orders_plan,
+						 "SELECT o.order_id, o.status IN ('paid', 'shipping_requested')"
+						 "  FROM courier.orders o"
+						 " WHERE o.order_id = ANY ($1)"
+						 " ORDER BY o.order_id FOR SHARE OF o",
+						 1, argtypes, values, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		bool		isnull;
+		int64		order_id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+														   1, &isnull));
+		OrderEntry *e = hash_search(b->orders, &order_id, HASH_FIND, NULL);
+
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)))
+			continue;
+		for (int i = e ? e->first : -1; i >= 0; i = b->next_of_order[i])
+			b->verdict[i] = VERDICT_CLOSED;
+	}
 }
 
 /*
@@ -570,26 +569,25 @@ static void
 tms_record(TmsBatch *b)
 {
 	int			n = b->n;
-	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *orders = palloc(sizeof(Datum) * n);
+	Datum	   *dates = palloc(sizeof(Datum) * n);
 	Datum	   *status = palloc(sizeof(Datum) * n);
 	Datum	   *http = palloc(sizeof(Datum) * n);
 	Datum	   *pid = palloc(sizeof(Datum) * n);
 	Datum	   *channel = palloc(sizeof(Datum) * n);
 	Datum	   *latency = palloc(sizeof(Datum) * n);
 	Datum	   *release = palloc(sizeof(Datum) * n);
-	Datum	   *orders = palloc(sizeof(Datum) * n);
-	Datum	   *dates = palloc(sizeof(Datum) * n);
-	Datum	   *attempts = palloc(sizeof(Datum) * n);
 	CourierCharges charges;
 	int			delivered = 0;
 	bool		unauthorized = false;
-	Oid			argtypes[12] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID, INT4OID,
-	INT8ARRAYOID, DATEARRAYOID, INT4ARRAYOID, TIMESTAMPTZOID};
-	Datum		values[12];
+	TimestampTz now = GetCurrentTimestamp();
+	Oid			argtypes[10] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID,
+	INT4OID, TIMESTAMPTZOID};
+	Datum		values[10];
 	CourierStageState *st;
 
-	courier_charges_init(&charges, n);
+	courier_charges_init(&charges, n, COURIER_STAGE_TMS);
 	for (int i = 0; i < n; i++)
 	{
 		CourierMessage *m = &b->msgs[i];
@@ -652,38 +650,34 @@ tms_record(TmsBatch *b)
 				break;
 		}
 
-		ids[i] = Int64GetDatum(b->item_ids[i]);
+		orders[i] = Int64GetDatum(b->order_ids[i]);
+		dates[i] = DateADTGetDatum(b->ship_dates[i]);
 		status[i] = CStringGetTextDatum(s);
 		http[i] = Int32GetDatum(m->http_status);
 		pid[i] = CStringGetTextDatum(m->provider_id);
 		channel[i] = CStringGetTextDatum(m->channel);
 		latency[i] = Float8GetDatum(m->latency_ms);
 		release[i] = Int32GetDatum(release_ms);
-		orders[i] = Int64GetDatum(b->order_ids[i]);
-		dates[i] = DateADTGetDatum(b->ship_dates[i]);
-		attempts[i] = Int32GetDatum(b->attempts[i]);
 		if (strcmp(s, "charge") == 0)
 		{
-			courier_charges_add(&charges, b->item_ids[i], error,
+			courier_charges_add(&charges, b->order_ids[i], b->ship_dates[i], error,
 								(b->verdict[i] != VERDICT_SEND || m->code[0] == '\0') ?
 								NULL : psprintf("tms:%s", m->code),
 								m->http_status, permanent, m->unknown);
 		}
 	}
 
-	values[0] = courier_int8_array(ids, n);
-	values[1] = PointerGetDatum(construct_array(status, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(http, n, INT4OID, 4, true, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_array(pid, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(channel, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[5] = PointerGetDatum(construct_array(latency, n, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[6] = PointerGetDatum(construct_array(release, n, INT4OID, 4, true, TYPALIGN_INT));
-	values[7] = Int32GetDatum(MyProcPid);
-	values[8] = courier_int8_array(orders, n);
-	values[9] = PointerGetDatum(construct_array(dates, n, DATEOID, 4, true, TYPALIGN_INT));
-	values[10] = PointerGetDatum(construct_array(attempts, n, INT4OID, 4, true, TYPALIGN_INT));
-	values[11] = TimestampTzGetDatum(GetCurrentTimestamp());
-	courier_execute_kept(&record_plan, record_sql, 12, argtypes, values, NULL,
+	values[0] = courier_int8_array(orders, n);
+	values[1] = PointerGetDatum(construct_array(dates, n, DATEOID, 4, true, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(status, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(http, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(pid, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[5] = PointerGetDatum(construct_array(channel, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[6] = PointerGetDatum(construct_array(latency, n, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[7] = PointerGetDatum(construct_array(release, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[8] = Int32GetDatum(MyProcPid);
+	values[9] = TimestampTzGetDatum(now);
+	courier_execute_kept(&record_plan, record_sql, 10, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
 	courier_charge(&charges);

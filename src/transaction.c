@@ -220,3 +220,23 @@ courier_ids_to_array(int *n)
 	return courier_int8_array(ids, (int) nrows);
 }
 
+
+/*
+ * courier_installed_version
+ *		The version of the courier extension installed in this database
+ *		(pg_extension.extversion), or NULL before CREATE EXTENSION; in the
+ *		current memory context.  SPI connected.  A library newer than the
+ *		installed schema must not run its statements on it: the launcher
+ *		starts no worker, run_once refuses, the app API writes what the
+ *		older schema holds.
+ */
+char *
+courier_installed_version(void)
+{
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension"
+					" WHERE extname = 'courier'", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not look up pg_extension");
+	if (SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}

@@ -361,6 +361,14 @@ charge_lost_batch(ErrorData *edata)
 	int			n;
 	Datum		ids;
 
+	if (my_stage == COURIER_STAGE_TMS)
+	{
+		/* leased notices charge themselves when their lease runs out */
+		ereport(LOG,
+				(errmsg("courier tms worker: batch failed: %s", edata->message),
+				 errdetail("The notices it leased fall due again when the lease runs out, charged an attempt with the outcome unknown; the worker backs off before its next batch.")));
+		return;
+	}
 	ids = courier_last_claim(&n);
 	ereport(LOG,
 			(errmsg("courier %s worker: batch of %d items failed: %s",

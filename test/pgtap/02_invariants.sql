@@ -53,9 +53,9 @@ SELECT is((SELECT count(*) FROM courier.notices),
           (SELECT count(DISTINCT (order_id, new_ship_date)) FROM courier.delay_history WHERE outcome = 'delayed'),
           'one notice per order and distinct new date');
 SELECT is((SELECT count(*) FROM courier.notices n
-            WHERE NOT EXISTS (SELECT 1 FROM courier.work_items w
-                               WHERE w.stage = 'tms' AND w.order_id = n.order_id AND w.ship_date = n.ship_date)),
-          0::bigint, 'every pending notice is queued for the tms stage');
+            WHERE NOT (n.status = 'pending' AND n.due_at <= clock_timestamp() AND n.leased_by IS NULL
+                       AND n.attempts = 0)),
+          0::bigint, 'every notice is queued for the tms stage: pending, due, unleased, untried');
 SELECT ok((SELECT bool_and(jsonb_array_length(errors) = attempts) FROM courier.failures),
           'each failure keeps one history entry per attempt');
 

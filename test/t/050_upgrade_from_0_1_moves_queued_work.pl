@@ -1,19 +1,20 @@
 
-# 050_upgrade_0_1_to_0_2_moves_queued_work.pl
-#	Upgrading a database from courier 0.1 to 0.2 keeps and finishes the
-#	work queued under 0.1.
+# 050_upgrade_from_0_1_moves_queued_work.pl
+#	Upgrading a database from courier 0.1 to the current version (through
+#	every upgrade script: 0.1 -> 0.2 -> 0.3) keeps and finishes the work
+#	queued under 0.1.
 #
-#	The 0.2 library is loaded over an extension created at VERSION '0.1':
+#	The current library is loaded over an extension created at VERSION '0.1':
 #	the launcher warns (once) that the extension is at 0.1 and starts no
-#	worker, so work queued meanwhile stays queued.  Under 0.1, as the
-#	superuser: request 1 (orders 1-40) is applied in part by
-#	courier.run_once('logic') (one batch of 20), which writes 19 pending
-#	notices and their tms items and moves order 7 to courier.failures (a
-#	shop trigger refuses to change it; courier.max_attempts = 1 in that
-#	session); request 2 (orders 41-80) is queued whole; the app invoices
-#	order 3, whose notice is pending.
+#	worker, so work queued meanwhile stays queued; run_once refuses (the
+#	library's stages work on its own schema only), while the app API keeps
+#	working.  Under 0.1: request 1 (orders 1-40) was applied in part by
+#	0.1's logic stage, one batch of 20, which wrote 19 pending notices and
+#	their tms items and moved order 7 to courier.failures (written here in
+#	0.1's tables as 0.1 wrote them); request 2 (orders 41-80) is queued
+#	whole; the app invoices order 3, whose notice is pending.
 #
-#	Then ALTER EXTENSION courier UPDATE: the extension is at 0.2, the
+#	Then ALTER EXTENSION courier UPDATE: the extension is at 0.3, the
 #	workers start and drain everything.  Every queued logic item is
 #	applied once; every notice (39 + 40) is delivered exactly once at the
 #	provider, except order 3's, which is dropped unsent (its close
@@ -51,33 +52,47 @@ is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'")
 	'0.1', 'the extension is created at version 0.1');
 ok( poll_log(
 		$node,
-		qr/courier launcher: extension courier is at version 0\.1, the library needs 0\.2; no worker is started/,
+		qr/courier launcher: extension courier is at version 0\.1, the library needs 0\.3; no worker is started/,
 		$offset, 30),
 	'the launcher warns that the extension is at 0.1 and starts no worker');
 
-# A shop's own rule that makes one order's delay fail in the logic stage.
-query($node, q{
-CREATE FUNCTION public.shop_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-	IF NEW.order_id = 7 THEN
-		RAISE EXCEPTION 'order 7 is held by the warehouse'
-			USING ERRCODE = 'check_violation';
-	END IF;
-	RETURN NEW;
-END $$;
-CREATE TRIGGER shop_guard BEFORE UPDATE ON courier.orders
-	FOR EACH ROW EXECUTE FUNCTION public.shop_guard();
-});
-
 is(register_tms_orders($node, 1, 80), 80, 'register_orders registers 80 orders under 0.1');
 my $req1 = delay_tms($node, 1, 40, 10);
-is(query($node, q{
-	SET courier.batch_size = 20;
-	SET courier.max_attempts = 1;
-	SELECT courier.run_once('logic');}),
-	'20', 'under 0.1, run_once(logic) handles one batch of 20 items of request 1');
+
+# The library's stages work on its own schema only: run_once says so.
+my ($rc, $out, $err) = $node->psql('postgres', "SELECT courier.run_once('logic')");
+like($err, qr/courier\.run_once needs the extension at version 0\.3, it is at 0\.1.*HINT:  Run ALTER EXTENSION courier UPDATE/s,
+	'under 0.1, run_once refuses: the library needs the schema of its own version');
+
+# What 0.1's logic stage wrote for one batch of 20 items of request 1, in
+# 0.1's tables: orders 1-20 but 7 delayed, with history, a pending notice
+# and its tms item each; order 7 in courier.failures (a shop trigger had
+# refused to change it; courier.max_attempts was 1).
+query($node, qq{
+	UPDATE courier.orders SET promised_ship_date = current_date + 10, delay_reason = 'rain'
+	 WHERE order_id BETWEEN 1 AND 20 AND order_id <> 7;
+	INSERT INTO courier.delay_history (request_id, order_id, seller_id, old_ship_date,
+									   new_ship_date, outcome)
+	SELECT $req1, order_id, seller_id, current_date + 3, current_date + 10, 'delayed'
+	  FROM courier.orders WHERE order_id BETWEEN 1 AND 20 AND order_id <> 7;
+	INSERT INTO courier.notices (order_id, ship_date, seller_id, customer_phone,
+								 product_name, reason)
+	SELECT order_id, current_date + 10, seller_id, customer_phone, product_name, 'rain'
+	  FROM courier.orders WHERE order_id BETWEEN 1 AND 20 AND order_id <> 7;
+	INSERT INTO courier.work_items (stage, seller_id, order_id, ship_date)
+	SELECT 'tms', seller_id, order_id, ship_date FROM courier.notices;
+	INSERT INTO courier.failures (item_id, stage, seller_id, order_id, request_id,
+								  attempts, last_error, last_sqlstate, errors,
+								  first_queued_at)
+	SELECT w.item_id, 'logic', w.seller_id, w.order_id, w.request_id, 1,
+		   'order 7 is held by the warehouse', '23514',
+		   '[{"at": "2026-01-01T00:00:00Z", "error": "order 7 is held by the warehouse", "sqlstate": "23514"}]',
+		   w.created_at
+	  FROM courier.work_items w WHERE w.stage = 'logic' AND w.order_id = 7;
+	DELETE FROM courier.work_items
+	 WHERE stage = 'logic' AND request_id = $req1 AND order_id BETWEEN 1 AND 20;
+});
 my $req2 = delay_tms($node, 41, 80, 11);
-query($node, 'DROP TRIGGER shop_guard ON courier.orders');
 
 my $failure = query($node, q{
 	SELECT failure_id || '|' || stage || '|' || order_id || '|' || request_id
@@ -98,7 +113,7 @@ is(query($node, "SELECT * FROM courier.request_status($req2)"), '40|0|0|40',
 	'under 0.1, request 2: 40 total, all pending');
 
 # The app invoices order 3, whose notice is pending, before the upgrade.
-# Through 0.1's declaration the 0.2 library answers as 0.1 did (a boolean:
+# Through 0.1's declaration the current library answers as 0.1 did (a boolean:
 # was a notice dropped) and drops the notice as 0.1 did (0.1 has no trigger).
 is(query($node, "SELECT courier.register_invoice(3, 'INV-3')"), 't',
 	'under 0.1, register_invoice answers as 0.1 did: true, a notice was dropped');
@@ -118,12 +133,12 @@ ok( stays_true(
 	'under 0.1 no courier worker starts and the queued work stays queued');
 is(mock_stats($mock)->{messages_received}, 0, 'under 0.1 nothing was sent');
 my @warnings = slurp_file($node->logfile, $offset)
-  =~ /extension courier is at version 0\.1, the library needs 0\.2/g;
+  =~ /extension courier is at version 0\.1, the library needs 0\.3/g;
 is(scalar(@warnings), 1, 'the launcher gave its warning once, not on every look');
 
 query($node, 'ALTER EXTENSION courier UPDATE');
 is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
-	'0.2', 'ALTER EXTENSION courier UPDATE brings the extension to 0.2');
+	'0.3', 'ALTER EXTENSION courier UPDATE brings the extension to 0.3');
 ok( poll_until(
 		$node,
 		"SELECT count(*) FILTER (WHERE backend_type = 'courier logic worker') > 0"
