@@ -71,6 +71,7 @@ mock_start
 
 Q postgres "CREATE DATABASE $DB" >/dev/null
 Q $DB "CREATE EXTENSION courier" >/dev/null
+tms_queue_detect
 machine_line
 echo "mock TMS: $MOCK_URL (pid $MOCK_PID), latency 0"
 echo
@@ -182,7 +183,8 @@ headline_run() {
   H_POLL[$k]=$(us_to_s $(( t_poll - t0 )))
   H_REQ[$k]=${MS[requests]}
   H_DUP[$k]=${MS[duplicates]}
-  wait_for "SELECT count(*) FROM courier.work_items" 0 60 "work items left after the mock had them all"
+  wait_for "SELECT (SELECT count(*) FROM courier.work_items) + (SELECT count(*) FROM $TMS_Q)" 0 60 \
+    "work items and tms queue entries left after the mock had them all"
   wait_for "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM courier.notices" "$n/$n" 30 "notices delivered/total"
   H_LOGIC[$k]=$(Q $DB "SELECT round((extract(epoch FROM max(applied_at)) * 1e6 - $t0) / 1e6, 3)
                          FROM courier.delay_history WHERE request_id = $req")

@@ -73,6 +73,7 @@ fi
 
 Q postgres "CREATE DATABASE $DB" >/dev/null
 Q $DB "CREATE EXTENSION courier" >/dev/null
+tms_queue_detect
 # courier.database is PGC_POSTMASTER: name the bench database, then restart
 Q postgres "ALTER SYSTEM SET courier.database = '$DB'" >/dev/null
 Q postgres "ALTER SYSTEM SET courier.tms_url = '$MOCK_URL'" >/dev/null
@@ -89,10 +90,10 @@ if [[ $DO_NGINX == 1 ]]; then
   echo "nginx: $NGINX_URL (pid $NGINX_PID, $("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), 1 worker process, answers 200 {\"results\":[]})"
 fi
 
-# wait until the tms stage has recorded every outcome (no tms item left) and
+# wait until the tms stage has recorded every outcome (its queue is empty) and
 # every notice is delivered
 wait_recorded() {
-  wait_for "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'" 0 60 "tms items left after the server had them all"
+  wait_for "SELECT count(*) FROM $TMS_Q" 0 60 "tms queue entries left after the server had them all"
   wait_for "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM courier.notices" "$N/$N" 30 "notices delivered/total"
 }
 
@@ -123,7 +124,7 @@ queue_paused() {
                            FROM courier.delay_history WHERE request_id = $req")
   echo "     queued with the tms stage paused: delay_orders call + logic stage ($LOGIC_W workers) done ${R_LOGIC[$key]} s after the call started"
   wait_for "SELECT count(*) FROM courier.notices" "$N" 30 "notices written by the logic stage"
-  wait_for "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'" "$N" 30 "tms items queued"
+  wait_for "SELECT count(*) FROM $TMS_Q" "$N" 30 "tms queue entries"
   Q $DB "VACUUM (ANALYZE) courier.work_items" >/dev/null
   Q $DB "CHECKPOINT" >/dev/null
 }
@@ -206,7 +207,8 @@ fi
 # ------------------------------------------------------------ 3: nginx
 # nginx keeps no count of what it received, so courier's own bookkeeping
 # ends the clock: a poll (one persistent session, every 10 ms, an index
-# probe) sees no tms item left, and the figure is the server's time of the
+# probe) sees the tms queue empty (TMS_Q), then checks that all N notices
+# are delivered, and the figure is the server's time of the
 # last recorded outcome (max(notices.sent_at), set when a batch's outcomes
 # are recorded), which the poll's period does not blur.  The mock runs
 # above end at the mock's last delivery instead, a little earlier (before
@@ -226,10 +228,10 @@ nginx_run() {   # nginx_run WORKERS REP
   t0=$(us_now)
   reload
   while :; do
-    poll_q "SELECT EXISTS (SELECT 1 FROM courier.work_items WHERE stage = 'tms')"
+    poll_q "SELECT EXISTS (SELECT 1 FROM $TMS_Q)"
     [[ $POLL_OUT == f ]] && break
     if (( $(us_now) - t0 > 300000000 )); then
-      echo "!! tms items still queued 300 s after the unpause" >&2
+      echo "!! tms queue not empty 300 s after the unpause" >&2
       exit 1
     fi
     sleep 0.01
@@ -248,7 +250,7 @@ nginx_run() {   # nginx_run WORKERS REP
   fi
   NG_RATE[$k]=$(fmt_rate "$N" "${NG_S[$k]}")
   NG_POLL[$k]=$(us_to_s $(( t_poll - t0 )))
-  printf '     courier: %s s unpause -> last outcome recorded, %s msgs/s (poll saw no tms item left at %s s)\n' \
+  printf '     courier: %s s unpause -> last outcome recorded, %s msgs/s (poll saw the tms queue empty at %s s)\n' \
     "${NG_S[$k]}" "${NG_RATE[$k]}" "${NG_POLL[$k]}"
 
   set_conf courier.pause_tms on

@@ -13,6 +13,8 @@
 #                                {"results":[]}, on a free port, config in WORK
 #   reload / set_conf / set_pool / n_workers / wait_for / reset_state
 #                                settings and worker pools of the running cluster
+#   tms_queue_detect             TMS_Q: the tms stage's queue of the installed
+#                                version (pending notices from 0.3 on)
 #   next_day / delay_range_sql   a new ship date per run, the delay_orders call
 #   poller_start / poll_q / poller_stop
 #                                one persistent psql session for polling
@@ -252,6 +254,21 @@ wait_for() {
     fi
     sleep 0.05
   done
+}
+
+# tms_queue_detect: sets TMS_Q, the FROM clause of the tms stage's queue.
+# From courier 0.3 on the pending notices are that queue (notices.due_at,
+# its lease, exists); before, the tms work items were.  Scripts count and
+# probe it through TMS_Q, so they measure either version.  Needs the
+# extension created.
+TMS_Q=
+tms_queue_detect() {
+  if [[ $(Q "$DB" "SELECT count(*) FROM pg_attribute WHERE attrelid = 'courier.notices'::regclass
+                     AND attname = 'due_at' AND NOT attisdropped") == 1 ]]; then
+    TMS_Q="courier.notices WHERE status = 'pending'"
+  else
+    TMS_Q="courier.work_items WHERE stage = 'tms'"
+  fi
 }
 
 # reset_state: empty the queue and everything the stages wrote; every run
