@@ -24,7 +24,8 @@
 #     /proc/PID/status, the pids from pg_stat_activity), sampled every
 #     second, since the pool may replace a worker: the maximum per worker;
 #   - the queue tables' storage (courier.work_items and its partitions)
-#     before, right after, and after a wait for autovacuum; the log tables
+#     before, right after, and after a wait for autovacuum (of the queue's
+#     tables and of courier.notices, 0.3's tms queue); the log tables
 #     (notices, delay_history) kept for courier.retention, separately;
 #   - n_dead_tup per courier table at the same three points;
 #   - with courier 0.3's queue rotation (courier.rotate_queue(), which the
@@ -296,14 +297,21 @@ T_AFTER=$(us_now)
 snapshot after
 
 # ------------------------------------------------------------------ autovacuum
+# The wait ends when the queue's tables hold no dead tuple and autovacuum
+# has been through courier.notices since the run (or it has none dead):
+# from 0.3 on the pending notices are the tms stage's queue, and every
+# lease and record leaves a dead version of the row behind.
 echo
-echo "-- waiting up to $VACUUM_WAIT s for autovacuum to clean the queue (no dead tuple left in work_items) --"
+echo "-- waiting up to $VACUUM_WAIT s for autovacuum: no dead tuple left in work_items, courier.notices vacuumed --"
 AV_WAITED=0
 while :; do
   qd=$(queue_dead)
-  (( qd == 0 )) && break
+  read -r nd navc <<<"$(Q $DB "SELECT n_dead_tup || ' ' || autovacuum_count FROM pg_stat_user_tables
+                                WHERE relid = 'courier.notices'::regclass")"
+  (( qd == 0 && (nd == 0 || navc > ${AVC[after,notices]:-0}) )) && break
   if (( AV_WAITED >= VACUUM_WAIT )); then
-    echo "     $qd dead tuples still in the queue's tables after $VACUUM_WAIT s"
+    echo "     after $VACUUM_WAIT s: $qd dead tuples in the queue's tables, $nd in courier.notices" \
+         "($(( navc - ${AVC[after,notices]:-0} )) autovacuum runs on it since the run)"
     break
   fi
   sleep 5
