@@ -231,7 +231,7 @@ echo
 echo "== headline_bench figures: one delay_orders call, nothing paused, $LOGIC_W logic + $TMS_W tms workers, mock latency 0,"
 echo "   fsync = on, synchronous_commit = on; seconds from just before the call until the mock has accepted every notice;"
 echo "   median of $REPEAT runs, the runs in brackets =="
-hdr="  %-22s"
+hdr="  %-24s"
 args=("figure")
 for cfg in "${CONFIGS[@]}"; do hdr+=" | %-38s"; args+=("$(cfg_title "$cfg")"); done
 hdr+=" | %s\n"
@@ -260,7 +260,7 @@ for f in "${FIGS[@]}"; do
 done
 echo
 echo "  where the time went (medians; seconds from just before the call):"
-printf '  %-22s %-32s | %-13s %-11s %-14s %-13s %-12s | %s\n' figure configuration "call returned" "logic done" "first accepted" "ALL ACCEPTED" "all recorded" "requests/dups per run"
+printf '  %-24s %-32s | %-13s %-11s %-14s %-13s %-12s | %s\n' figure configuration "call returned" "logic done" "first accepted" "ALL ACCEPTED" "all recorded" "requests/dups per run"
 for f in "${FIGS[@]}"; do
   IFS=: read -r bulk n _ _ <<<"$f"
   for cfg in "${CONFIGS[@]}"; do
@@ -271,7 +271,7 @@ for f in "${FIGS[@]}"; do
     done
     rq=""
     for ((rep = 1; rep <= REPEAT; rep++)); do rq+="${H_REQ[$cfg,$bulk,$rep]}/${H_DUP[$cfg,$bulk,$rep]} "; done
-    printf '  %-22s %-32s | %-13s %-11s %-14s %-13s %-12s | %s\n' "$n orders, bulk $bulk" "$(cfg_title "$cfg")" "${m[@]}" "$rq"
+    printf '  %-24s %-32s | %-13s %-11s %-14s %-13s %-12s | %s\n' "$n orders, bulk $bulk" "$(cfg_title "$cfg")" "${m[@]}" "$rq"
   done
 done
 echo "  (ALL ACCEPTED = the mock's last_delivery_us; logic done = the request's last delay_history row;"

@@ -303,14 +303,14 @@ if [[ $DO_NGINX == 1 ]]; then
   echo
   echo "3. courier vs the bare libcurl client against nginx (bulk 1, latency 0, same connections: tms_concurrency x workers);"
   echo "   courier: unpause -> last outcome recorded; medians of $REPEAT runs, the runs in brackets"
-  printf '  %-38s | %-24s | %-24s | %-5s | %s\n' figure "courier msgs/s" "bare client req/s" ratio "target"
+  printf '  %-38s | %-26s | %-26s | %-5s | %s\n' figure "courier msgs/s" "bare client req/s" ratio "target"
   for w in "${NG_WORKERS[@]}"; do
     cr=() br=()
     for ((rep = 1; rep <= REPEAT; rep++)); do cr+=("${NG_RATE[$w,$rep]}"); br+=("${NB_RATE[$w,$rep]}"); done
     cm=$(printf '%.0f' "$(median "${cr[@]}")")
     bm=$(printf '%.0f' "$(median "${br[@]}")")
     rt=$(ratio "$cm" "$bm")
-    printf '  %-38s | %-24s | %-24s | %-5s | %s\n' \
+    printf '  %-38s | %-26s | %-26s | %-5s | %s\n' \
       "bulk 1, $w tms worker$([[ $w == 1 ]] || echo s), $((CONC * w)) connections" \
       "$cm ($(fmt_list "${cr[@]}"))" "$bm ($(fmt_list "${br[@]}"))" "$rt" \
       ">= 0.8: $(awk -v r="$rt" 'BEGIN { print ((r >= 0.8) ? "met" : "MISSED") }')"
