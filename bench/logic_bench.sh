@@ -267,7 +267,9 @@ ROLLBACK;
 EOF
 )
 CLAIM_MS=$(awk '/Execution Time/ {print $3}' <<<"$CLAIM_EXPLAIN")
-CLAIM_PLAN=$(grep -o 'Index Scan using [a-z_]*\|Bitmap Heap Scan\|Seq Scan\|Sort' <<<"$CLAIM_EXPLAIN" | head -1)
+# the first scan or sort node; a partitioned queue (0.3) shows Merge Append
+# of its partitions' index scans ("Sort Key" is no sort node)
+CLAIM_PLAN=$(grep -o 'Merge Append\|Index Scan using [a-z_0-9]*\|Bitmap Heap Scan\|Seq Scan\|Sort$' <<<"$CLAIM_EXPLAIN" | head -1)
 echo "  the claim statement alone at that size: ${CLAIM_MS} ms ($CLAIM_PLAN)"
 
 
