@@ -87,7 +87,7 @@ courier_claim_due(CourierStage stage, int limit, int *nclaimed)
 	if (claim_plans[stage] == NULL)
 		claim_plans[stage] = courier_prepare_kept(psprintf(DUE_ITEMS_SQL,
 												   courier_stage_name(stage)),
-										  1, argtypes);
+										  1, argtypes, false);
 	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
 	result = courier_ids_to_array(nclaimed);
 	courier_remember_claim(result);
@@ -141,7 +141,7 @@ courier_last_claim(int *n)
  *		charged that lost attempt, flagged outcome-unknown.
  *
  * The result (SPI_tuptable) has the columns order_id, ship_date, attempts,
- * was_leased, customer_phone, product_name, reason, variant, expired (older
+ * tried (attempts > 0), customer_phone, product_name, reason, variant, expired (older
  * than max_age_min minutes) and open (the order is still open in this
  * statement's snapshot, which the close ring then covers, closes.c).
  * The caller must commit before doing anything slow with the notices.
@@ -156,31 +156,35 @@ courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 	Int32GetDatum(max_age_min)};
 
 	/*
-	 * The claim is a MATERIALIZED CTE: run once, then joined through the
-	 * notices' primary key.  Times come in as $4, so the statement calls
-	 * no clock of its own (the same time for the whole batch).
+	 * No join: the claim (locking the rows it takes) gives the row ids
+	 * (ctid) of the notices, and the UPDATE reaches exactly those by a TID
+	 * scan, whatever the statistics say.  A join of the claim back to the
+	 * notices was planned, on a table believed empty, as a scan of the
+	 * whole primary key filtered for the claimed rows.  The rows are
+	 * locked by this statement, so their ctids cannot move before the
+	 * UPDATE reaches them.  Times come in as $4, so the statement reads no
+	 * clock of its own (the same time for the whole batch).  In SET,
+	 * n.leased_by is the previous holder: set when its lease ran out.
 	 */
 	if (plan == NULL)
 		plan = courier_prepare_kept(
-			"WITH c AS MATERIALIZED ("
-			"    SELECT n.order_id, n.ship_date, n.leased_by FROM courier.notices n"
-			"     WHERE n.status = 'pending' AND n.due_at <= $4"
-			"     ORDER BY n.due_at LIMIT $1 FOR UPDATE SKIP LOCKED) "
 			"UPDATE courier.notices n"
 			"   SET due_at = $4 + $2 * interval '1 ms',"
 			"       leased_by = $3,"
-			"       attempts = n.attempts + (c.leased_by IS NOT NULL)::int,"
-			"       errors = CASE WHEN c.leased_by IS NULL THEN n.errors ELSE n.errors || "
+			"       attempts = n.attempts + (n.leased_by IS NOT NULL)::int,"
+			"       errors = CASE WHEN n.leased_by IS NULL THEN n.errors ELSE n.errors || "
 			"           pg_catalog.jsonb_build_object('at', $4, 'outcome_unknown', true,"
-			"               'error', 'the lease of sender ' || c.leased_by || ' ran out: outcome of its send unknown') END"
-			"  FROM c"
-			" WHERE n.order_id = c.order_id AND n.ship_date = c.ship_date "
-			"RETURNING n.order_id, n.ship_date, n.attempts, c.leased_by IS NOT NULL,"
+			"               'error', 'the lease of sender ' || n.leased_by || ' ran out: outcome of its send unknown') END"
+			" WHERE n.ctid = ANY (ARRAY("
+			"    SELECT c.ctid FROM courier.notices c"
+			"     WHERE c.status = 'pending' AND c.due_at <= $4"
+			"     ORDER BY c.due_at LIMIT $1 FOR UPDATE SKIP LOCKED)) "
+			"RETURNING n.order_id, n.ship_date, n.attempts, n.attempts > 0,"
 			"          n.customer_phone, n.product_name, n.reason, n.variant,"
 			"          n.created_at < $4 - $5 * interval '1 minute',"
 			"          coalesce((SELECT o.status IN ('paid', 'shipping_requested')"
 			"                      FROM courier.orders o WHERE o.order_id = n.order_id), false)",
-			5, argtypes);
+			5, argtypes, false);
 	execute_claim(plan, values, SPI_OK_UPDATE_RETURNING);
 	return (int) SPI_processed;
 }

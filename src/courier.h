@@ -213,6 +213,8 @@ extern int	courier_tms_worker_batch(volatile sig_atomic_t *stop_requested,
 									 volatile sig_atomic_t *sending,
 									 long *sleep_ms);
 extern int	courier_tms_run_once(void);
+extern void courier_tms_release(void);
+extern void courier_tms_forget(void);
 
 /* ----------
  * The close rule (closes.c)
@@ -242,7 +244,7 @@ extern char *courier_installed_version(void);
 extern void courier_begin_transaction(void);
 extern void courier_commit_transaction(void);
 extern SPIPlanPtr courier_prepare_kept(const char *sql, int nargs,
-									   Oid *argtypes);
+									   Oid *argtypes, bool custom);
 extern int	courier_execute_pinned(SPIPlanPtr plan, Datum *values,
 								   const char *nulls, bool claim);
 extern int	courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,

@@ -113,6 +113,8 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 			if (in_flight == 0 && (stopping || next >= n))
 				break;
 
+			if (in_flight > 0 && hooks->while_waiting != NULL)
+				hooks->while_waiting(stopping || next >= n);
 			if (courier_http_wait(rate_wait) && hooks->should_stop())
 				stopping = true;
 			while (courier_http_next_done(&res))

@@ -66,6 +66,13 @@ typedef struct CourierDispatchHooks
 	 * further request.
 	 */
 	bool		(*admit) (void);
+
+	/*
+	 * Called before each wait for requests in flight: the caller may do
+	 * other work meanwhile (all_started: every message has a request), and
+	 * must leave no transaction open.  NULL: none.
+	 */
+	void		(*while_waiting) (bool all_started);
 } CourierDispatchHooks;
 
 extern void courier_dispatch(CourierMessage *msgs, int n,

@@ -245,6 +245,9 @@ courier_charge(CourierCharges *c)
 		values[6] = unknown;
 		values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
 		values[8] = Int32GetDatum(courier_max_attempts);
+		if (charge_notices_plan == NULL)
+			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 9,
+													   argtypes, true);
 		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 9,
 							 argtypes, values, NULL, SPI_OK_INSERT);
 		return;

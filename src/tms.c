@@ -82,6 +82,9 @@ typedef struct OrderEntry
 
 typedef struct TmsBatch
 {
+	MemoryContext context;		/* everything below lives here */
+	TimestampTz lease_started;
+	int			lease_ms;		/* the lease ends lease_ms after lease_started */
 	int			n;
 	int64	   *order_ids;
 	DateADT    *ship_dates;
@@ -94,15 +97,26 @@ typedef struct TmsBatch
 	bool		dry_run;
 } TmsBatch;
 
-static MemoryContext batch_context = NULL;
+/*
+ * A worker's two batches: batches[current] is the one being sent; the other
+ * holds either the batch sent before it, whose outcomes are still to be
+ * written (prev_unrecorded), or the next batch, leased while the current
+ * one was on the wire (next_leased), never both.
+ */
+static TmsBatch batches[2];
+static int	current = 0;
+static bool prev_unrecorded = false;
+static bool next_leased = false;
+static bool next_tried = false;	/* a lease ahead was tried during this send */
+
 static volatile sig_atomic_t *stop_flag = NULL;
-static TimestampTz lease_started = 0;
-static int	lease_ms = 0;
 static TmsBatch *sending_batch = NULL;	/* the batch courier_dispatch sends */
 static SPIPlanPtr lock_orders_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
-static void tms_begin_batch(volatile sig_atomic_t *stop);
+static TmsBatch *tms_begin_batch(TmsBatch *b);
+static void tms_while_waiting(bool all_started);
+static void record_previous(void);
 static void tms_lease(TmsBatch *b, bool lock_orders);
 static void lock_leased_orders(TmsBatch *b);
 static void index_orders(TmsBatch *b);
@@ -118,7 +132,8 @@ static const CourierDispatchHooks hooks = {
 	courier_limits_acquire,
 	courier_limits_report,
 	stop_requested,
-	admit_requests
+	admit_requests,
+	tms_while_waiting
 };
 
 /*
@@ -131,8 +146,8 @@ static const CourierDispatchHooks hooks = {
  *						dropped, if this sender still holds it
  *	release				the notice falls due after release_ms, if this
  *						sender still holds it
- * ($9 is this sender's pid, $10 the time of recording.)  Charged notices go
- * through courier_charge (retry.c).
+ * ($9 is this sender's pid, $10 the time of recording.)  Charged notices
+ * ('charge') are left alone here: they go through courier_charge (retry.c).
  */
 static const char *const record_sql =
 "WITH r AS ("
@@ -159,41 +174,140 @@ static const char *const record_sql =
 "  FROM r"
 " WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
 "   AND (r.status IN ('delivered', 'dry_run')"
-"        OR (n.status = 'pending' AND n.leased_by = $9))";
+"        OR (r.status IN ('closed', 'release')"
+"            AND n.status = 'pending' AND n.leased_by = $9))";
 
 /*
  * courier_tms_worker_batch
- *		One batch in a worker: lease and render (transaction), send (no
- *		transaction), record (transaction).  Returns the items handled; when
- *		none were due, *sleep_ms says when the next one is.  *sending is set
- *		from the lease's commit to the record's: the worker's SIGTERM
- *		handler then only asks to stop, so that requests in flight finish
- *		and their outcomes are written.
+ *		One batch in a worker: lease (a transaction), send (no transaction),
+ *		record (a transaction).  The SQL of one batch overlaps the network
+ *		of the next: while a batch's requests are in flight, the dispatcher
+ *		lends its waits (tms_while_waiting) to record the batch sent before
+ *		and, once every message of this one has started, to lease the next.
+ *		Each runs in a transaction of its own that is committed before the
+ *		wait goes on, so no transaction is open while the network is.
+ *
+ *		Returns the items handled; when none were due, *sleep_ms says when
+ *		the next one is.  *sending stays set while the worker holds leases
+ *		or outcomes not yet written: the worker's SIGTERM handler then only
+ *		asks to stop, so that requests in flight finish, their outcomes are
+ *		written and what is leased but not sent is released
+ *		(courier_tms_release).
  */
 int
 courier_tms_worker_batch(volatile sig_atomic_t *stop,
 						 volatile sig_atomic_t *sending, long *sleep_ms)
 {
-	TmsBatch	batch;
+	TmsBatch   *b = &batches[current];
 
-	tms_begin_batch(stop);
-	courier_begin_transaction();
-	tms_lease(&batch, false);
-	if (batch.n == 0)
-		*sleep_ms = Min(*sleep_ms, courier_next_due_ms(COURIER_STAGE_TMS));
-	*sending = true;
-	courier_commit_transaction();
-	if (batch.n == 0)
+	stop_flag = stop;
+	if (!next_leased)
+	{
+		record_previous();
+		tms_begin_batch(b);
+		courier_begin_transaction();
+		tms_lease(b, false);
+		if (b->n == 0)
+			*sleep_ms = Min(*sleep_ms, courier_next_due_ms(COURIER_STAGE_TMS));
+		*sending = true;
+		courier_commit_transaction();
+	}
+	next_leased = false;
+	if (b->n == 0)
 	{
 		*sending = false;
 		return 0;
 	}
 
 	pgstat_report_activity(STATE_RUNNING, "tms: sending");
-	tms_send(&batch);
-	tms_record_retrying(&batch);
-	*sending = false;
-	return batch.n;
+	next_tried = false;
+	tms_send(b);
+
+	/* this batch's outcomes wait for the next batch's network, if any */
+	record_previous();
+	prev_unrecorded = true;
+	current = 1 - current;
+	if (!next_leased || *stop)
+		courier_tms_release();
+	*sending = next_leased || prev_unrecorded;
+	return b->n;
+}
+
+/*
+ * courier_tms_release
+ *		Write what the worker still holds: the outcomes of the batch sent
+ *		last, and a batch leased ahead, which is released unsent (no
+ *		attempt spent).  The worker calls it before it sleeps, pauses or
+ *		exits.
+ */
+void
+courier_tms_release(void)
+{
+	record_previous();
+	if (next_leased)
+	{
+		/* never sent: every message is still PENDING, so "release" */
+		tms_record_retrying(&batches[current]);
+		next_leased = false;
+	}
+}
+
+/*
+ * courier_tms_forget
+ *		After an error escaped a batch (the worker aborted the transaction):
+ *		forget the batches in hand.  What they leased falls due again when
+ *		the lease runs out, as a dead sender's would.
+ */
+void
+courier_tms_forget(void)
+{
+	prev_unrecorded = false;
+	next_leased = false;
+	sending_batch = NULL;
+}
+
+/*
+ * record_previous
+ *		Write the outcomes of the batch sent before the current one, if they
+ *		are not written yet.
+ */
+static void
+record_previous(void)
+{
+	if (!prev_unrecorded)
+		return;
+	prev_unrecorded = false;
+	tms_record_retrying(&batches[1 - current]);
+}
+
+/*
+ * tms_while_waiting
+ *		The dispatcher's hook before it waits for requests in flight: do one
+ *		piece of the worker's SQL meanwhile.  First the outcomes of the
+ *		previous batch; then, once every message of the current batch has
+ *		started, the lease of the next batch (once per batch, not when
+ *		stopping).  The caller's memory context is kept.
+ */
+static void
+tms_while_waiting(bool all_started)
+{
+	MemoryContext old = CurrentMemoryContext;
+	TmsBatch   *next = &batches[1 - current];
+
+	if (stop_flag == NULL)
+		return;					/* run_once: one batch, nothing to overlap */
+	if (prev_unrecorded)
+		record_previous();
+	else if (all_started && !next_tried && !stop_requested())
+	{
+		next_tried = true;
+		tms_begin_batch(next);
+		courier_begin_transaction();
+		tms_lease(next, false);
+		courier_commit_transaction();
+		next_leased = (next->n > 0);
+	}
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -205,31 +319,35 @@ courier_tms_worker_batch(volatile sig_atomic_t *stop,
 int
 courier_tms_run_once(void)
 {
-	TmsBatch	batch;
+	TmsBatch   *b = &batches[current];
 
-	tms_begin_batch(NULL);
-	tms_lease(&batch, true);
-	if (batch.n == 0)
+	stop_flag = NULL;
+	tms_begin_batch(b);
+	tms_lease(b, true);
+	if (b->n == 0)
 		return 0;
-	tms_send(&batch);
-	tms_record(&batch);
-	return batch.n;
+	tms_send(b);
+	tms_record(b);
+	return b->n;
 }
 
 /*
  * tms_begin_batch
- *		What every batch starts from: an empty batch_context (the last
- *		batch's messages and outcomes are recorded by now), and the flag
- *		that asks the sender to stop (NULL: none, in run_once).
+ *		Empty a batch for a new lease: its memory context (created on first
+ *		use, under TopMemoryContext: a batch outlives transactions) is reset.
  */
-static void
-tms_begin_batch(volatile sig_atomic_t *stop)
+static TmsBatch *
+tms_begin_batch(TmsBatch *b)
 {
-	stop_flag = stop;
-	if (batch_context == NULL)
-		batch_context = AllocSetContextCreate(TopMemoryContext, "courier tms batch",
-											  ALLOCSET_DEFAULT_SIZES);
-	MemoryContextReset(batch_context);
+	MemoryContext context = b->context;
+
+	if (context == NULL)
+		context = AllocSetContextCreate(TopMemoryContext, "courier tms batch",
+										ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(context);
+	memset(b, 0, sizeof(TmsBatch));
+	b->context = context;
+	return b;
 }
 
 /*
@@ -254,10 +372,13 @@ request_budget_ms(void)
 static bool
 stop_requested(void)
 {
+	TmsBatch   *b = sending_batch;
+
 	return (stop_flag != NULL && *stop_flag) ||
 		courier_limits_breaker_open() ||
-		TimestampDifferenceExceeds(lease_started, GetCurrentTimestamp(),
-								   lease_ms - request_budget_ms());
+		(b != NULL &&
+		 TimestampDifferenceExceeds(b->lease_started, GetCurrentTimestamp(),
+									b->lease_ms - request_budget_ms()));
 }
 
 /*
@@ -305,7 +426,7 @@ drop_closed_order(int64 order_id, void *arg)
 
 /*
  * tms_lease
- *		Lease a batch and render its messages into batch_context, which
+ *		Lease a batch and render its messages into the batch's context, which
  *		outlives the transaction.  Routing: up to 90 bytes in EUC-KR is an
  *		SMS, up to 2,000 an LMS (with a subject); longer, or with characters
  *		EUC-KR cannot carry, is rejected without being sent.  A message
@@ -324,11 +445,10 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	MemoryContext old;
 	SPITupleTable *leased;
 
-	memset(b, 0, sizeof(TmsBatch));
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
 	b->closes_next = courier_closes_position();
-	lease_started = GetCurrentTimestamp();
-	lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
+	b->lease_started = GetCurrentTimestamp();
+	b->lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
 
 	/*
 	 * Enough for every request slot to be busy: with bulk sends a batch of
@@ -337,12 +457,12 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	if (courier_lease_notices(Max(courier_batch_size,
 								  Min(courier_tms_bulk_size * courier_tms_concurrency,
 									  TMS_MAX_LEASE)),
-							  lease_ms, lease_started,
+							  b->lease_ms, b->lease_started,
 							  courier_tms_max_notice_age_min) == 0)
 		return;
 	leased = SPI_tuptable;
 
-	old = MemoryContextSwitchTo(batch_context);
+	old = MemoryContextSwitchTo(b->context);
 	b->n = (int) SPI_processed;
 	b->order_ids = palloc(sizeof(int64) * b->n);
 	b->ship_dates = palloc(sizeof(DateADT) * b->n);
@@ -435,7 +555,7 @@ lock_leased_orders(TmsBatch *b)
 /*
  * index_orders
  *		Hash the batch's order ids to their messages, for drop_closed_order.
- *		In batch_context.
+ *		In the batch's context.
  */
 static void
 index_orders(TmsBatch *b)
@@ -444,7 +564,7 @@ index_orders(TmsBatch *b)
 
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(OrderEntry);
-	ctl.hcxt = batch_context;
+	ctl.hcxt = b->context;
 	b->orders = hash_create("courier tms batch orders", Max(b->n, 16), &ctl,
 							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	b->next_of_order = palloc(sizeof(int) * Max(b->n, 1));
@@ -468,7 +588,7 @@ tms_send(TmsBatch *b)
 {
 	int			m = 0;
 	int			first = -1;
-	MemoryContext old = MemoryContextSwitchTo(batch_context);
+	MemoryContext old = MemoryContextSwitchTo(b->context);
 
 	for (int i = 0; i < b->n; i++)
 	{
@@ -677,6 +797,8 @@ tms_record(TmsBatch *b)
 	values[7] = PointerGetDatum(construct_array(release, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[8] = Int32GetDatum(MyProcPid);
 	values[9] = TimestampTzGetDatum(now);
+	if (record_plan == NULL)
+		record_plan = courier_prepare_kept(record_sql, 10, argtypes, true);
 	courier_execute_kept(&record_plan, record_sql, 10, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 

@@ -98,21 +98,30 @@ courier_commit_transaction(void)
 
 /*
  * courier_prepare_kept
- *		Prepare a statement once per process and keep the plan.  Callers
- *		cache the result in a static; the plan cache revalidates it if the
- *		extension's tables are recreated.
+ *		Prepare a statement once per process and keep it.  Callers cache the
+ *		result in a static; the plan cache revalidates it if the extension's
+ *		tables are recreated.
  *
- * The plan is generic from the first execution: courier's statements take
- * their rows from unnest($1) of claimed ids and reach tables through
- * primary keys, which the generic plan does with nested loops.  Custom
- * plans, made with the real 1,000-element array and a queue's unsettled
- * statistics, chose hash joins over sequential scans of the queue and made
- * the first batches of every new process 2-3 times slower.
+ * custom false: the plan is generic from the first execution.  Most of
+ * courier's statements take their rows from unnest($1) of claimed ids and
+ * reach tables through primary keys, which a generic plan does with nested
+ * loops; custom plans, made with the real 1,000-element array, chose hash
+ * joins over whole scans of the queue and made the first batches of every
+ * new process 2-3 times slower.
+ *
+ * custom true: planned anew at every execution, with the real arrays and
+ * the tables' current sizes, for the statements that join a batch to the
+ * notices (record, charge).  A generic plan is made once, from the
+ * statistics of that moment: one made while courier.notices was empty and
+ * analyzed so (a fresh install, a TRUNCATE and ANALYZE) believed it held
+ * one row and scanned its whole primary key for every row of the batch,
+ * for as long as the process lived.  (Citus plans such joins only custom.)
  */
 SPIPlanPtr
-courier_prepare_kept(const char *sql, int nargs, Oid *argtypes)
+courier_prepare_kept(const char *sql, int nargs, Oid *argtypes, bool custom)
 {
 	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
+										  custom ? CURSOR_OPT_CUSTOM_PLAN :
 										  CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
@@ -165,7 +174,8 @@ courier_execute_pinned(SPIPlanPtr plan, Datum *values, const char *nulls,
 /*
  * courier_execute_kept
  *		Run a statement kept by the caller in *plan (preparing it on first
- *		use) and check it succeeded.  Every courier statement goes through
+ *		use, generic, unless the caller prepared it custom) and check it
+ *		succeeded.  Every courier statement goes through
  *		here so the error handling is in one place, and so is the planner's
  *		pinning (courier_execute_pinned).
  */
@@ -177,7 +187,7 @@ courier_execute_kept(SPIPlanPtr *plan, const char *sql, int nargs,
 	int			ret;
 
 	if (*plan == NULL)
-		*plan = courier_prepare_kept(sql, nargs, argtypes);
+		*plan = courier_prepare_kept(sql, nargs, argtypes, false);
 	ret = courier_execute_pinned(*plan, values, nulls, false);
 	if (ret != expected)
 		elog(ERROR, "courier: statement failed (%s): %s",

@@ -116,28 +116,41 @@ courier_worker_main(Datum main_arg)
 		long		wait;
 		const char *activity;
 		ErrorData  *batch_error = NULL;
+		bool		runnable;
 
 		courier_loop_turn(loop_context);
 
 		activity = idle_activity;
+		runnable = true;
 		if (!courier_stage_runnable(my_stage, &why))
+		{
 			activity = why;
+			runnable = false;
+		}
 		else if (my_stage == COURIER_STAGE_TMS &&
 				 (wait = courier_limits_send_wait_ms(&why)) > 0)
 		{
 			activity = why;
 			sleep_ms = wait;
+			runnable = false;
 		}
-		else
+
+		if (runnable || sending)
 		{
 			PG_TRY();
 			{
-				if (my_stage == COURIER_STAGE_TMS)
+				if (!runnable)
+				{
+					/* a sender that waits holds nothing meanwhile */
+					courier_tms_release();
+					sending = false;
+				}
+				else if (my_stage == COURIER_STAGE_TMS)
 					handled = courier_tms_worker_batch(&got_sigterm, &sending,
 													   &sleep_ms);
 				else
 					handled = run_logic_batch(&sleep_ms, &batch_error);
-				if (batch_error == NULL)
+				if (batch_error == NULL && runnable)
 					dead_batches = 0;
 			}
 			PG_CATCH();
@@ -187,6 +200,9 @@ courier_worker_main(Datum main_arg)
 		ResetLatch(MyLatch);
 	}
 
+	/* outcomes not yet written and a batch leased ahead (asked to stop meanwhile) */
+	if (my_stage == COURIER_STAGE_TMS && sending)
+		courier_tms_release();
 	ereport(LOG,
 			(errmsg("courier %s worker shutting down", courier_stage_name(my_stage))));
 	proc_exit(0);
@@ -211,6 +227,8 @@ batch_died(MemoryContext loop_context)
 	AbortCurrentTransaction();
 	MemoryContextSwitchTo(loop_context);
 	set_busy(false, false);
+	if (my_stage == COURIER_STAGE_TMS)
+		courier_tms_forget();
 
 	if (courier_error_is_transient(edata->sqlerrcode))
 	{
