@@ -1,9 +1,10 @@
 
 # 010_workers_drain_bulk_delay.pl
 #	A bulk delay of 30,000 orders is applied by the background workers
-#	alone (nobody calls run_once): every order gets exactly one history row,
-#	one notice and one tms work item, and the logic queue ends empty.  The
-#	launcher and the logic workers are visible in pg_stat_activity.
+#	alone (nobody calls run_once): every order gets exactly one history row
+#	and one notice, left pending (the tms stage's queue, no tms worker runs
+#	here), and the logic queue ends empty.  The launcher and the logic
+#	workers are visible in pg_stat_activity.
 
 use strict;
 use warnings;
@@ -55,9 +56,10 @@ is(query($node,
 	  . " WHERE ship_date = current_date + 10"),
 	"$N|$N", "$N notices, one per order for the new date");
 is(query($node,
-	"SELECT count(*), count(DISTINCT order_id) FROM courier.work_items"
-	  . " WHERE stage = 'tms' AND ship_date = current_date + 10"),
-	"$N|$N", "$N tms work items queued, one per notice");
+	"SELECT count(*), count(DISTINCT order_id) FROM courier.notices"
+	  . " WHERE ship_date = current_date + 10 AND status = 'pending'"
+	  . "   AND due_at <= now() AND leased_by IS NULL"),
+	"$N|$N", "all $N notices are queued for the tms stage: pending, due, unleased");
 is(query($node,
 	"SELECT count(*) FROM courier.orders"
 	  . " WHERE promised_ship_date = current_date + 10"

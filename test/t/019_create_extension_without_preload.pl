@@ -94,8 +94,8 @@ is(query($node, "SELECT courier.run_once('tms')"), '10',
 is(query($node,
 	"SELECT count(*) FILTER (WHERE status = 'dry_run'), count(*) FROM courier.notices"),
 	'10|10', 'the 10 notices are marked dry_run');
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'no tms item is left in the queue');
+is(query($node, "SELECT count(*) FROM courier.notices WHERE status = 'pending'"),
+	'0', 'no notice is left pending: the tms queue is empty');
 is(query($node, "SELECT courier.run_once('tms')"), '0',
 	"a second run_once('tms') finds nothing due");
 

@@ -38,9 +38,9 @@ sub check_round
 		"$label: the workers deliver all $N notices");
 	ok( poll_until(
 			$node,
-			"SELECT count(*) FROM courier.work_items WHERE stage = 'tms'",
+			"SELECT count(*) FROM courier.notices WHERE status = 'pending'",
 			'0', 30),
-		"$label: no tms work item is left");
+		"$label: no notice is left pending (the tms queue is empty)");
 	is(query($node, "SELECT count(*) FROM courier.notices WHERE $date"),
 		"$N", "$label: one notice per order, $N in all");
 	is(query($node, qq{

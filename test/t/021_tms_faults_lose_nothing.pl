@@ -77,7 +77,7 @@ ok( poll_until(
 		$node,
 		"SELECT (SELECT count(*) FROM courier.notices"
 		  . "       WHERE ship_date = current_date + 10) = $N"
-		  . "   AND NOT EXISTS (SELECT 1 FROM courier.work_items WHERE stage = 'tms')",
+		  . "   AND NOT EXISTS (SELECT 1 FROM courier.notices WHERE status = 'pending')",
 		't', 180),
 	"all $N notices are written and the tms queue drains despite the faults");
 ok(wait_for(sub { mock_stats($mock)->{in_flight} == 0 }, 10,

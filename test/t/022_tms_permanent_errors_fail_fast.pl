@@ -61,8 +61,11 @@ is(query($node, qq{
 	  . ' last_error naming invalid_number');
 is(query($node, "SELECT count(*) FROM courier.failures"),
 	'20', 'nothing else failed');
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'no rejected notice stays queued for a retry');
+is(query($node, qq{
+	SELECT count(*) FROM courier.notices
+	 WHERE order_id BETWEEN 101 AND 120
+	   AND (status = 'pending' OR due_at IS NOT NULL OR leased_by IS NOT NULL)}),
+	'0', 'no rejected notice stays queued for a retry: none pending, due or leased');
 my $s = mock_stats($mock);
 is("$s->{messages_received}|$s->{delivered}|$s->{rejected}", '120|100|20',
 	'the mock received each message once: 100 delivered, 20 rejected, no retry');
@@ -123,10 +126,11 @@ ok( poll_until(
 delay_tms($node, 7, 7, 12);
 ok( poll_until(
 		$node,
-		"SELECT count(*) FROM courier.work_items"
-		  . " WHERE stage = 'tms' AND order_id = 7 AND ship_date = current_date + 12",
+		"SELECT count(*) FROM courier.notices"
+		  . " WHERE order_id = 7 AND ship_date = current_date + 12"
+		  . "   AND status = 'pending' AND due_at IS NOT NULL",
 		'1', 30),
-	'the notice to age is queued');
+	'the notice to age is queued (pending)');
 query($node,
 	"UPDATE courier.notices SET created_at = now() - interval '25 hours'"
 	  . " WHERE order_id = 7 AND ship_date = current_date + 12");

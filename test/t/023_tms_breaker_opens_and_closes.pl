@@ -71,14 +71,15 @@ cmp_ok($last_delta, '>=', 1, 'the breaker lets probes through after the cooldown
 cmp_ok($last_delta, '<=', 4, 'but no more than one per cooldown');
 
 # Only what was sent was charged: each failed request (one message each)
-# is one attempt, the messages held back by the breaker none.
+# is one attempt on its pending notice, the messages held back by the
+# breaker none.
 ok( wait_for(
 		sub {
 			my $s = mock_stats($mock);
 			$s->{in_flight} == 0
 			  && query($node,
-				"SELECT coalesce(sum(attempts), 0) FROM courier.work_items"
-				  . " WHERE stage = 'tms'") == $s->{status_5xx};
+				"SELECT coalesce(sum(attempts), 0) FROM courier.notices"
+				  . " WHERE status = 'pending'") == $s->{status_5xx};
 		},
 		10,
 		'attempts charged == requests answered 500'),
@@ -103,8 +104,8 @@ ok( poll_until(
 		  . " WHERE ship_date = current_date + 10 AND status = 'delivered'",
 		'50', 60),
 	'after it closes all 50 notices are delivered');
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'the tms queue is empty');
+is(query($node, "SELECT count(*) FROM courier.notices WHERE status = 'pending'"),
+	'0', 'the tms queue is empty: no notice is pending');
 my $s = mock_stats($mock);
 is("$s->{delivered}|$s->{duplicates}", '50|0',
 	'the mock delivered 50 distinct ids, no duplicate');
@@ -144,8 +145,8 @@ ok(wait_for(sub { mock_stats($mock)->{status_4xx} > $u0 }, 10, 'another 401'),
 	'after the cooldown a probe is refused again');
 is(query($node, qq{
 	SELECT count(*), coalesce(sum(attempts), 0)
-	  FROM courier.work_items WHERE stage = 'tms'}),
-	'30|0', 'the 30 notices stay queued with no attempt charged');
+	  FROM courier.notices WHERE status = 'pending'}),
+	'30|0', 'the 30 notices stay queued (pending) with no attempt charged');
 is(query($node, 'SELECT count(*) FROM courier.failures'),
 	'0', 'nothing went to courier.failures');
 is(mock_stats($mock)->{delivered}, 50, 'the mock delivered nothing new');

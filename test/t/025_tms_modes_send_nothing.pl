@@ -48,8 +48,10 @@ ok( poll_until(
 		"SELECT done FROM courier.request_status($req)", "$N", 60),
 	"the logic stage applies all $N delays");
 is(query($node,
-	"SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	"$N", "$N tms items are queued");
+	"SELECT count(*) FROM courier.notices"
+	  . " WHERE ship_date = current_date + 10 AND status = 'pending'"
+	  . "   AND due_at IS NOT NULL"),
+	"$N", "$N notices are queued for the tms stage (pending)");
 ok(poll_until($node, $workers_say_off, 't', 30),
 	"after the notices are queued the tms workers still report '$OFF'");
 ok( stays_true(
@@ -77,8 +79,8 @@ is(query($node, qq{
 	 WHERE ship_date = current_date + 10 AND channel = 'sms'
 	   AND provider_id IS NULL}),
 	"$N", 'each was rendered (channel sms), with no provider id');
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'the tms queue is empty');
+is(query($node, "SELECT count(*) FROM courier.notices WHERE status = 'pending'"),
+	'0', 'the tms queue is empty: no notice is pending');
 ok(poll_log($node, qr/courier tms dry_run: \d+ messages rendered, none sent/, $log, 10),
 	'the dry run is logged');
 is(mock_stats($mock)->{requests}, 0, 'in dry_run the mock still got no request');

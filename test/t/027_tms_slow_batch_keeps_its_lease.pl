@@ -51,8 +51,8 @@ ok( poll_until(
 		  . " WHERE ship_date = current_date + 10 AND status = 'delivered'",
 		"$N", 30),
 	"all $N notices are delivered although the batch outlives its lease");
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'the tms queue is empty');
+is(query($node, "SELECT count(*) FROM courier.notices WHERE status = 'pending'"),
+	'0', 'the tms queue is empty: no notice is pending');
 is(query($node,
 	"SELECT count(*) FROM courier.notices"
 	  . " WHERE ship_date = current_date + 10 AND attempts = 1"),

@@ -201,7 +201,7 @@ ok(wait_for(sub { mock_stats($mock)->{status_5xx} >= 20 }, 60,
 		'the mock answered 20 requests with 500'),
 	'the logic stage applied the delay and the first sends fail with 500');
 ok( poll_for($node,
-		q{SELECT 1 FROM courier.work_items WHERE stage = 'tms' AND attempts >= 1 LIMIT 1}, 30),
+		q{SELECT 1 FROM courier.notices WHERE status = 'pending' AND attempts >= 1 LIMIT 1}, 30),
 	'failed sends are charged an attempt and wait for their retry');
 mock_control($mock, error_rate => 0);
 

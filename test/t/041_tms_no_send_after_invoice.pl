@@ -95,11 +95,13 @@ sub invoice
 	return ($answer, $us);
 }
 
+# tms_queue_empty(FIRST, LAST): SQL counting the orders' notices still in
+# the tms queue (pending); '0' when none is left to send.
 sub tms_queue_empty
 {
 	my ($first, $last) = @_;
-	return "SELECT count(*) FROM courier.work_items"
-	  . " WHERE stage = 'tms' AND order_id BETWEEN $first AND $last";
+	return "SELECT count(*) FROM courier.notices"
+	  . " WHERE status = 'pending' AND order_id BETWEEN $first AND $last";
 }
 
 # ---------------------------------------------------------------- (a)
@@ -107,9 +109,9 @@ mock_control($mock, error_rate => 1, error_status => 500);
 delay_tms($node, 1, 5, 10);
 ok( poll_until(
 		$node,
-		"SELECT count(*) FROM courier.work_items"
-		  . " WHERE stage = 'tms' AND order_id BETWEEN 1 AND 5 AND attempts = 1"
-		  . "   AND leased_by IS NULL AND not_before > now() + interval '500 ms'",
+		"SELECT count(*) FROM courier.notices"
+		  . " WHERE status = 'pending' AND order_id BETWEEN 1 AND 5 AND attempts = 1"
+		  . "   AND leased_by IS NULL AND due_at > now() + interval '500 ms'",
 		'5', 30),
 	'(a) the notices of orders 1-5 failed once (500) and wait in back-off, held by no sender');
 is(join(',', map { (invoice($_))[0] } 1 .. 5),
@@ -123,12 +125,12 @@ ok(wait_for(sub { exists received()->{ key_of(6) } }, 30,
 	'(a) the request for order 6 is on the wire (the mock holds it 1.5 s)');
 is((invoice(6))[0], 'in_flight',
 	'(a) register_invoice of order 6 answers in_flight: its sender holds it');
-ok( poll_for(
+ok( poll_until(
 		$node,
-		"SELECT 'charged' WHERE NOT EXISTS (SELECT 1 FROM courier.work_items"
-		  . " WHERE stage = 'tms' AND order_id = 6 AND attempts = 0)",
-		30),
-	'(a) the 500 answered to order 6 is charged');
+		"SELECT attempts, jsonb_array_length(errors) FROM courier.notices"
+		  . " WHERE order_id = 6",
+		'1|1', 30),
+	'(a) the 500 answered to order 6 is charged: one attempt in its notice\'s history');
 
 mock_control($mock, error_rate => 0, latency_ms => 0);
 ok(poll_until($node, tms_queue_empty(1, 6), '0', 30),
@@ -192,7 +194,7 @@ ok( wait_for(
 	'(c) the sender is sending the batch of orders 101-140');
 is(query($node, qq{
 	SELECT count(*) FILTER (WHERE leased_by IS NULL), count(DISTINCT leased_by)
-	  FROM courier.work_items WHERE stage = 'tms' AND order_id BETWEEN 101 AND 140}),
+	  FROM courier.notices WHERE status = 'pending' AND order_id BETWEEN 101 AND 140}),
 	'0|1', '(c) one sender holds every notice of the batch not yet sent');
 
 my @invoiced = grep { $_ % 2 == 0 } 101 .. 140;

@@ -63,8 +63,8 @@ ok( poll_until(
 		"$N", 40),
 	"all $N notices are delivered although each request takes 3 s and"
 	  . ' courier.lease_time is 2 s');
-is(query($node, "SELECT count(*) FROM courier.work_items WHERE stage = 'tms'"),
-	'0', 'the tms queue is empty');
+is(query($node, "SELECT count(*) FROM courier.notices WHERE status = 'pending'"),
+	'0', 'the tms queue is empty: no notice is pending');
 is(query($node,
 	"SELECT count(*) FROM courier.notices"
 	  . " WHERE ship_date = current_date + 10 AND attempts = 1"),

@@ -87,8 +87,8 @@ sub run_case
 			$node,
 			"SELECT (SELECT count(*) FROM courier.notices"
 			  . "       WHERE $where AND ship_date = current_date + $days) = $n"
-			  . "   AND NOT EXISTS (SELECT 1 FROM courier.work_items"
-			  . "                    WHERE stage = 'tms' AND $where)",
+			  . "   AND NOT EXISTS (SELECT 1 FROM courier.notices"
+			  . "                    WHERE status = 'pending' AND $where)",
 			't', 30),
 		"$label: the $n notices are written and leave the tms queue");
 	wait_for(sub { mock_stats($mock)->{in_flight} == 0 }, 10,
@@ -196,9 +196,10 @@ received('{"results": []}', 21, 23, 10, 1);
 						  || ':' || coalesce(provider_id, '-'), ',' ORDER BY order_id)
 		  FROM courier.notices WHERE order_id BETWEEN 31 AND 34
 		   AND ship_date = current_date + 10}),
-		'31:delivered:1:p-31,32:failed:-:-,33:failed:-:-,34:delivered:1:-',
+		'31:delivered:1:p-31,32:failed:1:-,33:failed:3:-,34:delivered:1:-',
 		"$label: accepted and no entry are delivered (with the entry's provider id),"
-		  . ' rejected and "failed" end failed');
+		  . ' rejected (after 1 attempt) and "failed" (after 3, its retries) end failed,'
+		  . ' each notice counting its attempts');
 	is(query($node, qq{
 		SELECT string_agg(order_id || ':' || attempts || ':' || last_error, ' / ' ORDER BY order_id)
 		  FROM courier.failures WHERE order_id BETWEEN 31 AND 34

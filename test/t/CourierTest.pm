@@ -46,8 +46,9 @@ courier.retry_base = '10ms'
 EOC
 
 # For tests of the logic stage alone (logic_only => 1): no tms worker runs,
-# so the tms items the logic stage queues stay in the queue to be counted,
-# and every background worker slot left over is the logic pool's.
+# so the notices the logic stage writes stay pending (the tms stage's queue
+# is its pending notices) to be counted, and every background worker slot
+# left over is the logic pool's.
 my $LOGIC_ONLY_CONF = <<'EOC';
 courier.tms_min_workers = 0
 courier.tms_max_workers = 0
@@ -194,8 +195,10 @@ sub poll_for
 #	After a request for the orders FIRST_ID..LAST_ID (to today + DAYS) has
 #	drained: every order is in exactly one of done (history), failed
 #	(failures) or pending (logic queue), with nothing failed or pending,
-#	no order twice in the history, and exactly one notice and one tms item
-#	per order.  Emits the assertions itself.
+#	no order twice in the history, and exactly one notice per order, each
+#	still pending, due and held by no sender: queued for the tms stage,
+#	which does not run in these (logic_only) clusters.  Emits the
+#	assertions itself.
 sub check_nothing_lost
 {
 	my ($node, $req, $first, $last, $days) = @_;
@@ -236,9 +239,11 @@ sub check_nothing_lost
 		  . "   AND ship_date = current_date + $days"),
 		"$n|$n", "notices == orders: one notice per order ($n)");
 	is(query($node,
-		"SELECT count(*), count(DISTINCT order_id) FROM courier.work_items"
-		  . " WHERE stage = 'tms' AND order_id BETWEEN $first AND $last"),
-		"$n|$n", "one tms item per notice ($n)");
+		"SELECT count(*), count(DISTINCT order_id) FROM courier.notices"
+		  . " WHERE order_id BETWEEN $first AND $last"
+		  . "   AND ship_date = current_date + $days AND status = 'pending'"
+		  . "   AND due_at <= now() AND leased_by IS NULL"),
+		"$n|$n", "each notice is queued for the tms stage: pending, due, unleased ($n)");
 	return;
 }
 
