@@ -99,6 +99,23 @@ sub whole_index_scan
 	return 0;
 }
 
+# pause_both(LABEL): pause both stages and wait until every worker says so.
+sub pause_both
+{
+	my ($label) = @_;
+	my $workers = "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN"
+	  . " ('courier logic worker', 'courier tms worker')";
+
+	query($node, 'ALTER SYSTEM SET courier.pause_logic = on');
+	query($node, 'ALTER SYSTEM SET courier.pause_tms = on');
+	query($node, 'SELECT pg_reload_conf()');
+	ok( poll_until(
+			$node, "$workers AND query LIKE 'courier.pause_%'",
+			query($node, $workers), 30),
+		"$label: both stages are paused");
+	return;
+}
+
 # Round 1: plans made on an empty, never analyzed queue.
 is(query($node, "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'courier' AND last_analyze IS NULL AND last_autoanalyze IS NULL"),
 	query($node, "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'courier'"),
@@ -116,17 +133,7 @@ check_round('round 1 (plans made on an empty queue)', $offset);
 
 # Round 2: an ANALYZE of a full queue invalidates the plans; the new ones
 # must keep the same shape.
-query($node, 'ALTER SYSTEM SET courier.pause_logic = on');
-query($node, 'ALTER SYSTEM SET courier.pause_tms = on');
-query($node, 'SELECT pg_reload_conf()');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type IN"
-		  . " ('courier logic worker', 'courier tms worker')"
-		  . " AND query LIKE 'courier.pause_%'",
-		query($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN"
-			  . " ('courier logic worker', 'courier tms worker')"), 30),
-	'round 2: both stages are paused');
+pause_both('round 2');
 delay_tms($node, 1, $N, 11);
 query($node, 'ANALYZE courier.work_items, courier.orders, courier.notices');
 $offset = log_offset($node);
@@ -144,17 +151,7 @@ check_round('round 2 (plans remade after ANALYZE of a full queue)', $offset);
 # Round 3: the tables emptied and analyzed while empty (a fresh install, a
 # TRUNCATE and ANALYZE): the statistics say "no rows".  The tms stage runs
 # its lease once on the empty notices before the logic stage fills them.
-query($node, 'ALTER SYSTEM SET courier.pause_logic = on');
-query($node, 'ALTER SYSTEM SET courier.pause_tms = on');
-query($node, 'SELECT pg_reload_conf()');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM pg_stat_activity WHERE backend_type IN"
-		  . " ('courier logic worker', 'courier tms worker')"
-		  . " AND query LIKE 'courier.pause_%'",
-		query($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN"
-			  . " ('courier logic worker', 'courier tms worker')"), 30),
-	'round 3: both stages are paused');
+pause_both('round 3');
 query($node, q{
 	TRUNCATE courier.notices, courier.delay_history;
 	ANALYZE courier.notices, courier.delay_history, courier.work_items;});
