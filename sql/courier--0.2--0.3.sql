@@ -245,6 +245,23 @@ $$;
 COMMENT ON FUNCTION courier.register_invoice(bigint, text) IS
 	'Invoice registered: the order becomes invoiced and no send of its notice starts afterwards. Returns what became of its newest notice: dropped (not sent, and never will be), in_flight (a sender holds it: a request may be on the wire; notices.status tells the outcome), delivered, failed, or none.';
 
+/*
+ * A delay rewrites its order's row without changing an indexed column: with
+ * room left on the page the new version stays on it (a HOT update, no index
+ * entry).  Pages filled to the brim by register_orders left no room.
+ * Applies to pages written from now on.
+ */
+ALTER TABLE courier.orders SET (fillfactor = 85);
+
+/*
+ * The history is written in time order and read by time only in bulk
+ * (prune by age, queue_stats' last hour): a BRIN index serves that at a
+ * fraction of a B-tree's size, and the logic stage no longer pays a B-tree
+ * insert per order for it.
+ */
+DROP INDEX courier.delay_history_applied_at;
+CREATE INDEX delay_history_applied_at ON courier.delay_history USING brin (applied_at);
+
 /* ------------------------------------------------------------------------
  * Rotation
  * ------------------------------------------------------------------------ */
@@ -400,3 +417,48 @@ REVOKE ALL ON FUNCTION courier.queue_slot(), courier.rotate_queue(interval) FROM
 GRANT SELECT ON courier.work_items, courier.queue_slots, courier.queue_stats,
 	courier.queue_storage TO courier_admin;
 GRANT EXECUTE ON FUNCTION courier.rotate_queue(interval) TO courier_admin;
+
+/* ------------------------------------------------------------------------
+ * Nothing that takes parameters is a SQL-language function: PL/pgSQL plans
+ * per call, also where SQL functions with parameters cannot be planned
+ * (Citus: docs/citus.md, rule 4).
+ * ------------------------------------------------------------------------ */
+
+CREATE OR REPLACE FUNCTION courier.failures_matching(failure_ids bigint[], stage courier.stage,
+													 error_pattern text, failed_after timestamptz,
+													 failed_before timestamptz)
+RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN QUERY
+	SELECT f.failure_id FROM courier.failures f
+	 WHERE f.discarded_at IS NULL
+	   AND ($1 IS NULL OR f.failure_id = ANY ($1))
+	   AND ($2 IS NULL OR f.stage = $2)
+	   AND ($3 IS NULL OR f.last_error ILIKE $3)
+	   AND ($4 IS NULL OR f.failed_at >= $4)
+	   AND ($5 IS NULL OR f.failed_at < $5);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.discard_failures(failure_ids bigint[] DEFAULT NULL,
+													stage courier.stage DEFAULT NULL,
+													error_pattern text DEFAULT NULL,
+													failed_after timestamptz DEFAULT NULL,
+													failed_before timestamptz DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	UPDATE courier.failures f
+	   SET discarded_at = pg_catalog.now()
+	 WHERE f.failure_id IN (SELECT courier.failures_matching($1, $2, $3, $4, $5));
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
