@@ -126,7 +126,10 @@ printf '  %-46s %s\n' "TMS requests / messages / delivered / dupes" \
 	"$(mock_stat requests) / $(mock_stat messages_received) / $(mock_stat delivered) / $(mock_stat duplicates)"
 sql -c "SELECT '  notices ' || status || ': ' || count(*) FROM courier.notices GROUP BY status ORDER BY status"
 sql -c "SELECT '  failures: ' || count(*) FROM courier.failures"
-sql -c "SELECT '  items still queued: ' || count(*) FROM courier.work_items"
+sql -c "SELECT '  still queued: ' || (SELECT count(*) FROM courier.work_items) || ' logic items, '
+               || (SELECT count(*) FROM courier.notices WHERE status = 'pending') || ' pending notices'"
+sql -c "SELECT '  queue slots: ' || string_agg(slot || ' ' || state || ' ' || pg_size_pretty(bytes), ', ' ORDER BY slot)
+          FROM courier.queue_storage"
 echo "  a delivered notice:"
 sql -c "SELECT '    ' || order_id || ' ' || ship_date || ' via ' || channel || ', HTTP ' || http_status
                || ', provider id ' || provider_id || ', ' || round(latency_ms::numeric, 1) || ' ms'
