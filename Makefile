@@ -22,3 +22,7 @@ SHLIB_LINK = -lcurl
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: every object is rebuilt when a header
+# of src/ changes (a struct's layout must never differ between two files).
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

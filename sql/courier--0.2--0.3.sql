@@ -462,3 +462,28 @@ BEGIN
 	RETURN n;
 END
 $$;
+
+/* ------------------------------------------------------------------------
+ * Immutable parts for the hot statements: they take times, percentages and
+ * jitter as parameters and call no clock, random or stable function where
+ * Citus refuses one (docs/citus.md, rule 3).
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION courier.rollout_bucket(name text, key bigint)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'courier_rollout_bucket'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION courier.rollout_bucket(text, bigint) IS
+	'Where key (an order id) falls, 0 to 99, on rollout switch name''s scale: switch_enabled(name, key) is rollout_bucket(name, key) < the switch''s percentage.';
+
+CREATE FUNCTION courier.backoff_step(attempt integer, base_ms integer, cap_ms integer,
+									 jitter double precision)
+RETURNS interval
+AS 'MODULE_PATHNAME', 'courier_backoff_step'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION courier.backoff_step(integer, integer, integer, double precision) IS
+	'The wait before retry number attempt: min(cap_ms, base_ms * 2^(attempt-1)), of which the fraction jitter (0 to 1) of the upper half; backoff_delay(attempt) draws the jitter and takes courier.retry_base and retry_cap.';
+
+REVOKE ALL ON FUNCTION courier.rollout_bucket(text, bigint),
+	courier.backoff_step(integer, integer, integer, double precision) FROM PUBLIC;
+/* internal: the statements that call them run as the extension's owner */

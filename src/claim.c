@@ -28,6 +28,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -39,10 +40,10 @@
 
 #include "courier.h"
 
-/* The due items of a stage, oldest first; %s is the stage name. */
+/* The due items of a stage at time $2, oldest first; %s is the stage name. */
 #define DUE_ITEMS_SQL \
 	"SELECT item_id, leased_by, solo FROM courier.work_items " \
-	" WHERE stage = '%s' AND not_before <= pg_catalog.statement_timestamp() " \
+	" WHERE stage = '%s' AND not_before <= $2 " \
 	" ORDER BY not_before, item_id " \
 	" LIMIT $1 FOR UPDATE SKIP LOCKED"
 
@@ -80,14 +81,15 @@ execute_claim(SPIPlanPtr plan, Datum *values, int expected)
 Datum
 courier_claim_due(CourierStage stage, int limit, int *nclaimed)
 {
-	Oid			argtypes[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(limit)};
+	Oid			argtypes[2] = {INT4OID, TIMESTAMPTZOID};
+	Datum		values[2] = {Int32GetDatum(limit),
+	TimestampTzGetDatum(GetCurrentStatementStartTimestamp())};
 	Datum		result;
 
 	if (claim_plans[stage] == NULL)
 		claim_plans[stage] = courier_prepare_kept(psprintf(DUE_ITEMS_SQL,
 												   courier_stage_name(stage)),
-										  1, argtypes, false);
+										  2, argtypes, false);
 	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
 	result = courier_ids_to_array(nclaimed);
 	courier_remember_claim(result);

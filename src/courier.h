@@ -233,6 +233,7 @@ extern const char *courier_stage_name(CourierStage stage);
 extern CourierStage courier_stage_from_name(const char *name);
 extern bool courier_stage_runnable(CourierStage stage, const char **why);
 extern void courier_define_rollouts(void);
+extern int	courier_rollout_percent(const char *name);
 
 /* ----------
  * How background processes run (transaction.c, a leaf)
@@ -273,6 +274,7 @@ typedef struct CourierCharges
 	CourierStage stage;
 	Datum	   *ids;			/* work item ids, or notices' order ids */
 	Datum	   *dates;			/* notices' ship dates */
+	Datum	   *jitter;			/* each item's back-off jitter, [0, 1) */
 	Datum	   *errors;
 	Datum	   *sqlstates;
 	bool	   *sqlstate_nulls;
@@ -290,6 +292,8 @@ extern void courier_charge(CourierCharges *c);
 extern void courier_charge_lost_batch(Datum item_ids, const char *error,
 									  const char *sqlstate);
 extern double courier_backoff_ms(int attempt);
+extern double courier_backoff_step_ms(int attempt, int base_ms, int cap_ms,
+									 double jitter);
 extern bool courier_error_is_transient(int sqlerrcode);
 
 /* ----------

@@ -28,6 +28,7 @@
 #include "utils/array.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 
 #include "courier.h"
 
@@ -36,7 +37,10 @@
  * the batch takes the newest request's date (rn = 1); the notice is
  * written only when the promised date really changes, and once per
  * (order, new date), in the variant the notice_v2 rollout switch gives
- * the order.  Every item gets a history row, and leaves the queue.
+ * the order.  Every item gets a history row, and leaves the queue.  The
+ * time ($2) and the switch's percentage ($3) come in as parameters: the
+ * statement calls no clock and no stable function in a CASE, only the
+ * immutable courier.rollout_bucket (docs/citus.md, rule 3).
  *
  * Orders that were invoiced, shipped or cancelled (or are gone) are
  * skipped.  The items CTE reads them in the statement's snapshot, so the
@@ -66,7 +70,7 @@ static const char *const apply_sql =
 "                                     THEN i.new_ship_date ELSE o.promised_ship_date END,"
 "           delay_reason = CASE WHEN o.status IN ('paid', 'shipping_requested')"
 "                               THEN i.reason ELSE o.delay_reason END,"
-"           updated_at = pg_catalog.statement_timestamp()"
+"           updated_at = $2"
 "      FROM items i"
 "     WHERE o.order_id = i.order_id"
 "       AND i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date"
@@ -79,9 +83,9 @@ static const char *const apply_sql =
 "                                 due_at)"
 "    SELECT ch.order_id, ch.new_ship_date, ch.seller_id, ch.customer_phone,"
 "           ch.product_name, ch.reason,"
-"           CASE WHEN courier.switch_enabled('notice_v2', ch.order_id)"
+"           CASE WHEN courier.rollout_bucket('notice_v2', ch.order_id) < $3"
 "                THEN 'v2' ELSE 'v1' END,"
-"           pg_catalog.statement_timestamp()"
+"           $2"
 "      FROM changed ch WHERE ch.applied"
 "    ON CONFLICT (order_id, ship_date) DO NOTHING"
 "), history AS ("
@@ -285,9 +289,12 @@ apply_isolating_failures(Datum *ids, int n)
 static void
 apply_items(Datum *ids, int n)
 {
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1] = {courier_int8_array(ids, n)};
+	Oid			argtypes[3] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[3];
 
-	courier_execute_kept(&apply_plan, apply_sql, 1, argtypes, values, NULL,
+	values[0] = courier_int8_array(ids, n);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[2] = Int32GetDatum(courier_rollout_percent("notice_v2"));
+	courier_execute_kept(&apply_plan, apply_sql, 3, argtypes, values, NULL,
 						 SPI_OK_DELETE);
 }

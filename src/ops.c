@@ -26,6 +26,7 @@
 
 PG_FUNCTION_INFO_V1(courier_run_once);
 PG_FUNCTION_INFO_V1(courier_backoff_delay);
+PG_FUNCTION_INFO_V1(courier_backoff_step);
 PG_FUNCTION_INFO_V1(courier_shared_counters);
 
 static void put_counter(ReturnSetInfo *rsinfo, const char *stage,
@@ -97,6 +98,24 @@ courier_backoff_delay(PG_FUNCTION_ARGS)
 {
 	int32		attempt = PG_GETARG_INT32(0);
 	double		ms = courier_backoff_ms(attempt);
+	Interval   *result = palloc0(sizeof(Interval));
+
+	result->time = (TimeOffset) (ms * 1000.0);
+	PG_RETURN_INTERVAL_P(result);
+}
+
+/*
+ * courier_backoff_step
+ *		SQL: courier.backoff_step(attempt, base_ms, cap_ms, jitter) returns
+ *		interval: the wait before retry number attempt, from given parts.
+ *		Immutable, so the charge statements may call it anywhere; they pass
+ *		the settings and a jitter drawn per item.
+ */
+Datum
+courier_backoff_step(PG_FUNCTION_ARGS)
+{
+	double		ms = courier_backoff_step_ms(PG_GETARG_INT32(0), PG_GETARG_INT32(1),
+											 PG_GETARG_INT32(2), PG_GETARG_FLOAT8(3));
 	Interval   *result = palloc0(sizeof(Interval));
 
 	result->time = (TimeOffset) (ms * 1000.0);

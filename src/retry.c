@@ -31,16 +31,20 @@
  * One statement for a whole batch of failed items: the ones whose attempts
  * run out (or that failed permanently) move to failures with their history,
  * the others get their next not_before.  The two halves touch disjoint
- * rows, so they can share a statement.
+ * rows, so they can share a statement.  The time ($8), the back-off's
+ * jitter per item ($9) and its base and cap ($10, $11) come in as
+ * parameters: the statement calls no clock nor random function, only the
+ * immutable courier.backoff_step (docs/citus.md, rule 3).
  */
 static const char *const charge_sql =
 "WITH r AS ("
 "    SELECT u.*, pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
-"               'at', pg_catalog.clock_timestamp(), 'error', u.error, 'sqlstate', u.sqlstate,"
+"               'at', $8, 'error', u.error, 'sqlstate', u.sqlstate,"
 "               'http_status', u.http_status,"
 "               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
-"      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[])"
-"           AS u(item_id, error, sqlstate, http_status, permanent, unknown)"
+"      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[],"
+"                  $9::float8[])"
+"           AS u(item_id, error, sqlstate, http_status, permanent, unknown, jitter)"
 "), moved AS ("
 "    DELETE FROM courier.work_items w USING r"
 "     WHERE w.item_id = r.item_id AND (w.attempts + 1 >= $7 OR r.permanent)"
@@ -57,7 +61,7 @@ static const char *const charge_sql =
 ") "
 "UPDATE courier.work_items w"
 "   SET attempts = w.attempts + 1,"
-"       not_before = pg_catalog.statement_timestamp() + courier.backoff_delay(w.attempts + 1),"
+"       not_before = $8 + courier.backoff_step(w.attempts + 1, $10, $11, r.jitter),"
 "       leased_by = NULL,"
 "       errors = w.errors || r.e"
 "  FROM r"
@@ -67,7 +71,8 @@ static const char *const charge_sql =
  * The same for the tms stage, whose queue entries are the pending notices
  * themselves (keys order_id, ship_date): a notice either falls due again
  * after its back-off or fails, and its failure row names it.  $8 is the
- * time of the charge.
+ * time of the charge; $10-$12 the back-off's jitter, base and cap, as in
+ * charge_sql.
  */
 static const char *const charge_notices_sql =
 "WITH r AS ("
@@ -76,16 +81,16 @@ static const char *const charge_notices_sql =
 "               'http_status', u.http_status,"
 "               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
 "      FROM unnest($1::bigint[], $2::date[], $3::text[], $4::text[], $5::int[],"
-"                  $6::bool[], $7::bool[])"
+"                  $6::bool[], $7::bool[], $10::float8[])"
 "           AS u(order_id, ship_date, error, sqlstate, http_status, permanent,"
-"                unknown)"
+"                unknown, jitter)"
 "), charged AS ("
 "    UPDATE courier.notices n"
 "       SET attempts = n.attempts + 1,"
 "           status = CASE WHEN n.attempts + 1 >= $9 OR r.permanent"
 "                         THEN 'failed' ELSE 'pending' END,"
 "           due_at = CASE WHEN n.attempts + 1 >= $9 OR r.permanent THEN NULL"
-"                         ELSE $8 + courier.backoff_delay(n.attempts + 1) END,"
+"                         ELSE $8 + courier.backoff_step(n.attempts + 1, $11, $12, r.jitter) END,"
 "           leased_by = NULL,"
 "           errors = n.errors || r.e"
 "      FROM r"
@@ -114,14 +119,28 @@ static SPIPlanPtr charge_notices_plan = NULL;
 double
 courier_backoff_ms(int attempt)
 {
+	return courier_backoff_step_ms(attempt, courier_retry_base_ms,
+								   courier_retry_cap_ms,
+								   pg_prng_double(&pg_global_prng_state));
+}
+
+/*
+ * courier_backoff_step_ms
+ *		The same from given parts: base and cap in ms, jitter in [0, 1).  A
+ *		pure function, so the statements that charge many items compute it
+ *		per item from a jitter they are given (courier.backoff_step).
+ */
+double
+courier_backoff_step_ms(int attempt, int base_ms, int cap_ms, double jitter)
+{
 	double		step;
 
 	if (attempt < 1)
 		attempt = 1;
-	step = (double) courier_retry_base_ms * pow(2.0, Min(attempt - 1, 60));
-	if (step > courier_retry_cap_ms)
-		step = courier_retry_cap_ms;
-	return step / 2.0 + pg_prng_double(&pg_global_prng_state) * step / 2.0;
+	step = (double) base_ms * pow(2.0, Min(attempt - 1, 60));
+	if (step > cap_ms)
+		step = cap_ms;
+	return step / 2.0 + jitter * step / 2.0;
 }
 
 /*
@@ -151,6 +170,7 @@ courier_charges_init(CourierCharges *c, int size, CourierStage stage)
 	c->stage = stage;
 	c->ids = palloc(sizeof(Datum) * size);
 	c->dates = palloc(sizeof(Datum) * size);
+	c->jitter = palloc(sizeof(Datum) * size);
 	c->errors = palloc(sizeof(Datum) * size);
 	c->sqlstates = palloc(sizeof(Datum) * size);
 	c->sqlstate_nulls = palloc(sizeof(bool) * size);
@@ -177,6 +197,7 @@ courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
 
 	c->ids[i] = Int64GetDatum(id);
 	c->dates[i] = DateADTGetDatum(ship_date);
+	c->jitter[i] = Float8GetDatum(pg_prng_double(&pg_global_prng_state));
 	c->errors[i] = CStringGetTextDatum(error ? error : "unknown error");
 	c->sqlstate_nulls[i] = (sqlstate == NULL);
 	c->sqlstates[i] = sqlstate ? CStringGetTextDatum(sqlstate) : (Datum) 0;
@@ -199,20 +220,30 @@ courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
 void
 courier_charge(CourierCharges *c)
 {
-	Oid			argtypes[9] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	/* logic: $1 ids, $2-$6 why, $7 max attempts, $8 now, $9 jitter, $10-$11 back-off */
+	Oid			item_types[11] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT4OID, TIMESTAMPTZOID,
-	INT4OID};
-	Datum		values[9];
+	FLOAT8ARRAYOID, INT4OID, INT4OID};
+
+	/* tms: $1-$2 keys, $3-$7 why, $8 now, $9 max attempts, $10 jitter, $11-$12 back-off */
+	Oid			notice_types[12] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, TIMESTAMPTZOID,
+	INT4OID, FLOAT8ARRAYOID, INT4OID, INT4OID};
+	Datum		values[12];
 	int			dims[1] = {c->n};
 	int			lbs[1] = {1};
-	Datum		errors,
+	Datum		ids,
+				errors,
 				sqlstates,
 				http,
 				permanent,
-				unknown;
+				unknown,
+				jitter,
+				now;
 
 	if (c->n == 0)
 		return;
+	ids = courier_int8_array(c->ids, c->n);
 	errors = PointerGetDatum(construct_array(c->errors, c->n, TEXTOID, -1,
 											 false, TYPALIGN_INT));
 	sqlstates = PointerGetDatum(construct_md_array(c->sqlstates, c->sqlstate_nulls,
@@ -225,17 +256,13 @@ courier_charge(CourierCharges *c)
 												true, TYPALIGN_CHAR));
 	unknown = PointerGetDatum(construct_array(c->unknown, c->n, BOOLOID, 1,
 											  true, TYPALIGN_CHAR));
+	jitter = PointerGetDatum(construct_array(c->jitter, c->n, FLOAT8OID, 8,
+											 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	now = TimestampTzGetDatum(GetCurrentTimestamp());
 
 	if (c->stage == COURIER_STAGE_TMS)
 	{
-		/* $1 order ids, $2 dates, $3 errors, ..., $8 now, $9 max attempts */
-		argtypes[1] = DATEARRAYOID;
-		argtypes[2] = TEXTARRAYOID;
-		argtypes[3] = TEXTARRAYOID;
-		argtypes[4] = INT4ARRAYOID;
-		argtypes[5] = BOOLARRAYOID;
-		argtypes[6] = BOOLARRAYOID;
-		values[0] = courier_int8_array(c->ids, c->n);
+		values[0] = ids;
 		values[1] = PointerGetDatum(construct_array(c->dates, c->n, DATEOID, 4,
 													true, TYPALIGN_INT));
 		values[2] = errors;
@@ -243,24 +270,31 @@ courier_charge(CourierCharges *c)
 		values[4] = http;
 		values[5] = permanent;
 		values[6] = unknown;
-		values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
+		values[7] = now;
 		values[8] = Int32GetDatum(courier_max_attempts);
+		values[9] = jitter;
+		values[10] = Int32GetDatum(courier_retry_base_ms);
+		values[11] = Int32GetDatum(courier_retry_cap_ms);
 		if (charge_notices_plan == NULL)
-			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 9,
-													   argtypes, true);
-		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 9,
-							 argtypes, values, NULL, SPI_OK_INSERT);
+			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 12,
+													   notice_types, true);
+		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 12,
+							 notice_types, values, NULL, SPI_OK_INSERT);
 		return;
 	}
 
-	values[0] = courier_int8_array(c->ids, c->n);
+	values[0] = ids;
 	values[1] = errors;
 	values[2] = sqlstates;
 	values[3] = http;
 	values[4] = permanent;
 	values[5] = unknown;
 	values[6] = Int32GetDatum(courier_max_attempts);
-	courier_execute_kept(&charge_plan, charge_sql, 7, argtypes, values, NULL,
+	values[7] = now;
+	values[8] = jitter;
+	values[9] = Int32GetDatum(courier_retry_base_ms);
+	values[10] = Int32GetDatum(courier_retry_cap_ms);
+	courier_execute_kept(&charge_plan, charge_sql, 11, item_types, values, NULL,
 						 SPI_OK_UPDATE);
 }
 

@@ -29,6 +29,7 @@
 #include "courier.h"
 
 PG_FUNCTION_INFO_V1(courier_switch_enabled);
+PG_FUNCTION_INFO_V1(courier_rollout_bucket);
 
 /*
  * The rollout switches courier knows.  PostgreSQL 15's ALTER SYSTEM only
@@ -198,26 +199,34 @@ rollout_bucket(const char *name, int64 key)
 }
 
 /*
+ * courier_rollout_percent
+ *		The percentage switch name is rolled out to now (courier.rollout_<name>).
+ *		A statement that decides many orders takes it once, as a parameter,
+ *		and compares courier.rollout_bucket() with it.
+ */
+int
+courier_rollout_percent(const char *name)
+{
+	for (int i = 0; i < lengthof(rollouts); i++)
+	{
+		if (strcmp(rollouts[i].name, name) == 0)
+			return parse_percent(rollouts[i].value);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("unknown rollout switch \"%s\"", name),
+			 errhint("The switches are notice_v2 and overdue_sweep (courier.rollout_<name>).")));
+	return 0;
+}
+
+/*
  * courier_switch_is_on
  *		Is key (an order id) inside switch name's rollout?
  */
 static bool
 courier_switch_is_on(const char *name, int64 key)
 {
-	for (int i = 0; i < lengthof(rollouts); i++)
-	{
-		if (strcmp(rollouts[i].name, name) == 0)
-		{
-			int			percent = parse_percent(rollouts[i].value);
-
-			return rollout_bucket(name, key) < percent;
-		}
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_UNDEFINED_OBJECT),
-			 errmsg("unknown rollout switch \"%s\"", name),
-			 errhint("The switches are notice_v2 and overdue_sweep (courier.rollout_<name>).")));
-	return false;
+	return rollout_bucket(name, key) < courier_rollout_percent(name);
 }
 
 /*
@@ -230,4 +239,19 @@ courier_switch_enabled(PG_FUNCTION_ARGS)
 	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	PG_RETURN_BOOL(courier_switch_is_on(name, PG_GETARG_INT64(1)));
+}
+
+/*
+ * courier_rollout_bucket
+ *		SQL: courier.rollout_bucket(name text, key bigint) returns integer,
+ *		the key's place (0-99) on the switch's scale.  Immutable: it depends
+ *		on its arguments only, so a statement may call it anywhere (Citus
+ *		refuses stable functions in CASE); the percentage comes in apart.
+ */
+Datum
+courier_rollout_bucket(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_INT32(rollout_bucket(name, PG_GETARG_INT64(1)));
 }
