@@ -143,7 +143,7 @@ courier_last_claim(int *n)
  *		charged that lost attempt, flagged outcome-unknown.
  *
  * The result (SPI_tuptable) has the columns order_id, ship_date, attempts,
- * tried (attempts > 0), customer_phone, product_name, reason, variant, expired (older
+ * customer_phone, product_name, reason, variant, expired (older
  * than max_age_min minutes) and open (the order is still open in this
  * statement's snapshot, which the close ring then covers, closes.c).
  * The caller must commit before doing anything slow with the notices.
@@ -181,7 +181,7 @@ courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 			"    SELECT c.ctid FROM courier.notices c"
 			"     WHERE c.status = 'pending' AND c.due_at <= $4"
 			"     ORDER BY c.due_at LIMIT $1 FOR UPDATE SKIP LOCKED)) "
-			"RETURNING n.order_id, n.ship_date, n.attempts, n.attempts > 0,"
+			"RETURNING n.order_id, n.ship_date, n.attempts,"
 			"          n.customer_phone, n.product_name, n.reason, n.variant,"
 			"          n.created_at < $4 - $5 * interval '1 minute',"
 			"          coalesce((SELECT o.status IN ('paid', 'shipping_requested')"

@@ -114,7 +114,7 @@ static TmsBatch *sending_batch = NULL;	/* the batch courier_dispatch sends */
 static SPIPlanPtr lock_orders_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
-static TmsBatch *tms_begin_batch(TmsBatch *b);
+static void tms_begin_batch(TmsBatch *b);
 static void tms_while_waiting(bool all_started);
 static void record_previous(void);
 static void tms_lease(TmsBatch *b, bool lock_orders);
@@ -336,7 +336,7 @@ courier_tms_run_once(void)
  *		Empty a batch for a new lease: its memory context (created on first
  *		use, under TopMemoryContext: a batch outlives transactions) is reset.
  */
-static TmsBatch *
+static void
 tms_begin_batch(TmsBatch *b)
 {
 	MemoryContext context = b->context;
@@ -347,7 +347,6 @@ tms_begin_batch(TmsBatch *b)
 	MemoryContextReset(context);
 	memset(b, 0, sizeof(TmsBatch));
 	b->context = context;
-	return b;
 }
 
 /*
@@ -475,7 +474,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 		TupleDesc	desc = leased->tupdesc;
 		bool		isnull;
 		CourierMessage *m = &b->msgs[i];
-		char	   *variant = SPI_getvalue(tup, desc, 8);
+		char	   *variant = SPI_getvalue(tup, desc, 7);
 		int			year,
 					month,
 					day;
@@ -485,18 +484,18 @@ tms_lease(TmsBatch *b, bool lock_orders)
 		b->ship_dates[i] = DatumGetDateADT(SPI_getbinval(tup, desc, 2, &isnull));
 		b->attempts[i] = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 		j2date(b->ship_dates[i] + POSTGRES_EPOCH_JDATE, &year, &month, &day);
-		m->to = SPI_getvalue(tup, desc, 5);
+		m->to = SPI_getvalue(tup, desc, 4);
 		m->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", b->order_ids[i],
 						  year, month, day);
 		m->text = courier_render_notice(strcmp(variant, "v2") == 0 ?
 										courier_notice_template_v2 : courier_notice_template,
 										b->order_ids[i], b->ship_dates[i],
-										SPI_getvalue(tup, desc, 6),
-										SPI_getvalue(tup, desc, 7));
+										SPI_getvalue(tup, desc, 5),
+										SPI_getvalue(tup, desc, 6));
 		bytes = courier_euckr_length(m->text);
-		if (!DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)))
+		if (!DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull)))
 			b->verdict[i] = VERDICT_CLOSED;
-		else if (DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull)))
+		else if (DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull)))
 			b->verdict[i] = VERDICT_EXPIRED;
 		else if (b->attempts[i] >= courier_max_attempts)
 			b->verdict[i] = VERDICT_EXHAUSTED;
