@@ -55,7 +55,8 @@ static void report_unusable_orders(Datum ids_array, const char *action);
 static int64 find_offending_orders(Datum ids_array, const char *join_where,
 								   bool with_status, StringInfo list);
 static char *date_to_cstring(DateADT d);
-static bool schema_has_notice_queue(void);
+static bool schema_is_at_least(const char *version);
+static void refuse_seller_change(Datum *values);
 
 /* ----------------------------------------------------------------
  * Validation helpers shared by the app API
@@ -267,25 +268,74 @@ date_to_cstring(DateADT d)
 }
 
 /*
- * schema_has_notice_queue
- *		Is the installed schema 0.3 or later (the tms queue in the notices,
- *		the logic queue in slots)?  Between the restart that loads a new
+ * schema_is_at_least
+ *		Is the installed schema that version or later?  0.3 put the tms
+ *		queue in the notices and the logic queue in slots; 0.4 made every
+ *		key start with seller_id.  Between the restart that loads a new
  *		library and ALTER EXTENSION courier UPDATE the app keeps calling
  *		courier: its functions then write what the older schema holds.
+ *		(Versions are "0.N" with one digit, so they compare as strings.)
  */
 static bool
-schema_has_notice_queue(void)
+schema_is_at_least(const char *version)
 {
-	char	   *version = courier_installed_version();
+	char	   *installed = courier_installed_version();
 
-	return version != NULL && strcmp(version, "0.1") != 0 &&
-		strcmp(version, "0.2") != 0;
+	return installed != NULL && strcmp(installed, version) >= 0;
 }
 
 /* ----------------------------------------------------------------
  * register_orders(jsonb)
  * ----------------------------------------------------------------
  */
+
+/*
+ * refuse_seller_change
+ *		An order never changes seller: raise an error naming the first few
+ *		orders of the input ($1 ids, $2 sellers) that are registered under
+ *		another seller.  Courier's tables are keyed by (seller_id, ...) so
+ *		that they can be sharded by seller (docs/citus.md): moving an order
+ *		would mean moving its row to another shard, and no index keeps an
+ *		order id unique across sellers.  Reads with a fresh snapshot, right
+ *		before the orders are written.
+ */
+static void
+refuse_seller_change(Datum *values)
+{
+	Oid			argtypes[2] = {INT8ARRAYOID, INT8ARRAYOID};
+	StringInfoData list;
+	uint64		total;
+
+	if (SPI_execute_with_args(
+			"SELECT u.id, o.seller_id, u.seller"
+			"  FROM unnest($1, $2) AS u(id, seller)"
+			"  JOIN courier.orders o ON o.order_id = u.id"
+			" WHERE o.seller_id <> u.seller"
+			" ORDER BY u.id",
+			2, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not read orders");
+	total = SPI_processed;
+	if (total == 0)
+		return;
+
+	initStringInfo(&list);
+	for (uint64 i = 0; i < total && i < NAMED_IN_ERROR; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		appendStringInfo(&list, "%sorder %s is registered under seller %s, not %s",
+						 i > 0 ? "; " : "", SPI_getvalue(tup, desc, 1),
+						 SPI_getvalue(tup, desc, 2), SPI_getvalue(tup, desc, 3));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNIQUE_VIOLATION),
+			 errmsg_plural("%llu order would change seller",
+						   "%llu orders would change seller",
+						   total, (unsigned long long) total),
+			 errdetail("%s%s.", list.data, total > NAMED_IN_ERROR ? "; ..." : ""),
+			 errhint("An order never changes seller: register it again under its seller, or use a new order id for the other seller's order.")));
+}
 
 /*
  * courier_register_orders
@@ -305,9 +355,9 @@ courier_register_orders(PG_FUNCTION_ARGS)
 			   *dates,
 			   *statuses;
 	bool	   *status_nulls;
-	Oid			argtypes[6] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
-	TEXTARRAYOID, DATEARRAYOID, TEXTARRAYOID};
-	Datum		values[6];
+	Oid			argtypes[7] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, DATEARRAYOID, TEXTARRAYOID, TIMESTAMPTZOID};
+	Datum		values[7];
 	int			dims[1];
 	int			lbs[1] = {1};
 
@@ -350,8 +400,11 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	values[5] = PointerGetDatum(construct_md_array(statuses, status_nulls, 1,
 												   dims, lbs, TEXTOID, -1,
 												   false, TYPALIGN_INT));
+	values[6] = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
 
 	SPI_connect();
+
+	refuse_seller_change(values);
 
 	/*
 	 * New orders first, in order_id order, then the ones that existed:
@@ -366,7 +419,7 @@ courier_register_orders(PG_FUNCTION_ARGS)
 	 * drops its pending notice like register_invoice does (the trigger
 	 * courier.order_closed).
 	 */
-	if (SPI_execute_with_args(
+	if (SPI_execute_with_args(psprintf(
 			"INSERT INTO courier.orders (order_id, seller_id, customer_phone,"
 			"    product_name, promised_ship_date, status)"
 			"SELECT u.id, u.seller, u.phone, u.product, u.ship,"
@@ -374,7 +427,8 @@ courier_register_orders(PG_FUNCTION_ARGS)
 			"  FROM unnest($1, $2, $3, $4, $5, $6)"
 			"       AS u(id, seller, phone, product, ship, status)"
 			" ORDER BY u.id "
-			"ON CONFLICT (order_id) DO NOTHING",
+			"ON CONFLICT (%s) DO NOTHING",
+			schema_is_at_least("0.4") ? "seller_id, order_id" : "order_id"),
 			6, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "courier: could not insert orders");
 	if (SPI_processed < (uint64) n)
@@ -387,20 +441,20 @@ courier_register_orders(PG_FUNCTION_ARGS)
 			elog(ERROR, "courier: could not lock orders");
 		if (SPI_execute_with_args(
 				"UPDATE courier.orders o"
-				"   SET seller_id = u.seller, customer_phone = u.phone,"
+				"   SET customer_phone = u.phone,"
 				"       product_name = u.product,"
 				"       promised_ship_date = CASE WHEN o.delay_reason IS NULL"
 				"           THEN u.ship ELSE o.promised_ship_date END,"
 				"       status = coalesce(u.status::courier.order_status, o.status),"
-				"       updated_at = pg_catalog.statement_timestamp()"
+				"       updated_at = $7"
 				"  FROM unnest($1, $2, $3, $4, $5, $6)"
 				"       AS u(id, seller, phone, product, ship, status)"
-				" WHERE o.order_id = u.id"
-				"   AND ((o.seller_id, o.customer_phone, o.product_name)"
-				"        IS DISTINCT FROM (u.seller, u.phone, u.product)"
+				" WHERE o.seller_id = u.seller AND o.order_id = u.id"
+				"   AND ((o.customer_phone, o.product_name)"
+				"        IS DISTINCT FROM (u.phone, u.product)"
 				"        OR (o.delay_reason IS NULL AND o.promised_ship_date <> u.ship)"
 				"        OR o.status::text <> coalesce(u.status, o.status::text))",
-				6, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+				7, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "courier: could not update orders");
 	}
 
@@ -425,8 +479,8 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 	Datum	   *ids;
 	int			n;
 	Datum		arr;
-	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
-	Datum		values[2];
+	Oid			argtypes[3] = {INT8ARRAYOID, INT4OID, TIMESTAMPTZOID};
+	Datum		values[3];
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -438,15 +492,16 @@ courier_request_shipping(PG_FUNCTION_ARGS)
 	SPI_connect();
 	values[0] = arr;
 	values[1] = Int32GetDatum(courier_invoice_deadline_min);
+	values[2] = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
 	write_every_order(
 			"UPDATE courier.orders o"
 			"   SET status = 'shipping_requested',"
 			"       invoice_deadline = coalesce(o.invoice_deadline,"
-			"           pg_catalog.statement_timestamp() + $2 * interval '1 minute'),"
-			"       updated_at = pg_catalog.statement_timestamp()"
+			"           $3 + $2 * interval '1 minute'),"
+			"       updated_at = $3"
 			" WHERE o.order_id = ANY ($1)"
 			"   AND o.status IN ('paid', 'shipping_requested')",
-			2, argtypes, values, SPI_OK_UPDATE, arr, n, "request shipping for");
+			3, argtypes, values, SPI_OK_UPDATE, arr, n, "request shipping for");
 	SPI_finish();
 	PG_RETURN_INT32(n);
 }
@@ -468,8 +523,9 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 {
 	int64		order_id;
 	text	   *invoice;
-	Oid			argtypes[2] = {INT8OID, TEXTOID};
-	Datum		values[2];
+	Oid			argtypes[4] = {INT8OID, TEXTOID, INT8OID, TIMESTAMPTZOID};
+	Datum		values[4];
+	bool		isnull;
 	char	   *status;
 	char	   *fate;
 	const char *in_flight;
@@ -492,7 +548,7 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 	values[0] = Int64GetDatum(order_id);
 	values[1] = PointerGetDatum(invoice);
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT status::text FROM courier.orders"
+	if (SPI_execute_with_args("SELECT status::text, seller_id FROM courier.orders"
 							  " WHERE order_id = $1 FOR UPDATE",
 							  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not read order");
@@ -502,6 +558,10 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 				 errmsg("unknown order id " INT64_FORMAT, order_id),
 				 errhint("Register orders with courier.register_orders() first.")));
 	status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	/* the order's seller: every row of the order is keyed by it */
+	values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+							  &isnull);
+	values[3] = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
 	if (strcmp(status, "shipped") == 0 || strcmp(status, "cancelled") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -510,9 +570,9 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 
 	if (SPI_execute_with_args("UPDATE courier.orders SET status = 'invoiced',"
 							  "       invoice_number = $2,"
-							  "       updated_at = pg_catalog.statement_timestamp()"
-							  " WHERE order_id = $1",
-							  2, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+							  "       updated_at = $4"
+							  " WHERE seller_id = $3 AND order_id = $1",
+							  4, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "courier: could not register invoice");
 
 	/*
@@ -539,9 +599,9 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 	}
 
 	/* a notice a sender holds; under 0.2, the tms items were work items */
-	in_flight = schema_has_notice_queue() ?
+	in_flight = schema_is_at_least("0.3") ?
 		"SELECT 'in_flight' FROM courier.notices p"
-		" WHERE p.order_id = $1 AND p.status = 'pending'"
+		" WHERE p.seller_id = $3 AND p.order_id = $1 AND p.status = 'pending'"
 		"   AND p.leased_by IS NOT NULL"
 		"   AND p.due_at > pg_catalog.statement_timestamp()" :
 		"SELECT 'in_flight' FROM courier.work_items w"
@@ -556,10 +616,10 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 			"    (SELECT CASE WHEN n.status IN ('delivered', 'dry_run') THEN 'delivered'"
 			"                 WHEN n.status = 'failed' THEN 'failed'"
 			"                 ELSE 'dropped' END"
-			"       FROM courier.notices n WHERE n.order_id = $1"
+			"       FROM courier.notices n WHERE n.seller_id = $3 AND n.order_id = $1"
 			"      ORDER BY n.created_at DESC, n.ship_date DESC LIMIT 1),"
 			"    'none')", in_flight),
-			1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+			3, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not read the order's notice");
 	fate = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	fate = MemoryContextStrdup(caller, fate);
@@ -676,7 +736,7 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	argtypes[0] = INT8OID;
 	values[0] = Int64GetDatum(request_id);
 	/* the queue's current slot; 0.1 and 0.2 had one queue table, no slots */
-	slots = schema_has_notice_queue();
+	slots = schema_is_at_least("0.3");
 	write_every_order(psprintf(
 			"INSERT INTO courier.work_items (%sstage, seller_id, order_id, request_id)"
 			"SELECT %s'logic', o.seller_id, o.order_id, $1"

@@ -40,24 +40,33 @@
 
 #include "courier.h"
 
-/* The due items of a stage at time $2, oldest first; %s is the stage name. */
+/*
+ * The due items of a stage at time $2, oldest first; the first %s is the
+ * stage name, the second empty or the per-seller restriction.
+ */
 #define DUE_ITEMS_SQL \
-	"SELECT item_id, leased_by, solo FROM courier.work_items " \
-	" WHERE stage = '%s' AND not_before <= $2 " \
+	"SELECT item_id, leased_by, solo, seller_id FROM courier.work_items " \
+	" WHERE stage = '%s' AND not_before <= $2 %s" \
 	" ORDER BY not_before, item_id " \
 	" LIMIT $1 FOR UPDATE SKIP LOCKED"
 
-static SPIPlanPtr claim_plans[COURIER_NUM_STAGES];
+/* the restriction of a claim to the seller $3 (courier.claim_per_seller) */
+#define ONE_SELLER " AND seller_id = $3"
+
+static SPIPlanPtr claim_plans[COURIER_NUM_STAGES][2];
 
 /*
- * The ids of the last claim, kept outside any transaction so that a worker
- * whose batch died with an error can still charge the attempt to them.
+ * The ids and sellers of the last claim, kept outside any transaction so
+ * that a worker whose batch died with an error can still charge the
+ * attempt to its items.
  */
-static int64 *last_claim = NULL;
+static int64 *last_ids = NULL;
+static int64 *last_sellers = NULL;
 static int	last_claim_n = 0;
 static int	last_claim_size = 0;
 
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
+static bool pick_seller(CourierStage stage, TimestampTz now, Datum *seller);
 
 /*
  * execute_claim
@@ -73,66 +82,127 @@ execute_claim(SPIPlanPtr plan, Datum *values, int expected)
 }
 
 /*
- * courier_claim_due
- *		Lock up to limit due items of a stage for the current transaction and
- *		return their ids as an int8[] (in ascending claim order).  The claim's
- *		rows (item_id, leased_by, solo) stay in SPI_tuptable for the caller.
+ * pick_seller
+ *		courier.claim_per_seller: the seller of the oldest due work of a
+ *		stage that no other batch holds, locking that one row (the claim
+ *		that follows takes it again); false when nothing is due.  On a
+ *		sharded deployment each node's workers pick among the sellers of
+ *		their own shards, and the claim is then routed to one shard.
  */
-Datum
-courier_claim_due(CourierStage stage, int limit, int *nclaimed)
+static bool
+pick_seller(CourierStage stage, TimestampTz now, Datum *seller)
 {
-	Oid			argtypes[2] = {INT4OID, TIMESTAMPTZOID};
-	Datum		values[2] = {Int32GetDatum(limit),
-	TimestampTzGetDatum(GetCurrentStatementStartTimestamp())};
-	Datum		result;
+	static SPIPlanPtr plans[COURIER_NUM_STAGES];
+	Oid			argtypes[1] = {TIMESTAMPTZOID};
+	Datum		values[1] = {TimestampTzGetDatum(now)};
+	bool		isnull;
 
-	if (claim_plans[stage] == NULL)
-		claim_plans[stage] = courier_prepare_kept(psprintf(DUE_ITEMS_SQL,
-												   courier_stage_name(stage)),
-										  2, argtypes, false);
-	execute_claim(claim_plans[stage], values, SPI_OK_SELECT);
-	result = courier_ids_to_array(nclaimed);
-	courier_remember_claim(result);
-	return result;
+	if (plans[stage] == NULL)
+		plans[stage] = courier_prepare_kept(stage == COURIER_STAGE_TMS ?
+											"SELECT seller_id FROM courier.notices"
+											" WHERE status = 'pending' AND due_at <= $1"
+											" ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED" :
+											psprintf("SELECT seller_id FROM courier.work_items"
+													 " WHERE stage = '%s' AND not_before <= $1"
+													 " ORDER BY not_before, item_id"
+													 " LIMIT 1 FOR UPDATE SKIP LOCKED",
+													 courier_stage_name(stage)),
+											1, argtypes, false);
+	execute_claim(plans[stage], values, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return false;
+	*seller = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+							&isnull);
+	return true;
+}
+
+/*
+ * courier_claim_due
+ *		Lock up to limit due items of a stage for the current transaction:
+ *		*claim gets their ids and sellers (in ascending claim order, in the
+ *		current memory context).  With courier.claim_per_seller the items
+ *		are of one seller.  The claim's rows (item_id, leased_by, solo,
+ *		seller_id) stay in SPI_tuptable for the caller.
+ */
+void
+courier_claim_due(CourierStage stage, int limit, CourierClaim *claim)
+{
+	Oid			argtypes[3] = {INT4OID, TIMESTAMPTZOID, INT8OID};
+	TimestampTz now = GetCurrentStatementStartTimestamp();
+	Datum		values[3] = {Int32GetDatum(limit), TimestampTzGetDatum(now), 0};
+	int			one = courier_claim_per_seller ? 1 : 0;
+
+	claim->n = 0;
+	if (one && !pick_seller(stage, now, &values[2]))
+	{
+		claim->ids = claim->sellers = NULL;
+		courier_remember_claim(claim);
+		return;
+	}
+	if (claim_plans[stage][one] == NULL)
+		claim_plans[stage][one] =
+			courier_prepare_kept(psprintf(DUE_ITEMS_SQL, courier_stage_name(stage),
+										  one ? ONE_SELLER : ""),
+								 2 + one, argtypes, false);
+	execute_claim(claim_plans[stage][one], values, SPI_OK_SELECT);
+
+	claim->n = (int) SPI_processed;
+	claim->ids = palloc(sizeof(Datum) * Max(claim->n, 1));
+	claim->sellers = palloc(sizeof(Datum) * Max(claim->n, 1));
+	for (int i = 0; i < claim->n; i++)
+	{
+		bool		isnull;
+
+		claim->ids[i] = SPI_getbinval(SPI_tuptable->vals[i],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+		claim->sellers[i] = SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 4, &isnull);
+	}
+	courier_remember_claim(claim);
 }
 
 /*
  * courier_remember_claim
- *		Copy the ids of a claim to last_claim (TopMemoryContext): the items
- *		a batch death is charged to.
+ *		Copy a claim to last_ids and last_sellers (TopMemoryContext): the
+ *		items a batch death is charged to.
  */
 void
-courier_remember_claim(Datum ids)
+courier_remember_claim(const CourierClaim *claim)
 {
-	ArrayType  *arr = DatumGetArrayTypeP(ids);
-	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-
-	if (n > last_claim_size)
+	if (claim->n > last_claim_size)
 	{
-		if (last_claim)
-			pfree(last_claim);
-		last_claim = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * n);
-		last_claim_size = n;
+		if (last_ids)
+		{
+			pfree(last_ids);
+			pfree(last_sellers);
+		}
+		last_ids = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * claim->n);
+		last_sellers = MemoryContextAlloc(TopMemoryContext, sizeof(int64) * claim->n);
+		last_claim_size = claim->n;
 	}
-	if (n > 0)
-		memcpy(last_claim, ARR_DATA_PTR(arr), sizeof(int64) * n);
-	last_claim_n = n;
+	for (int i = 0; i < claim->n; i++)
+	{
+		last_ids[i] = DatumGetInt64(claim->ids[i]);
+		last_sellers[i] = DatumGetInt64(claim->sellers[i]);
+	}
+	last_claim_n = claim->n;
 }
 
 /*
  * courier_last_claim
- *		The ids of this process's last claim, as an int8[] in the current
- *		memory context.
+ *		This process's last claim, in the current memory context.
  */
-Datum
-courier_last_claim(int *n)
+void
+courier_last_claim(CourierClaim *claim)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * Max(last_claim_n, 1));
-
+	claim->n = last_claim_n;
+	claim->ids = palloc(sizeof(Datum) * Max(last_claim_n, 1));
+	claim->sellers = palloc(sizeof(Datum) * Max(last_claim_n, 1));
 	for (int i = 0; i < last_claim_n; i++)
-		ids[i] = Int64GetDatum(last_claim[i]);
-	*n = last_claim_n;
-	return courier_int8_array(ids, last_claim_n);
+	{
+		claim->ids[i] = Int64GetDatum(last_ids[i]);
+		claim->sellers[i] = Int64GetDatum(last_sellers[i]);
+	}
 }
 
 /*
@@ -140,22 +210,28 @@ courier_last_claim(int *n)
  *		Lease up to limit due notices (the tms stage's queue is the pending
  *		notices) until now + lease_ms, held by this process, and return what
  *		their messages are made of.  A notice whose previous lease ran out is
- *		charged that lost attempt, flagged outcome-unknown.
+ *		charged that lost attempt, flagged outcome-unknown.  With
+ *		courier.claim_per_seller the notices are of one seller.
  *
  * The result (SPI_tuptable) has the columns order_id, ship_date, attempts,
- * customer_phone, product_name, reason, variant, expired (older
- * than max_age_min minutes) and open (the order is still open in this
- * statement's snapshot, which the close ring then covers, closes.c).
+ * customer_phone, product_name, reason, variant, expired (older than
+ * max_age_min minutes), open (the order is still open in this statement's
+ * snapshot, which the close ring then covers, closes.c) and seller_id.
  * The caller must commit before doing anything slow with the notices.
  */
 int
 courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[5] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID};
-	Datum		values[5] = {Int32GetDatum(limit), Int32GetDatum(lease_ms),
+	static SPIPlanPtr plans[2];
+	Oid			argtypes[6] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID,
+	INT8OID};
+	Datum		values[6] = {Int32GetDatum(limit), Int32GetDatum(lease_ms),
 		Int32GetDatum(MyProcPid), TimestampTzGetDatum(now),
-	Int32GetDatum(max_age_min)};
+	Int32GetDatum(max_age_min), 0};
+	int			one = courier_claim_per_seller ? 1 : 0;
+
+	if (one && !pick_seller(COURIER_STAGE_TMS, now, &values[5]))
+		return 0;
 
 	/*
 	 * No join: the claim (locking the rows it takes) gives the row ids
@@ -166,10 +242,13 @@ courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 	 * locked by this statement, so their ctids cannot move before the
 	 * UPDATE reaches them.  Times come in as $4, so the statement reads no
 	 * clock of its own (the same time for the whole batch).  In SET,
-	 * n.leased_by is the previous holder: set when its lease ran out.
+	 * n.leased_by is the previous holder: set when its lease ran out.  Per
+	 * seller, both halves name the seller ($6), so that a sharded
+	 * deployment routes the statement to that seller's shard, where its
+	 * ctids mean something.
 	 */
-	if (plan == NULL)
-		plan = courier_prepare_kept(
+	if (plans[one] == NULL)
+		plans[one] = courier_prepare_kept(psprintf(
 			"UPDATE courier.notices n"
 			"   SET due_at = $4 + $2 * interval '1 ms',"
 			"       leased_by = $3,"
@@ -179,15 +258,19 @@ courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 			"               'error', 'the lease of sender ' || n.leased_by || ' ran out: outcome of its send unknown') END"
 			" WHERE n.ctid = ANY (ARRAY("
 			"    SELECT c.ctid FROM courier.notices c"
-			"     WHERE c.status = 'pending' AND c.due_at <= $4"
-			"     ORDER BY c.due_at LIMIT $1 FOR UPDATE SKIP LOCKED)) "
+			"     WHERE c.status = 'pending' AND c.due_at <= $4%s"
+			"     ORDER BY c.due_at LIMIT $1 FOR UPDATE SKIP LOCKED))%s "
 			"RETURNING n.order_id, n.ship_date, n.attempts,"
 			"          n.customer_phone, n.product_name, n.reason, n.variant,"
 			"          n.created_at < $4 - $5 * interval '1 minute',"
 			"          coalesce((SELECT o.status IN ('paid', 'shipping_requested')"
-			"                      FROM courier.orders o WHERE o.order_id = n.order_id), false)",
-			5, argtypes, false);
-	execute_claim(plan, values, SPI_OK_UPDATE_RETURNING);
+			"                      FROM courier.orders o"
+			"                     WHERE o.seller_id = n.seller_id AND o.order_id = n.order_id), false),"
+			"          n.seller_id",
+			one ? " AND c.seller_id = $6" : "",
+			one ? " AND n.seller_id = $6" : ""),
+			5 + one, argtypes, false);
+	execute_claim(plans[one], values, SPI_OK_UPDATE_RETURNING);
 	return (int) SPI_processed;
 }
 

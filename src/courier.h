@@ -52,7 +52,7 @@ typedef enum CourierTmsMode
 #define COURIER_MAX_WORKERS_PER_STAGE 16
 
 /* The SQL version of courier this library works with. */
-#define COURIER_SCHEMA_VERSION "0.3"
+#define COURIER_SCHEMA_VERSION "0.4"
 
 /* ----------
  * GUC variables (guc.c)
@@ -76,6 +76,7 @@ extern int	courier_worker_idle_exit_ms;
 extern int	courier_idle_wakeup_ms;
 extern int	courier_lease_ms;
 extern int	courier_queue_rotate_ms;
+extern bool courier_claim_per_seller;
 extern int	courier_tms_mode;
 extern char *courier_tms_url;
 extern int	courier_tms_bulk_size;
@@ -258,13 +259,26 @@ extern Datum courier_ids_to_array(int *n);
  * Claiming and retry state (claim.c, retry.c)
  * ----------
  */
-extern Datum courier_claim_due(CourierStage stage, int limit, int *nclaimed);
-extern Datum courier_last_claim(int *n);
-extern void courier_remember_claim(Datum ids);
+
+/*
+ * Work items claimed by a logic batch: ids[i] (int8) of seller sellers[i]
+ * (int8).  Every statement of the batch reaches its rows by (seller_id,
+ * item_id), the key a table sharded by seller keeps (docs/citus.md).
+ */
+typedef struct CourierClaim
+{
+	int			n;
+	Datum	   *ids;
+	Datum	   *sellers;
+} CourierClaim;
+
+extern void courier_claim_due(CourierStage stage, int limit, CourierClaim *claim);
+extern void courier_last_claim(CourierClaim *claim);
+extern void courier_remember_claim(const CourierClaim *claim);
 extern int	courier_lease_notices(int limit, int lease_ms, TimestampTz now,
 								  int max_age_min);
 extern long courier_next_due_ms(CourierStage stage);
-extern void courier_charge_attempt(Datum item_ids, const char *error,
+extern void courier_charge_attempt(const CourierClaim *items, const char *error,
 								   const char *sqlstate, int http_status,
 								   bool permanent);
 /* failed attempts to charge in one statement (retry.c) */
@@ -272,6 +286,7 @@ typedef struct CourierCharges
 {
 	int			n;
 	CourierStage stage;
+	Datum	   *sellers;		/* the seller of each */
 	Datum	   *ids;			/* work item ids, or notices' order ids */
 	Datum	   *dates;			/* notices' ship dates */
 	Datum	   *jitter;			/* each item's back-off jitter, [0, 1) */
@@ -285,12 +300,13 @@ typedef struct CourierCharges
 } CourierCharges;
 
 extern void courier_charges_init(CourierCharges *c, int size, CourierStage stage);
-extern void courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
+extern void courier_charges_add(CourierCharges *c, int64 seller, int64 id,
+								DateADT ship_date,
 								const char *error, const char *sqlstate,
 								int http_status, bool permanent, bool unknown);
 extern void courier_charge(CourierCharges *c);
-extern void courier_charge_lost_batch(Datum item_ids, const char *error,
-									  const char *sqlstate);
+extern void courier_charge_lost_batch(const CourierClaim *items,
+									  const char *error, const char *sqlstate);
 extern double courier_backoff_ms(int attempt);
 extern double courier_backoff_step_ms(int attempt, int base_ms, int cap_ms,
 									 double jitter);

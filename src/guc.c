@@ -41,6 +41,7 @@ int			courier_worker_idle_exit_ms = 60000;
 int			courier_idle_wakeup_ms = 10000;
 int			courier_lease_ms = 60000;
 int			courier_queue_rotate_ms = 10000;
+bool		courier_claim_per_seller = false;
 int			courier_tms_mode = COURIER_TMS_LIVE;
 char	   *courier_tms_url = NULL;
 int			courier_tms_bulk_size = 1;
@@ -177,6 +178,15 @@ courier_define_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("courier.claim_per_seller",
+							 "Whether each batch takes the due work of one seller only.",
+							 "For a deployment sharded by seller (docs/citus.md): every statement of a batch is then restricted to that seller. Off: a batch takes the oldest due work of any sellers.",
+							 &courier_claim_per_seller,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	/* Validation limits of the app API */
 	DefineCustomIntVariable("courier.max_orders_per_request",

@@ -33,9 +33,10 @@
 #include "courier.h"
 
 /*
- * Apply the delays of the items $1.  An order named by several items of
- * the batch takes the newest request's date (rn = 1); the notice is
- * written only when the promised date really changes, and once per
+ * Apply the delays of the items $1, of the sellers $4 (every row is
+ * reached by (seller_id, key), docs/citus.md).  An order named by several
+ * items of the batch takes the newest request's date (rn = 1); the notice
+ * is written only when the promised date really changes, and once per
  * (order, new date), in the variant the notice_v2 rollout switch gives
  * the order.  Every item gets a history row, and leaves the queue.  The
  * time ($2) and the switch's percentage ($3) come in as parameters: the
@@ -58,12 +59,12 @@ static const char *const apply_sql =
 "    SELECT w.item_id, w.order_id, w.request_id, w.seller_id,"
 "           r.reason, r.new_ship_date, o.promised_ship_date AS old_date,"
 "           coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open,"
-"           pg_catalog.row_number() OVER (PARTITION BY w.order_id"
+"           pg_catalog.row_number() OVER (PARTITION BY w.seller_id, w.order_id"
 "                                         ORDER BY w.request_id DESC) AS rn"
-"      FROM pg_catalog.unnest($1::bigint[]) AS c(item_id)"
-"      JOIN courier.work_items w ON w.item_id = c.item_id"
+"      FROM unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id)"
+"      JOIN courier.work_items w ON w.seller_id = c.seller_id AND w.item_id = c.item_id"
 "      JOIN courier.requests r ON r.request_id = w.request_id"
-"      LEFT JOIN courier.orders o ON o.order_id = w.order_id"
+"      LEFT JOIN courier.orders o ON o.seller_id = w.seller_id AND o.order_id = w.order_id"
 "), changed AS ("
 "    UPDATE courier.orders o"
 "       SET promised_ship_date = CASE WHEN o.status IN ('paid', 'shipping_requested')"
@@ -72,7 +73,7 @@ static const char *const apply_sql =
 "                               THEN i.reason ELSE o.delay_reason END,"
 "           updated_at = $2"
 "      FROM items i"
-"     WHERE o.order_id = i.order_id"
+"     WHERE o.seller_id = i.seller_id AND o.order_id = i.order_id"
 "       AND i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date"
 "    RETURNING i.request_id, o.order_id, o.seller_id, i.old_date, i.new_ship_date,"
 "              o.customer_phone, o.product_name, i.reason,"
@@ -87,7 +88,7 @@ static const char *const apply_sql =
 "                THEN 'v2' ELSE 'v1' END,"
 "           $2"
 "      FROM changed ch WHERE ch.applied"
-"    ON CONFLICT (order_id, ship_date) DO NOTHING"
+"    ON CONFLICT (seller_id, order_id, ship_date) DO NOTHING"
 "), history AS ("
 "    INSERT INTO courier.delay_history (request_id, order_id, seller_id,"
 "                                       old_ship_date, new_ship_date, outcome)"
@@ -103,14 +104,14 @@ static const char *const apply_sql =
 "     WHERE NOT (i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date)"
 ") "
 "DELETE FROM courier.work_items w"
-" USING pg_catalog.unnest($1::bigint[]) AS c(item_id)"
-" WHERE w.item_id = c.item_id";
+" USING unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id)"
+" WHERE w.seller_id = c.seller_id AND w.item_id = c.item_id";
 
 static SPIPlanPtr apply_plan = NULL;
 
-static int	apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error);
-static int	apply_isolating_failures(Datum *ids, int n);
-static void apply_items(Datum *ids, int n);
+static int	apply_or_charge_batch(CourierClaim *items, ErrorData **batch_error);
+static int	apply_isolating_failures(CourierClaim *items);
+static void apply_items(CourierClaim *items);
 
 /*
  * courier_logic_run_batch
@@ -127,18 +128,15 @@ static void apply_items(Datum *ids, int n);
 int
 courier_logic_run_batch(ErrorData **batch_error)
 {
+	CourierClaim items;
 	int			n;
-	Datum		claimed;
-	Datum	   *ids;
 	int			failed;
 	CourierStageState *st;
 
-	claimed = courier_claim_due(COURIER_STAGE_LOGIC, courier_batch_size, &n);
+	courier_claim_due(COURIER_STAGE_LOGIC, courier_batch_size, &items);
+	n = items.n;
 	if (n == 0)
 		return 0;
-
-	deconstruct_array(DatumGetArrayTypeP(claimed), INT8OID, 8,
-					  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &ids, NULL, &n);
 
 	/*
 	 * An item whose batch died as a whole is retried alone, in a batch of
@@ -152,13 +150,14 @@ courier_logic_run_batch(ErrorData **batch_error)
 		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i],
 									   SPI_tuptable->tupdesc, 3, &isnull)))
 		{
-			ids = &ids[i];
-			n = 1;
-			courier_remember_claim(courier_int8_array(ids, 1));
+			items.ids = &items.ids[i];
+			items.sellers = &items.sellers[i];
+			items.n = n = 1;
+			courier_remember_claim(&items);
 			break;
 		}
 	}
-	failed = apply_or_charge_batch(ids, n, batch_error);
+	failed = apply_or_charge_batch(&items, batch_error);
 	if (failed < n)
 		courier_wake_stage_at_commit(COURIER_STAGE_TMS);
 
@@ -187,7 +186,7 @@ courier_logic_run_batch(ErrorData **batch_error)
  * when its error arrives here, so the claiming transaction is intact.
  */
 static int
-apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error)
+apply_or_charge_batch(CourierClaim *items, ErrorData **batch_error)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	int			failed = 0;
@@ -195,7 +194,7 @@ apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error)
 	*batch_error = NULL;
 	PG_TRY();
 	{
-		failed = apply_isolating_failures(ids, n);
+		failed = apply_isolating_failures(items);
 	}
 	PG_CATCH();
 	{
@@ -215,16 +214,16 @@ apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error)
 
 	if (*batch_error != NULL)
 	{
-		courier_charge_lost_batch(courier_int8_array(ids, n), (*batch_error)->message,
+		courier_charge_lost_batch(items, (*batch_error)->message,
 								  unpack_sql_state((*batch_error)->sqlerrcode));
-		failed = n;
+		failed = items->n;
 	}
 	return failed;
 }
 
 /*
  * apply_isolating_failures
- *		Apply ids[0..n) in a subtransaction; if that fails, bisect.  Returns
+ *		Apply the items in a subtransaction; if that fails, bisect.  Returns
  *		the number of items charged a failed attempt.
  *
  * Errors that are not about the data (query cancel, shutdown) are
@@ -233,7 +232,7 @@ apply_or_charge_batch(Datum *ids, int n, ErrorData **batch_error)
  * available): the batch is tried again as it is, and no item pays.
  */
 static int
-apply_isolating_failures(Datum *ids, int n)
+apply_isolating_failures(CourierClaim *items)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -244,7 +243,7 @@ apply_isolating_failures(Datum *ids, int n)
 
 	PG_TRY();
 	{
-		apply_items(ids, n);
+		apply_items(items);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
@@ -269,32 +268,36 @@ apply_isolating_failures(Datum *ids, int n)
 		courier_error_is_transient(edata->sqlerrcode))
 		ReThrowError(edata);
 
-	if (n > 1)
+	if (items->n > 1)
 	{
-		int			half = n / 2;
+		int			half = items->n / 2;
+		CourierClaim first = {half, items->ids, items->sellers};
+		CourierClaim second = {items->n - half, items->ids + half,
+		items->sellers + half};
 
-		return apply_isolating_failures(ids, half) +
-			apply_isolating_failures(ids + half, n - half);
+		return apply_isolating_failures(&first) +
+			apply_isolating_failures(&second);
 	}
 
 	ereport(LOG,
 			(errmsg("courier: logic item " INT64_FORMAT " failed: %s",
-					DatumGetInt64(ids[0]), edata->message)));
-	courier_charge_attempt(courier_int8_array(ids, 1), edata->message,
+					DatumGetInt64(items->ids[0]), edata->message)));
+	courier_charge_attempt(items, edata->message,
 						   unpack_sql_state(edata->sqlerrcode), 0, false);
 	FreeErrorData(edata);
 	return 1;
 }
 
 static void
-apply_items(Datum *ids, int n)
+apply_items(CourierClaim *items)
 {
-	Oid			argtypes[3] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4OID};
-	Datum		values[3];
+	Oid			argtypes[4] = {INT8ARRAYOID, TIMESTAMPTZOID, INT4OID, INT8ARRAYOID};
+	Datum		values[4];
 
-	values[0] = courier_int8_array(ids, n);
+	values[0] = courier_int8_array(items->ids, items->n);
 	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[2] = Int32GetDatum(courier_rollout_percent("notice_v2"));
-	courier_execute_kept(&apply_plan, apply_sql, 3, argtypes, values, NULL,
+	values[3] = courier_int8_array(items->sellers, items->n);
+	courier_execute_kept(&apply_plan, apply_sql, 4, argtypes, values, NULL,
 						 SPI_OK_DELETE);
 }

@@ -43,11 +43,13 @@ static const char *const charge_sql =
 "               'http_status', u.http_status,"
 "               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
 "      FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int[], $5::bool[], $6::bool[],"
-"                  $9::float8[])"
-"           AS u(item_id, error, sqlstate, http_status, permanent, unknown, jitter)"
+"                  $9::float8[], $12::bigint[])"
+"           AS u(item_id, error, sqlstate, http_status, permanent, unknown, jitter,"
+"                seller_id)"
 "), moved AS ("
 "    DELETE FROM courier.work_items w USING r"
-"     WHERE w.item_id = r.item_id AND (w.attempts + 1 >= $7 OR r.permanent)"
+"     WHERE w.seller_id = r.seller_id AND w.item_id = r.item_id"
+"       AND (w.attempts + 1 >= $7 OR r.permanent)"
 "    RETURNING w.*, r.e, r.error AS last_error, r.sqlstate AS last_sqlstate,"
 "              r.http_status AS last_http_status"
 "), failed AS ("
@@ -65,7 +67,8 @@ static const char *const charge_sql =
 "       leased_by = NULL,"
 "       errors = w.errors || r.e"
 "  FROM r"
-" WHERE w.item_id = r.item_id AND NOT (w.attempts + 1 >= $7 OR r.permanent)";
+" WHERE w.seller_id = r.seller_id AND w.item_id = r.item_id"
+"   AND NOT (w.attempts + 1 >= $7 OR r.permanent)";
 
 /*
  * The same for the tms stage, whose queue entries are the pending notices
@@ -81,9 +84,9 @@ static const char *const charge_notices_sql =
 "               'http_status', u.http_status,"
 "               'outcome_unknown', CASE WHEN u.unknown THEN true END)) AS e"
 "      FROM unnest($1::bigint[], $2::date[], $3::text[], $4::text[], $5::int[],"
-"                  $6::bool[], $7::bool[], $10::float8[])"
+"                  $6::bool[], $7::bool[], $10::float8[], $13::bigint[])"
 "           AS u(order_id, ship_date, error, sqlstate, http_status, permanent,"
-"                unknown, jitter)"
+"                unknown, jitter, seller_id)"
 "), charged AS ("
 "    UPDATE courier.notices n"
 "       SET attempts = n.attempts + 1,"
@@ -94,8 +97,8 @@ static const char *const charge_notices_sql =
 "           leased_by = NULL,"
 "           errors = n.errors || r.e"
 "      FROM r"
-"     WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
-"       AND n.status = 'pending'"
+"     WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
+"       AND n.ship_date = r.ship_date AND n.status = 'pending'"
 "    RETURNING n.seller_id, n.order_id, n.ship_date, n.attempts, n.errors,"
 "              n.created_at, n.status, r.error, r.sqlstate, r.http_status"
 ") "
@@ -168,6 +171,7 @@ courier_charges_init(CourierCharges *c, int size, CourierStage stage)
 	size = Max(size, 1);
 	c->n = 0;
 	c->stage = stage;
+	c->sellers = palloc(sizeof(Datum) * size);
 	c->ids = palloc(sizeof(Datum) * size);
 	c->dates = palloc(sizeof(Datum) * size);
 	c->jitter = palloc(sizeof(Datum) * size);
@@ -182,19 +186,20 @@ courier_charges_init(CourierCharges *c, int size, CourierStage stage)
 
 /*
  * courier_charges_add
- *		One failed attempt of an item (a work item's id, or a notice's
- *		order_id and ship_date): why (error; sqlstate and http_status
+ *		One failed attempt of an item (a work item's seller and id, or a
+ *		notice's seller, order_id and ship_date): why (error; sqlstate and http_status
  *		when there are some, NULL and 0 otherwise), whether it is permanent
  *		(straight to failures) and whether the outcome of a send is unknown
  *		(flagged in the history).
  */
 void
-courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
-					const char *error, const char *sqlstate, int http_status,
+courier_charges_add(CourierCharges *c, int64 seller, int64 id,
+					DateADT ship_date, const char *error, const char *sqlstate, int http_status,
 					bool permanent, bool unknown)
 {
 	int			i = c->n++;
 
+	c->sellers[i] = Int64GetDatum(seller);
 	c->ids[i] = Int64GetDatum(id);
 	c->dates[i] = DateADTGetDatum(ship_date);
 	c->jitter[i] = Float8GetDatum(pg_prng_double(&pg_global_prng_state));
@@ -220,19 +225,26 @@ courier_charges_add(CourierCharges *c, int64 id, DateADT ship_date,
 void
 courier_charge(CourierCharges *c)
 {
-	/* logic: $1 ids, $2-$6 why, $7 max attempts, $8 now, $9 jitter, $10-$11 back-off */
-	Oid			item_types[11] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	/*
+	 * logic: $1 ids, $2-$6 why, $7 max attempts, $8 now, $9 jitter, $10-$11
+	 * back-off, $12 sellers
+	 */
+	Oid			item_types[12] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, INT4OID, TIMESTAMPTZOID,
-	FLOAT8ARRAYOID, INT4OID, INT4OID};
+	FLOAT8ARRAYOID, INT4OID, INT4OID, INT8ARRAYOID};
 
-	/* tms: $1-$2 keys, $3-$7 why, $8 now, $9 max attempts, $10 jitter, $11-$12 back-off */
-	Oid			notice_types[12] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+	/*
+	 * tms: $1-$2 keys, $3-$7 why, $8 now, $9 max attempts, $10 jitter,
+	 * $11-$12 back-off, $13 sellers
+	 */
+	Oid			notice_types[13] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, TIMESTAMPTZOID,
-	INT4OID, FLOAT8ARRAYOID, INT4OID, INT4OID};
-	Datum		values[12];
+	INT4OID, FLOAT8ARRAYOID, INT4OID, INT4OID, INT8ARRAYOID};
+	Datum		values[13];
 	int			dims[1] = {c->n};
 	int			lbs[1] = {1};
 	Datum		ids,
+				sellers,
 				errors,
 				sqlstates,
 				http,
@@ -244,6 +256,7 @@ courier_charge(CourierCharges *c)
 	if (c->n == 0)
 		return;
 	ids = courier_int8_array(c->ids, c->n);
+	sellers = courier_int8_array(c->sellers, c->n);
 	errors = PointerGetDatum(construct_array(c->errors, c->n, TEXTOID, -1,
 											 false, TYPALIGN_INT));
 	sqlstates = PointerGetDatum(construct_md_array(c->sqlstates, c->sqlstate_nulls,
@@ -275,10 +288,11 @@ courier_charge(CourierCharges *c)
 		values[9] = jitter;
 		values[10] = Int32GetDatum(courier_retry_base_ms);
 		values[11] = Int32GetDatum(courier_retry_cap_ms);
+		values[12] = sellers;
 		if (charge_notices_plan == NULL)
-			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 12,
+			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 13,
 													   notice_types, true);
-		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 12,
+		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 13,
 							 notice_types, values, NULL, SPI_OK_INSERT);
 		return;
 	}
@@ -294,28 +308,27 @@ courier_charge(CourierCharges *c)
 	values[8] = jitter;
 	values[9] = Int32GetDatum(courier_retry_base_ms);
 	values[10] = Int32GetDatum(courier_retry_cap_ms);
-	courier_execute_kept(&charge_plan, charge_sql, 11, item_types, values, NULL,
+	values[11] = sellers;
+	courier_execute_kept(&charge_plan, charge_sql, 12, item_types, values, NULL,
 						 SPI_OK_UPDATE);
 }
 
 /*
  * courier_charge_attempt
- *		Charge one attempt to every item of an int8[] for the same reason
- *		(an item that failed alone, or a batch that died as a whole).
+ *		Charge one attempt to every item of a claim for the same reason (an
+ *		item that failed alone, or a batch that died as a whole).
  */
 void
-courier_charge_attempt(Datum item_ids, const char *error, const char *sqlstate,
-					   int http_status, bool permanent)
+courier_charge_attempt(const CourierClaim *items, const char *error,
+					   const char *sqlstate, int http_status, bool permanent)
 {
-	ArrayType  *arr = DatumGetArrayTypeP(item_ids);
-	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-	int64	   *ids = (int64 *) ARR_DATA_PTR(arr);
 	CourierCharges charges;
 
-	courier_charges_init(&charges, n, COURIER_STAGE_LOGIC);
-	for (int i = 0; i < n; i++)
-		courier_charges_add(&charges, ids[i], 0, error, sqlstate, http_status,
-							permanent, false);
+	courier_charges_init(&charges, items->n, COURIER_STAGE_LOGIC);
+	for (int i = 0; i < items->n; i++)
+		courier_charges_add(&charges, DatumGetInt64(items->sellers[i]),
+							DatumGetInt64(items->ids[i]), 0, error, sqlstate,
+							http_status, permanent, false);
 	courier_charge(&charges);
 }
 
@@ -326,15 +339,19 @@ courier_charge_attempt(Datum item_ids, const char *error, const char *sqlstate,
  *		the logic stage retries each alone and only the culprit pays again.
  */
 void
-courier_charge_lost_batch(Datum item_ids, const char *error, const char *sqlstate)
+courier_charge_lost_batch(const CourierClaim *items, const char *error,
+						  const char *sqlstate)
 {
 	static SPIPlanPtr solo_plan = NULL;
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1] = {item_ids};
+	Oid			argtypes[2] = {INT8ARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
 
-	courier_charge_attempt(item_ids, error, sqlstate, 0, false);
+	courier_charge_attempt(items, error, sqlstate, 0, false);
+	values[0] = courier_int8_array(items->ids, items->n);
+	values[1] = courier_int8_array(items->sellers, items->n);
 	courier_execute_kept(&solo_plan,
-						 "UPDATE courier.work_items SET solo = true"
-						 " WHERE item_id = ANY ($1)",
-						 1, argtypes, values, NULL, SPI_OK_UPDATE);
+						 "UPDATE courier.work_items w SET solo = true"
+						 "  FROM unnest($1::bigint[], $2::bigint[]) AS c(item_id, seller_id)"
+						 " WHERE w.seller_id = c.seller_id AND w.item_id = c.item_id",
+						 2, argtypes, values, NULL, SPI_OK_UPDATE);
 }

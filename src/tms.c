@@ -86,6 +86,7 @@ typedef struct TmsBatch
 	TimestampTz lease_started;
 	int			lease_ms;		/* the lease ends lease_ms after lease_started */
 	int			n;
+	int64	   *seller_ids;
 	int64	   *order_ids;
 	DateADT    *ship_dates;
 	int		   *attempts;
@@ -146,15 +147,18 @@ static const CourierDispatchHooks hooks = {
  *						dropped, if this sender still holds it
  *	release				the notice falls due after release_ms, if this
  *						sender still holds it
- * ($9 is this sender's pid, $10 the time of recording.)  Charged notices
+ * ($9 is this sender's pid, $10 the time of recording, $11 the notices'
+ * sellers: each notice is reached by its key, (seller_id, order_id,
+ * ship_date), docs/citus.md.)  Charged notices
  * ('charge') are left alone here: they go through courier_charge (retry.c).
  */
 static const char *const record_sql =
 "WITH r AS ("
 "    SELECT * FROM unnest($1::bigint[], $2::date[], $3::text[], $4::int[],"
-"                         $5::text[], $6::text[], $7::float8[], $8::int[])"
+"                         $5::text[], $6::text[], $7::float8[], $8::int[],"
+"                         $11::bigint[])"
 "           AS r(order_id, ship_date, status, http_status, provider_id, channel,"
-"                latency_ms, release_ms)"
+"                latency_ms, release_ms, seller_id)"
 ") "
 "UPDATE courier.notices n"
 "   SET status = CASE r.status WHEN 'closed' THEN 'dropped'"
@@ -172,7 +176,8 @@ static const char *const record_sql =
 "       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms' END,"
 "       leased_by = NULL"
 "  FROM r"
-" WHERE n.order_id = r.order_id AND n.ship_date = r.ship_date"
+" WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
+"   AND n.ship_date = r.ship_date"
 "   AND (r.status IN ('delivered', 'dry_run')"
 "        OR (r.status IN ('closed', 'release')"
 "            AND n.status = 'pending' AND n.leased_by = $9))";
@@ -463,6 +468,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 
 	old = MemoryContextSwitchTo(b->context);
 	b->n = (int) SPI_processed;
+	b->seller_ids = palloc(sizeof(int64) * b->n);
 	b->order_ids = palloc(sizeof(int64) * b->n);
 	b->ship_dates = palloc(sizeof(DateADT) * b->n);
 	b->attempts = palloc(sizeof(int) * b->n);
@@ -480,6 +486,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 					day;
 		int			bytes;
 
+		b->seller_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
 		b->order_ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		b->ship_dates[i] = DatumGetDateADT(SPI_getbinval(tup, desc, 2, &isnull));
 		b->attempts[i] = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
@@ -523,19 +530,25 @@ tms_lease(TmsBatch *b, bool lock_orders)
 static void
 lock_leased_orders(TmsBatch *b)
 {
-	Oid			argtypes[1] = {INT8ARRAYOID};
+	Oid			argtypes[2] = {INT8ARRAYOID, INT8ARRAYOID};
 	Datum	   *ids = palloc(sizeof(Datum) * b->n);
-	Datum		values[1];
+	Datum	   *sellers = palloc(sizeof(Datum) * b->n);
+	Datum		values[2];
 
 	for (int i = 0; i < b->n; i++)
+	{
 		ids[i] = Int64GetDatum(b->order_ids[i]);
+		sellers[i] = Int64GetDatum(b->seller_ids[i]);
+	}
 	values[0] = courier_int8_array(ids, b->n);
+	values[1] = courier_int8_array(sellers, b->n);
 	courier_execute_kept(&lock_orders_plan,
 						 "SELECT o.order_id, o.status IN ('paid', 'shipping_requested')"
 						 "  FROM courier.orders o"
-						 " WHERE o.order_id = ANY ($1)"
+						 " WHERE (o.seller_id, o.order_id) IN"
+						 "       (SELECT * FROM unnest($2::bigint[], $1::bigint[]))"
 						 " ORDER BY o.order_id FOR SHARE OF o",
-						 1, argtypes, values, NULL, SPI_OK_SELECT);
+						 2, argtypes, values, NULL, SPI_OK_SELECT);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[r];
@@ -688,6 +701,7 @@ static void
 tms_record(TmsBatch *b)
 {
 	int			n = b->n;
+	Datum	   *sellers = palloc(sizeof(Datum) * n);
 	Datum	   *orders = palloc(sizeof(Datum) * n);
 	Datum	   *dates = palloc(sizeof(Datum) * n);
 	Datum	   *status = palloc(sizeof(Datum) * n);
@@ -700,10 +714,10 @@ tms_record(TmsBatch *b)
 	int			delivered = 0;
 	bool		unauthorized = false;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[10] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[11] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID,
-	INT4OID, TIMESTAMPTZOID};
-	Datum		values[10];
+	INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
+	Datum		values[11];
 	CourierStageState *st;
 
 	courier_charges_init(&charges, n, COURIER_STAGE_TMS);
@@ -769,6 +783,7 @@ tms_record(TmsBatch *b)
 				break;
 		}
 
+		sellers[i] = Int64GetDatum(b->seller_ids[i]);
 		orders[i] = Int64GetDatum(b->order_ids[i]);
 		dates[i] = DateADTGetDatum(b->ship_dates[i]);
 		status[i] = CStringGetTextDatum(s);
@@ -779,7 +794,8 @@ tms_record(TmsBatch *b)
 		release[i] = Int32GetDatum(release_ms);
 		if (strcmp(s, "charge") == 0)
 		{
-			courier_charges_add(&charges, b->order_ids[i], b->ship_dates[i], error,
+			courier_charges_add(&charges, b->seller_ids[i], b->order_ids[i],
+								b->ship_dates[i], error,
 								(b->verdict[i] != VERDICT_SEND || m->code[0] == '\0') ?
 								NULL : psprintf("tms:%s", m->code),
 								m->http_status, permanent, m->unknown);
@@ -796,9 +812,10 @@ tms_record(TmsBatch *b)
 	values[7] = PointerGetDatum(construct_array(release, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[8] = Int32GetDatum(MyProcPid);
 	values[9] = TimestampTzGetDatum(now);
+	values[10] = courier_int8_array(sellers, n);
 	if (record_plan == NULL)
-		record_plan = courier_prepare_kept(record_sql, 10, argtypes, true);
-	courier_execute_kept(&record_plan, record_sql, 10, argtypes, values, NULL,
+		record_plan = courier_prepare_kept(record_sql, 11, argtypes, true);
+	courier_execute_kept(&record_plan, record_sql, 11, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
 	courier_charge(&charges);

@@ -376,8 +376,7 @@ run_logic_batch(long *sleep_ms, ErrorData **batch_error)
 static void
 charge_lost_batch(ErrorData *edata)
 {
-	int			n;
-	Datum		ids;
+	CourierClaim items;
 
 	if (my_stage == COURIER_STAGE_TMS)
 	{
@@ -387,16 +386,16 @@ charge_lost_batch(ErrorData *edata)
 				 errdetail("The notices it leased fall due again when the lease runs out, charged an attempt with the outcome unknown; the worker backs off before its next batch.")));
 		return;
 	}
-	ids = courier_last_claim(&n);
+	courier_last_claim(&items);
 	ereport(LOG,
 			(errmsg("courier %s worker: batch of %d items failed: %s",
-					courier_stage_name(my_stage), n, edata->message),
+					courier_stage_name(my_stage), items.n, edata->message),
 			 errdetail("Every item of the batch is charged an attempt; the worker backs off before its next batch.")));
-	if (n == 0)
+	if (items.n == 0)
 		return;
 
 	courier_begin_transaction();
-	courier_charge_lost_batch(ids, edata->message,
+	courier_charge_lost_batch(&items, edata->message,
 							  unpack_sql_state(edata->sqlerrcode));
 	courier_commit_transaction();
 }

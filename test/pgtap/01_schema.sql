@@ -11,8 +11,8 @@ SELECT ok(obj_description(('courier.' || t)::regclass, 'pg_class') IS NOT NULL,
   FROM unnest(ARRAY['orders', 'requests', 'work_items', 'delay_history', 'notices', 'failures']) t;
 SELECT col_not_null('courier', t, 'seller_id', 'courier.' || t || ' carries seller_id')
   FROM unnest(ARRAY['orders', 'work_items', 'delay_history', 'notices', 'failures']) t;
-SELECT col_is_pk('courier', 'notices', ARRAY['order_id', 'ship_date'],
-                 'a notice is keyed by its natural idempotency key');
+SELECT col_is_pk('courier', 'notices', ARRAY['seller_id', 'order_id', 'ship_date'],
+                 'a notice is keyed by its seller and its natural idempotency key');
 SELECT index_is_type('courier', 'work_items', 'work_items_due', 'btree');
 SELECT has_index('courier', 'work_items', 'work_items_due', ARRAY['stage', 'not_before', 'item_id'],
                  'the claim is served by (stage, not_before, item_id)');

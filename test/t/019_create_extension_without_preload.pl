@@ -44,10 +44,11 @@ my ($rc, $out, $err) = $node->psql(
 	'postgres', q{
 CREATE EXTENSION courier;
 SELECT 'still here after CREATE EXTENSION';
-SELECT extversion FROM pg_extension WHERE extname = 'courier';
+SELECT e.extversion = a.default_version FROM pg_extension e
+  JOIN pg_available_extensions a ON a.name = e.extname WHERE e.extname = 'courier';
 });
 is($rc, 0, 'CREATE EXTENSION courier and the statements after it succeed in one session');
-is($out, "still here after CREATE EXTENSION\n0.3",
+is($out, "still here after CREATE EXTENSION\nt",
 	'the session that created the extension goes on running statements');
 unlike($err, qr/FATAL|server closed the connection/,
 	'psql saw no FATAL and no lost connection');

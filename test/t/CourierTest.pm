@@ -34,6 +34,7 @@ our @EXPORT = qw(
   logic_workers
   log_offset
   poll_log
+  library_version
 );
 
 # The settings every courier test cluster runs with; a test adds its own
@@ -280,6 +281,22 @@ sub poll_log
 	}
 	diag("poll_log timed out after ${timeout}s waiting for $regex");
 	return 0;
+}
+
+# library_version()
+#	The version the installed library needs its schema at: courier.control's
+#	default_version (the upgrade tests update to it).
+sub library_version
+{
+	my $control = `pg_config --sharedir`;
+	chomp $control;
+	open(my $fh, '<', "$control/extension/courier.control")
+	  or die "cannot read courier.control: $!";
+	while (<$fh>)
+	{
+		return $1 if /^default_version\s*=\s*'([^']+)'/;
+	}
+	die "no default_version in courier.control";
 }
 
 1;

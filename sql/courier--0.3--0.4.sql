@@ -1,0 +1,225 @@
+/* courier--0.3--0.4.sql
+ *
+ * courier 0.4: keys that a table sharded by seller can keep (docs/citus.md,
+ * rules 1 and 2).
+ *
+ * Citus distributes a table by one column and refuses a primary or unique
+ * key that does not include it.  courier's tables are meant to be
+ * distributed by seller_id, co-located with courier.orders, so every key
+ * of those tables now starts with seller_id, every ON CONFLICT target
+ * names it, and the statements of a batch carry the seller of each row so
+ * that they join on (seller_id, key).  Lookups by an id alone (the app
+ * names orders by order id, the DBA console failures by failure id,
+ * request_status history rows by request id) go through plain indexes.
+ *
+ * One rule comes with it: an order never changes seller.  register_orders
+ * refuses to register a known order id under another seller (a sharded
+ * table cannot move a row by updating its distribution column, and no
+ * index can keep an order id unique across sellers).
+ *
+ * Run by ALTER EXTENSION courier UPDATE TO '0.4' (and by CREATE EXTENSION,
+ * after the earlier scripts).  Only keys and indexes change: no row moves,
+ * queued work, leases and failures stay as they are.  The library of 0.4
+ * refuses to run batches on a 0.3 schema (courier.run_once says so), and
+ * app calls keep working across the update.
+ */
+
+\echo Use "ALTER EXTENSION courier UPDATE TO '0.4'" to load this file. \quit
+
+/* ------------------------------------------------------------------------
+ * Keys that start with seller_id (rule 1)
+ * ------------------------------------------------------------------------ */
+
+ALTER TABLE courier.orders DROP CONSTRAINT orders_pkey,
+	ADD PRIMARY KEY (seller_id, order_id);
+/* the app names orders by id alone: register_invoice, delay_orders, ... */
+CREATE INDEX orders_order_id ON courier.orders (order_id);
+
+ALTER TABLE courier.notices DROP CONSTRAINT notices_pkey,
+	ADD PRIMARY KEY (seller_id, order_id, ship_date);
+
+ALTER TABLE courier.delay_history DROP CONSTRAINT delay_history_pkey,
+	ADD PRIMARY KEY (seller_id, request_id, order_id);
+/* request_status counts a request's history rows */
+CREATE INDEX delay_history_request ON courier.delay_history (request_id);
+
+ALTER TABLE courier.failures DROP CONSTRAINT failures_pkey,
+	ADD PRIMARY KEY (seller_id, failure_id);
+/* the DBA console names failures by id alone */
+CREATE INDEX failures_failure_id ON courier.failures (failure_id);
+
+ALTER TABLE courier.work_items DROP CONSTRAINT work_items_pkey,
+	ADD PRIMARY KEY (seller_id, item_id, slot);
+
+/* ------------------------------------------------------------------------
+ * The functions in SQL join on (seller_id, key)
+ * ------------------------------------------------------------------------ */
+
+CREATE OR REPLACE FUNCTION courier.order_closed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM courier.close_at_commit(NEW.order_id);
+	/* notices no sender holds are dropped now; a held one is dropped by its sender */
+	UPDATE courier.notices n SET status = 'dropped', due_at = NULL, leased_by = NULL
+	 WHERE n.seller_id = NEW.seller_id AND n.order_id = NEW.order_id
+	   AND n.status = 'pending'
+	   AND (n.leased_by IS NULL OR n.due_at <= pg_catalog.statement_timestamp());
+	RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.retry_failures(failure_ids bigint[] DEFAULT NULL,
+												  stage courier.stage DEFAULT NULL,
+												  error_pattern text DEFAULT NULL,
+												  failed_after timestamptz DEFAULT NULL,
+												  failed_before timestamptz DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	WITH moved AS (
+		DELETE FROM courier.failures f
+		 WHERE f.failure_id IN (SELECT courier.failures_matching($1, $2, $3, $4, $5))
+		   /* never a second item beside one still queued for the same work */
+		   AND NOT (f.stage = 'logic' AND EXISTS (
+					SELECT 1 FROM courier.work_items w
+					 WHERE w.stage = 'logic' AND w.seller_id = f.seller_id
+					   AND w.order_id = f.order_id AND w.request_id = f.request_id))
+		   AND NOT (f.stage = 'tms' AND EXISTS (
+					SELECT 1 FROM courier.notices p
+					 WHERE p.seller_id = f.seller_id AND p.order_id = f.order_id
+					   AND p.ship_date = f.ship_date AND p.status = 'pending'))
+		RETURNING f.*
+	), queued AS (
+		INSERT INTO courier.work_items
+			(slot, stage, seller_id, order_id, request_id, errors, created_at)
+		SELECT (SELECT courier.queue_slot()), m.stage, m.seller_id, m.order_id,
+			   m.request_id, m.errors, m.first_queued_at
+		  FROM moved m
+		 WHERE m.stage = 'logic'
+		RETURNING 1
+	), reopened AS (
+		UPDATE courier.notices n
+		   SET status = 'pending', due_at = pg_catalog.now(), leased_by = NULL,
+			   attempts = 0, errors = m.errors
+		  FROM moved m
+		 WHERE m.stage = 'tms' AND n.seller_id = m.seller_id
+		   AND n.order_id = m.order_id AND n.ship_date = m.ship_date
+		RETURNING 1
+	)
+	SELECT (SELECT count(*) FROM queued) + (SELECT count(*) FROM reopened) INTO n;
+	RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.prune_chunk(cutoff timestamptz, chunk integer)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	DELETE FROM courier.notices n
+	 WHERE (n.seller_id, n.order_id, n.ship_date) IN (
+		SELECT seller_id, order_id, ship_date FROM courier.notices
+		 WHERE sent_at < cutoff AND status IN ('delivered', 'dry_run')
+		 LIMIT chunk);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n > 0 THEN
+		RETURN n;
+	END IF;
+
+	/* history rows go, their count stays with the request */
+	WITH gone AS (
+		DELETE FROM courier.delay_history h
+		 WHERE (h.seller_id, h.request_id, h.order_id) IN (
+			SELECT seller_id, request_id, order_id FROM courier.delay_history
+			 WHERE applied_at < cutoff LIMIT chunk)
+		RETURNING h.request_id
+	), per_request AS (
+		SELECT g.request_id, count(*) AS n FROM gone g GROUP BY g.request_id
+	), folded AS (
+		UPDATE courier.requests r SET pruned_done = r.pruned_done + p.n
+		  FROM per_request p
+		 WHERE r.request_id = p.request_id
+	)
+	SELECT count(*) INTO n FROM gone;
+	IF n > 0 THEN
+		RETURN n;
+	END IF;
+
+	WITH gone AS (
+		DELETE FROM courier.failures f
+		 WHERE (f.seller_id, f.failure_id) IN (
+			SELECT seller_id, failure_id FROM courier.failures
+			 WHERE discarded_at < cutoff LIMIT chunk)
+		RETURNING f.request_id, f.stage
+	), per_request AS (
+		SELECT g.request_id, count(*) AS n FROM gone g
+		 WHERE g.stage = 'logic' AND g.request_id IS NOT NULL
+		 GROUP BY g.request_id
+	), folded AS (
+		UPDATE courier.requests r SET pruned_failed = r.pruned_failed + p.n
+		  FROM per_request p
+		 WHERE r.request_id = p.request_id
+	)
+	SELECT count(*) INTO n FROM gone;
+	IF n > 0 THEN
+		RETURN n;
+	END IF;
+
+	DELETE FROM courier.alerts a
+	 WHERE a.alert_id IN (SELECT alert_id FROM courier.alerts
+						   WHERE posted_at < cutoff LIMIT chunk);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION courier.sweep_overdue()
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids bigint[];
+BEGIN
+	/* orders past their invoice deadline, not yet notified for that deadline */
+	WITH due AS (
+		SELECT o.seller_id, o.order_id
+		  FROM courier.orders o
+		 WHERE o.status = 'shipping_requested'
+		   AND o.invoice_number IS NULL
+		   AND o.invoice_deadline < pg_catalog.now()
+		   AND o.overdue_notified_for IS DISTINCT FROM o.invoice_deadline
+		   AND courier.switch_enabled('overdue_sweep', o.order_id)
+		 ORDER BY o.invoice_deadline
+		 LIMIT pg_catalog.current_setting('courier.max_orders_per_request')::integer
+		   FOR UPDATE SKIP LOCKED
+	), marked AS (
+		UPDATE courier.orders o
+		   SET overdue_notified_for = o.invoice_deadline
+		  FROM due
+		 WHERE o.seller_id = due.seller_id AND o.order_id = due.order_id
+		RETURNING o.order_id
+	)
+	SELECT pg_catalog.array_agg(order_id ORDER BY order_id) INTO ids FROM marked;
+
+	IF ids IS NULL THEN
+		RETURN 0;
+	END IF;
+	PERFORM courier.delay_orders(ids, pg_catalog.current_setting('courier.overdue_reason'),
+								 CURRENT_DATE + pg_catalog.current_setting('courier.overdue_delay_days')::integer);
+	RETURN pg_catalog.cardinality(ids);
+END
+$$;
+
+COMMENT ON FUNCTION courier.register_orders(jsonb) IS
+	'Add or update orders from a JSON array of {order_id, seller_id, customer_phone, product_name, promised_ship_date[, status]}; all or nothing. An order never changes seller: a known order id under another seller is refused.';
