@@ -18,8 +18,12 @@
  *	  sender can commit, go on the network, and if it dies the notices
  *	  fall due again by themselves when the lease runs out.
  *
- * The caller has SPI connected and a snapshot pushed.  A per-seller
- * variant (for a sharded deployment) would be added beside these.
+ * With courier.claim_per_seller both first pick the seller of the oldest
+ * due work and then take that seller's work only, so that every statement
+ * of the batch is restricted to one seller (a deployment sharded by
+ * seller runs it on the node that holds the seller, docs/citus.md).
+ *
+ * The caller has SPI connected and a snapshot pushed.
  *
  * IDENTIFICATION
  *		src/claim.c

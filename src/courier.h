@@ -96,6 +96,22 @@ extern int	courier_tms_breaker_cooldown_ms;
 extern char *courier_notice_template;
 extern char *courier_notice_template_v2;
 extern char *courier_alert_url;
+extern int	courier_tms_provider;	/* a CourierProviderId (provider.h) */
+extern char *courier_nhn_alimtalk_appkey;
+extern char *courier_nhn_alimtalk_secret_key;
+extern char *courier_nhn_alimtalk_sender_key;
+extern char *courier_nhn_sms_appkey;
+extern char *courier_nhn_sms_secret_key;
+extern char *courier_nhn_sms_send_no;
+extern char *courier_sens_alimtalk_service_id;
+extern char *courier_sens_sms_service_id;
+extern char *courier_sens_plus_friend_id;
+extern char *courier_sens_sms_from;
+extern char *courier_alimtalk_template;
+extern char *courier_alimtalk_template_v2;
+extern char *courier_alimtalk_template_params;
+/* courier.alimtalk_template_params parsed (provider.h) */
+extern const struct CourierTemplateParams *courier_alimtalk_params;
 
 extern void courier_define_gucs(void);
 

@@ -2,7 +2,8 @@
  *
  * dispatch.c
  *		Sends a batch of TMS messages and gives each one outcome: groups the
- *		messages into requests in the provider's dialect (provider.h), keeps
+ *		messages into requests in the dialect courier.tms_provider names
+ *		(provider.h), as many as the dialect lets share a request, keeps
  *		up to courier.tms_concurrency of them in flight through the HTTP
  *		transport (http.c), and asks the shared limits before each request
  *		and tells them after.
@@ -31,6 +32,13 @@
 #define MAX_RETRY_AFTER_MS 3600000L
 
 /*
+ * Messages a request looks past, after one the dialect would not let join
+ * it, for more that may: bounds the work of grouping when few can share a
+ * request (a dialect whose request carries one text).
+ */
+#define JOIN_WINDOW 1000
+
+/*
  * What the requests of one courier_dispatch call allocate (bodies, header
  * lines, signatures): reset at the start of the next call, so a sender's
  * memory does not grow with the requests it sends.
@@ -38,6 +46,11 @@
 static MemoryContext dispatch_context = NULL;
 
 static int	next_unsent(CourierMessage *msgs, int n, int from);
+static int	hold_unsendable(const CourierProvider *provider,
+							CourierMessage *msgs, int n);
+static int	collect_request(const CourierProvider *provider,
+							CourierMessage *msgs, int n, int from, int bulk,
+							int *idx);
 static void start_request(const CourierProvider *provider, CourierMessage *msgs,
 						  int n, int *next, int bulk);
 static void finish_request(const CourierProvider *provider,
@@ -47,9 +60,13 @@ static void finish_request(const CourierProvider *provider,
 /*
  * courier_dispatch
  *		Send the messages of msgs[0..n) not marked skip, and give each an
- *		outcome.  Returns when every message has one, or (after
- *		hooks->should_stop or a refusal of hooks->admit) when every request
- *		started has finished; messages never sent stay PENDING.
+ *		outcome, in the dialect courier.tms_provider names.  Returns when
+ *		every message has one, or (after hooks->should_stop or a refusal of
+ *		hooks->admit) when every request started has finished; messages
+ *		never sent stay PENDING.  A message the dialect cannot send as
+ *		courier is configured is not sent: it gets the configuration
+ *		outcome, and the shared limits hear of it once, as of a request
+ *		refused for our configuration (the breaker opens).
  *
  * Called with no transaction open in workers.  An ERROR (query cancel in
  * a backend's run_once) drops the requests in flight before going on.
@@ -57,7 +74,7 @@ static void finish_request(const CourierProvider *provider,
 void
 courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 {
-	const CourierProvider *provider = courier_provider_lookup(COURIER_DEFAULT_PROVIDER);
+	const CourierProvider *provider = courier_provider_by_id(courier_tms_provider);
 	int			next;
 	int			in_flight = 0;
 	bool		stopping = false;
@@ -65,7 +82,7 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 	int			concurrency;
 
 	if (provider == NULL)
-		elog(ERROR, "courier: no TMS provider \"%s\"", COURIER_DEFAULT_PROVIDER);
+		elog(ERROR, "courier: no TMS provider of number %d", courier_tms_provider);
 	bulk = Min(Max(courier_tms_bulk_size, 1), provider->max_per_request);
 	concurrency = courier_http_prepare(courier_tms_concurrency);
 
@@ -80,6 +97,8 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 		if (!msgs[i].skip)
 			courier_set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
 	}
+	if (hold_unsendable(provider, msgs, n) > 0)
+		hooks->request_done(COURIER_OUT_UNAUTHORIZED, 0);
 	next = next_unsent(msgs, n, 0);
 
 	PG_TRY();
@@ -92,7 +111,8 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 			/* start what the limits allow */
 			while (!stopping && next < n && in_flight < concurrency)
 			{
-				int			wait = hooks->acquire(Min(bulk, n - next));
+				int			wait = hooks->acquire(Max(collect_request(provider, msgs, n,
+																	  next, bulk, NULL), 1));
 
 				if (wait > 0)
 				{
@@ -151,10 +171,77 @@ next_unsent(CourierMessage *msgs, int n, int from)
 }
 
 /*
+ * hold_unsendable
+ *		Give every message the dialect cannot send as courier is configured
+ *		(provider->unsendable) the configuration outcome, so that it is not
+ *		sent, and log why (the tms stage records no reason for a message it
+ *		releases).  Returns how many there are.
+ */
+static int
+hold_unsendable(const CourierProvider *provider, CourierMessage *msgs, int n)
+{
+	int			held = 0;
+
+	if (provider->unsendable == NULL)
+		return 0;
+	for (int i = 0; i < n; i++)
+	{
+		const char *why;
+
+		if (msgs[i].skip)
+			continue;
+		why = provider->unsendable(&msgs[i]);
+		if (why == NULL)
+			continue;
+		courier_set_outcome(&msgs[i], COURIER_OUT_UNAUTHORIZED, false, 0,
+							"configuration", why);
+		courier_note_config(provider->name, "configuration", why);
+		held++;
+	}
+	return held;
+}
+
+/*
+ * collect_request
+ *		The messages the next request would carry: from index from on, up
+ *		to bulk messages still to be sent that the dialect lets travel with
+ *		the first (provider->joinable), looking at most JOIN_WINDOW messages
+ *		past those it leaves for a later request.  Fills idx, when not NULL,
+ *		and returns how many.
+ */
+static int
+collect_request(const CourierProvider *provider, CourierMessage *msgs, int n,
+				int from, int bulk, int *idx)
+{
+	int			count = 0;
+	int			first = -1;
+	int			passed = 0;
+
+	for (int i = next_unsent(msgs, n, from); i < n && count < bulk;
+		 i = next_unsent(msgs, n, i + 1))
+	{
+		if (first >= 0 && provider->joinable != NULL &&
+			!provider->joinable(&msgs[first], &msgs[i]))
+		{
+			if (++passed >= JOIN_WINDOW)
+				break;
+			continue;
+		}
+		if (first < 0)
+			first = i;
+		if (idx != NULL)
+			idx[count] = i;
+		count++;
+	}
+	return count;
+}
+
+/*
  * start_request
  *		Start one request for up to bulk messages still to be sent, from
- *		*next on; *next moves past them.  The dialect builds it and signs it
- *		(each start is an attempt), in dispatch_context.
+ *		*next on (collect_request); *next moves to the first message still
+ *		to be sent.  The dialect builds it and signs it (each start is an
+ *		attempt), in dispatch_context.
  */
 static void
 start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
@@ -164,12 +251,9 @@ start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
 	CourierRequest *req = palloc0(sizeof(CourierRequest));
 
 	req->idx = palloc(sizeof(int) * bulk);
-	for (int i = *next; i < n && req->count < bulk; i = next_unsent(msgs, n, i + 1))
-	{
-		req->idx[req->count++] = i;
-		msgs[i].started = true;
-		*next = i + 1;
-	}
+	req->count = collect_request(provider, msgs, n, *next, bulk, req->idx);
+	for (int k = 0; k < req->count; k++)
+		msgs[req->idx[k]].started = true;
 	*next = next_unsent(msgs, n, *next);
 
 	provider->build(req, msgs);

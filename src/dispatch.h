@@ -24,9 +24,38 @@ typedef enum CourierOutcome
 	COURIER_OUT_REJECTED,		/* permanent failure of this message */
 	COURIER_OUT_RETRY,			/* 5xx, 408, timeout, connection error */
 	COURIER_OUT_THROTTLED,		/* 429/503: not before retry_after_ms */
-	COURIER_OUT_UNAUTHORIZED,	/* 401/403: our credentials, not the message */
-	COURIER_OUT_CLOSED			/* not sent: the caller's admit hook said so */
+
+	/*
+	 * Configuration: ours to fix, not the message's.  HTTP 401/403, a
+	 * provider's code for our credentials, sender or template (missing,
+	 * not approved), or a parameter the dialect needs left unset (then the
+	 * message was not sent at all).  code and error say which.
+	 */
+	COURIER_OUT_UNAUTHORIZED,
+	COURIER_OUT_CLOSED,			/* not sent: the caller's admit hook said so */
+
+	/*
+	 * AlimTalk cannot reach this recipient (NHN delivery codes 3018, 3019,
+	 * 3020: inactive or not a KakaoTalk user, AlimTalk blocked): the notice
+	 * is to go out by SMS/LMS instead, never by AlimTalk again.  Not a
+	 * failure of the provider: the breaker and the rate are not told.
+	 */
+	COURIER_OUT_FALLBACK
 } CourierOutcome;
+
+/*
+ * The fields of a notice a template's parameters can name (courier.
+ * alimtalk_template_params), as CourierMessage carries them.
+ */
+typedef enum CourierField
+{
+	COURIER_FIELD_ORDER_ID,
+	COURIER_FIELD_PRODUCT,
+	COURIER_FIELD_REASON,
+	COURIER_FIELD_SHIP_DATE
+} CourierField;
+
+#define COURIER_NUM_FIELDS (COURIER_FIELD_SHIP_DATE + 1)
 
 typedef struct CourierMessage
 {
@@ -35,8 +64,24 @@ typedef struct CourierMessage
 	const char *to;
 	const char *channel;		/* "sms" or "lms" */
 	const char *subject;		/* NULL for none */
-	const char *text;
+	const char *text;			/* rendered: what SMS sends, what the DBA sees */
 	bool		skip;			/* not to be sent at all */
+
+	/*
+	 * Input for the template dialects (AlimTalk): the notice as a template
+	 * code and parameters instead of rendered text.  The tms stage fills
+	 * them from the notice it leased; palloc'd, NULL only where a dialect
+	 * does not use them (a dialect holds back a message whose template
+	 * names a field left NULL, as a configuration error).
+	 */
+	const char *order_id;		/* the order id, as text */
+	const char *product;		/* the product's name */
+	const char *reason;			/* the delay reason */
+	const char *ship_date;		/* the new ship date, YYYY-MM-DD */
+	int			variant;		/* template: 2 for an order inside the
+								 * notice_v2 rollout (courier.
+								 * alimtalk_template_v2), else 1 (0 reads
+								 * as 1) */
 
 	/* output */
 	bool		started;		/* a request carrying it has started */
@@ -46,7 +91,10 @@ typedef struct CourierMessage
 	int			retry_after_ms; /* THROTTLED: wait at least this long */
 	double		latency_ms;
 	char		code[64];		/* provider's result code, or curl's error */
-	char		provider_id[128];
+	char		provider_id[128];	/* delivered: the provider's request id and
+									 * the message's place in it
+									 * ("requestId/recipientSeq"), what its
+									 * receipt will be matched by */
 	char		error[256];		/* why it failed, for the failure history */
 } CourierMessage;
 

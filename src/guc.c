@@ -22,6 +22,7 @@
 #include "utils/guc.h"
 
 #include "courier.h"
+#include "provider.h"
 
 char	   *courier_database = NULL;
 bool		courier_enabled = true;
@@ -62,10 +63,45 @@ char	   *courier_notice_template = NULL;
 char	   *courier_notice_template_v2 = NULL;
 char	   *courier_alert_url = NULL;
 
+/* the TMS provider's dialect and what it needs (provider_<name>.c) */
+int			courier_tms_provider = COURIER_PROVIDER_generic;
+char	   *courier_nhn_alimtalk_appkey = NULL;
+char	   *courier_nhn_alimtalk_secret_key = NULL;
+char	   *courier_nhn_alimtalk_sender_key = NULL;
+char	   *courier_nhn_sms_appkey = NULL;
+char	   *courier_nhn_sms_secret_key = NULL;
+char	   *courier_nhn_sms_send_no = NULL;
+char	   *courier_sens_alimtalk_service_id = NULL;
+char	   *courier_sens_sms_service_id = NULL;
+char	   *courier_sens_plus_friend_id = NULL;
+char	   *courier_sens_sms_from = NULL;
+char	   *courier_alimtalk_template = NULL;
+char	   *courier_alimtalk_template_v2 = NULL;
+char	   *courier_alimtalk_template_params = NULL;
+const CourierTemplateParams *courier_alimtalk_params = NULL;
+
 /* read by SQL only, through current_setting() */
 static int	courier_retention_min = 43200;
 static char *courier_overdue_reason = NULL;
 static int	courier_overdue_delay_days = 2;
+
+/* the dialects of provider.h's list, by name */
+#define PROVIDER_OPTION(name) {#name, COURIER_PROVIDER_##name, false},
+static const struct config_enum_entry tms_provider_options[] = {
+	COURIER_PROVIDERS(PROVIDER_OPTION)
+	{NULL, 0, false}
+};
+#undef PROVIDER_OPTION
+
+/* the fields of a notice a template parameter may name, by CourierField */
+static const char *const field_names[COURIER_NUM_FIELDS] = {
+	"order_id", "product", "reason", "ship_date"
+};
+
+static bool check_path_segment(char **newval, void **extra, GucSource source);
+static bool check_header_value(char **newval, void **extra, GucSource source);
+static bool check_template_params(char **newval, void **extra, GucSource source);
+static void assign_template_params(const char *newval, void *extra);
 
 static const struct config_enum_entry tms_mode_options[] = {
 	{"live", COURIER_TMS_LIVE, false},
@@ -402,6 +438,122 @@ courier_define_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	/* The TMS provider's dialect (docs/providers.md) */
+	DefineCustomEnumVariable("courier.tms_provider",
+							 "Dialect of the TMS provider: generic, nhn_alimtalk, nhn_sms, sens_alimtalk or sens_sms.",
+							 "courier.tms_url is then the provider's base URL, to which the dialect appends its documented path.",
+							 &courier_tms_provider,
+							 COURIER_PROVIDER_generic,
+							 tms_provider_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomStringVariable("courier.nhn_alimtalk_appkey",
+							   "App key of the NHN Cloud KakaoTalk Bizmessage project (nhn_alimtalk).",
+							   NULL,
+							   &courier_nhn_alimtalk_appkey,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_path_segment, NULL, NULL);
+	DefineCustomStringVariable("courier.nhn_alimtalk_secret_key",
+							   "Secret key (X-Secret-Key) of the NHN Cloud KakaoTalk Bizmessage project (secret).",
+							   NULL,
+							   &courier_nhn_alimtalk_secret_key,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.nhn_alimtalk_sender_key",
+							   "Sender key (senderKey) of the KakaoTalk channel AlimTalk is sent from (nhn_alimtalk).",
+							   NULL,
+							   &courier_nhn_alimtalk_sender_key,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.nhn_sms_appkey",
+							   "App key of the NHN Cloud SMS project (nhn_sms).",
+							   NULL,
+							   &courier_nhn_sms_appkey,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_path_segment, NULL, NULL);
+	DefineCustomStringVariable("courier.nhn_sms_secret_key",
+							   "Secret key (X-Secret-Key) of the NHN Cloud SMS project (secret).",
+							   NULL,
+							   &courier_nhn_sms_secret_key,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.nhn_sms_send_no",
+							   "Registered sender number (sendNo) of NHN Cloud SMS (nhn_sms).",
+							   NULL,
+							   &courier_nhn_sms_send_no,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.sens_alimtalk_service_id",
+							   "Service id of the Naver Cloud SENS Biz Message (AlimTalk) project, ncp:kkobizmsg:... (sens_alimtalk).",
+							   "Requests are signed with courier.tms_hmac_access_key and courier.tms_hmac_secret.",
+							   &courier_sens_alimtalk_service_id,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_path_segment, NULL, NULL);
+	DefineCustomStringVariable("courier.sens_sms_service_id",
+							   "Service id of the Naver Cloud SENS SMS project, ncp:sms:... (sens_sms).",
+							   "Requests are signed with courier.tms_hmac_access_key and courier.tms_hmac_secret.",
+							   &courier_sens_sms_service_id,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_path_segment, NULL, NULL);
+	DefineCustomStringVariable("courier.sens_plus_friend_id",
+							   "KakaoTalk channel id (plusFriendId) AlimTalk is sent from (sens_alimtalk).",
+							   NULL,
+							   &courier_sens_plus_friend_id,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.sens_sms_from",
+							   "Registered sender number (from) of SENS SMS (sens_sms).",
+							   NULL,
+							   &courier_sens_sms_from,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.alimtalk_template",
+							   "Code of the approved AlimTalk template a delay notice is sent with (nhn_alimtalk, sens_alimtalk).",
+							   NULL,
+							   &courier_alimtalk_template,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.alimtalk_template_v2",
+							   "Code of the AlimTalk template for orders inside the notice_v2 rollout.",
+							   NULL,
+							   &courier_alimtalk_template_v2,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_header_value, NULL, NULL);
+	DefineCustomStringVariable("courier.alimtalk_template_params",
+							   "Which field of a notice fills each #{key} of the AlimTalk template, e.g. 'orderId=order_id, product=product, reason=reason, shipDate=ship_date' (nhn_alimtalk).",
+							   "Fields: order_id, product, reason, ship_date (YYYY-MM-DD).  Both templates take the same keys.",
+							   &courier_alimtalk_template_params,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   check_template_params, assign_template_params, NULL);
+
 	DefineCustomStringVariable("courier.notice_template",
 							   "Text of a delay notice; {order_id}, {product}, {reason} and {new_ship_date} are replaced.",
 							   NULL,
@@ -454,4 +606,202 @@ courier_define_gucs(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+}
+
+/*
+ * check_path_segment
+ *		An app key or a service id goes into the path of the provider's URL
+ *		(and into what SENS signs): letters, digits and ".", "_", "-", ":"
+ *		only, so it can neither break the URL nor change the path.  Empty
+ *		means unset.
+ */
+static bool
+check_path_segment(char **newval, void **extra, GucSource source)
+{
+	for (const char *p = *newval; *p != '\0'; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') ||
+			  *p == '.' || *p == '_' || *p == '-' || *p == ':'))
+		{
+			GUC_check_errdetail("Character %d of the value is not a letter, a digit, \".\", \"_\", \"-\" or \":\"; the value goes into the provider's URL.",
+								(int) (p - *newval) + 1);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * check_header_value
+ *		A value that goes into a header line or a request's fields: no
+ *		control characters (a line break would end the header).  The value
+ *		itself is not repeated, since it may be a secret.
+ */
+static bool
+check_header_value(char **newval, void **extra, GucSource source)
+{
+	for (const char *p = *newval; *p != '\0'; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+		{
+			GUC_check_errdetail("Character %d of the value is a control character.",
+								(int) (p - *newval) + 1);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * check_template_params
+ *		Parse courier.alimtalk_template_params, "key=field, key=field, ...":
+ *		each #{key} of the AlimTalk template (written with or without #{})
+ *		and the field of the notice that fills it.  An empty value means a
+ *		template without parameters.  The parsed list goes to the assign
+ *		hook as extra (one malloc'd block, as GUC extras are); an error
+ *		names the entry at fault.
+ */
+static bool
+check_template_params(char **newval, void **extra, GucSource source)
+{
+	CourierTemplateParams *params;
+	int			max = 1;
+	int			entry = 0;
+	const char *p = *newval;
+
+	for (const char *c = *newval; *c != '\0'; c++)
+		max += (*c == ',');
+	params = malloc(offsetof(CourierTemplateParams, items) +
+					sizeof(CourierTemplateParam) * max);
+	if (params == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
+		return false;
+	}
+	params->n = 0;
+
+	for (;;)
+	{
+		const char *end = strchr(p, ',');
+		const char *eq;
+		const char *key;
+		const char *key_end;
+		const char *field;
+		const char *field_end;
+		int			f;
+
+		if (end == NULL)
+			end = p + strlen(p);
+		entry++;
+		while (p < end && isspace((unsigned char) *p))
+			p++;
+		eq = memchr(p, '=', end - p);
+		if (p == end)
+		{
+			if (entry == 1 && *end == '\0')
+				break;			/* empty or blank: no parameters */
+			GUC_check_errdetail("Entry %d is empty.", entry);
+			goto fail;
+		}
+		if (eq == NULL)
+		{
+			GUC_check_errdetail("Entry %d, \"%.*s\", has no \"=\".", entry,
+								(int) (end - p), p);
+			GUC_check_errhint("Write key=field, separated by commas, e.g. 'orderId=order_id, shipDate=ship_date'.");
+			goto fail;
+		}
+
+		/* the key, trimmed, and without #{} */
+		key = p;
+		key_end = eq;
+		while (key_end > key && isspace((unsigned char) key_end[-1]))
+			key_end--;
+		if (key_end - key > 3 && key[0] == '#' && key[1] == '{' && key_end[-1] == '}')
+		{
+			key += 2;
+			key_end--;
+		}
+		if (key_end == key)
+		{
+			GUC_check_errdetail("Entry %d, \"%.*s\", has no template key before \"=\".",
+								entry, (int) (end - p), p);
+			goto fail;
+		}
+		if (key_end - key >= COURIER_TEMPLATE_KEY_LEN)
+		{
+			GUC_check_errdetail("Entry %d: the template key \"%.*s\" is longer than %d bytes.",
+								entry, (int) (key_end - key), key,
+								COURIER_TEMPLATE_KEY_LEN - 1);
+			goto fail;
+		}
+		for (const char *c = key; c < key_end; c++)
+		{
+			if (isspace((unsigned char) *c) || (unsigned char) *c < 0x20 ||
+				*c == '@' || *c == '#' || *c == '{' || *c == '}' || *c == '"')
+			{
+				GUC_check_errdetail("Entry %d: the template key \"%.*s\" has a character a #{key} cannot have (white space, @, #, braces or quotes).",
+									entry, (int) (key_end - key), key);
+				goto fail;
+			}
+		}
+
+		/* the field, trimmed */
+		field = eq + 1;
+		field_end = end;
+		while (field < field_end && isspace((unsigned char) *field))
+			field++;
+		while (field_end > field && isspace((unsigned char) field_end[-1]))
+			field_end--;
+		for (f = 0; f < COURIER_NUM_FIELDS; f++)
+		{
+			if (strlen(field_names[f]) == (size_t) (field_end - field) &&
+				strncmp(field_names[f], field, field_end - field) == 0)
+				break;
+		}
+		if (f == COURIER_NUM_FIELDS)
+		{
+			GUC_check_errdetail("Entry %d, \"%.*s\", names no field of a notice: \"%.*s\".",
+								entry, (int) (end - p), p,
+								(int) (field_end - field), field);
+			GUC_check_errhint("The fields are order_id, product, reason and ship_date.");
+			goto fail;
+		}
+
+		for (int i = 0; i < params->n; i++)
+		{
+			if (strlen(params->items[i].key) == (size_t) (key_end - key) &&
+				strncmp(params->items[i].key, key, key_end - key) == 0)
+			{
+				GUC_check_errdetail("Entry %d names the template key \"%.*s\" again.",
+									entry, (int) (key_end - key), key);
+				goto fail;
+			}
+		}
+		memcpy(params->items[params->n].key, key, key_end - key);
+		params->items[params->n].key[key_end - key] = '\0';
+		params->items[params->n].field = (CourierField) f;
+		params->n++;
+
+		if (*end == '\0')
+			break;
+		p = end + 1;
+	}
+	*extra = params;
+	return true;
+
+fail:
+	free(params);
+	return false;
+}
+
+/*
+ * assign_template_params
+ *		Make the list check_template_params parsed the one in force.
+ */
+static void
+assign_template_params(const char *newval, void *extra)
+{
+	courier_alimtalk_params = (const CourierTemplateParams *) extra;
 }

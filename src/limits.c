@@ -271,6 +271,7 @@ courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 	{
 		case COURIER_OUT_DELIVERED:
 		case COURIER_OUT_REJECTED:
+		case COURIER_OUT_FALLBACK:	/* the provider answered: not its failure */
 			lim->consecutive_failures = 0;
 			if (lim->breaker != COURIER_BREAKER_CLOSED)
 			{

@@ -3,8 +3,11 @@
  * provider.h
  *		A TMS provider's dialect: how messages become one HTTP request, and
  *		how its answer becomes one outcome per message.  One file per
- *		dialect (provider_<name>.c), registered in provider.c; dispatch.c
- *		drives them.  What dialects share is in provider_common.c.
+ *		dialect (provider_<name>.c), listed in COURIER_PROVIDERS below and
+ *		chosen by courier.tms_provider; dispatch.c drives them.  What
+ *		dialects share is in provider_common.c: outcomes, keys, JSON, the
+ *		SENS signature, and classifying answers by a table of result codes.
+ *		docs/providers.md describes every dialect and every code.
  *
  * IDENTIFICATION
  *		src/provider.h
@@ -20,6 +23,45 @@
 
 #include "dispatch.h"
 #include "http.h"
+
+/*
+ * The dialects courier speaks, one line each: a file provider_<name>.c
+ * defining courier_provider_<name>.  courier.tms_provider is an enum of
+ * these names (guc.c), the registry (provider.c) a table of them, both
+ * made from this one list.
+ */
+#define COURIER_PROVIDERS(X) \
+	X(generic) \
+	X(nhn_alimtalk) \
+	X(nhn_sms) \
+	X(sens_alimtalk) \
+	X(sens_sms)
+
+#define COURIER_PROVIDER_ID(name) COURIER_PROVIDER_##name,
+typedef enum CourierProviderId
+{
+	COURIER_PROVIDERS(COURIER_PROVIDER_ID)
+	COURIER_NUM_PROVIDERS
+} CourierProviderId;
+#undef COURIER_PROVIDER_ID
+
+/*
+ * courier.alimtalk_template_params parsed (guc.c): which field of a notice
+ * fills each #{key} of the AlimTalk template.  One malloc'd block.
+ */
+#define COURIER_TEMPLATE_KEY_LEN 64
+
+typedef struct CourierTemplateParam
+{
+	char		key[COURIER_TEMPLATE_KEY_LEN];	/* #{key}, without #{} */
+	CourierField field;
+} CourierTemplateParam;
+
+typedef struct CourierTemplateParams
+{
+	int			n;
+	CourierTemplateParam items[FLEXIBLE_ARRAY_MEMBER];
+} CourierTemplateParams;
 
 /*
  * One request: messages msgs[idx[0..count)] of the batch.  dispatch.c
@@ -66,11 +108,70 @@ typedef struct CourierProvider
 	CourierOutcome (*read_answer) (const CourierRequest *req,
 								   const CourierHttpResult *res,
 								   CourierMessage *msgs);
+
+	/*
+	 * May m travel in the same request as first, the request's first
+	 * message?  For a dialect whose request carries one template, one
+	 * message type or one text for all its recipients.  NULL: any may.
+	 */
+	bool		(*joinable) (const CourierMessage *first,
+							 const CourierMessage *m);
+
+	/*
+	 * Why m cannot be sent as courier is configured (a parameter the
+	 * dialect needs is unset, the template names a field m lacks), or NULL
+	 * when it can.  Such a message is not sent: it gets the configuration
+	 * outcome (COURIER_OUT_UNAUTHORIZED).  Called once per message and
+	 * batch, before any request; raises no error.  NULL: every message can.
+	 */
+	const char *(*unsendable) (const CourierMessage *m);
 } CourierProvider;
 
+/*
+ * What a provider's result code means to courier: one row of a dialect's
+ * table, the same rows as docs/providers.md.  A code no row names is
+ * unknown: retried under the same key, logged once (courier_apply_code).
+ */
+typedef enum CourierCodeClass
+{
+	COURIER_CODE_ACCEPTED,		/* delivered */
+	COURIER_CODE_PERMANENT,		/* rejected: this message will never go */
+	COURIER_CODE_RETRYABLE,		/* the provider failed: send again */
+	COURIER_CODE_CONFIG,		/* ours to fix: breaker, alert, no attempt */
+	COURIER_CODE_FALLBACK,		/* not by AlimTalk: by SMS/LMS instead */
+	COURIER_CODE_TAKEN			/* the idempotency key was used already:
+								 * never resent, outcome unknown */
+} CourierCodeClass;
+
+typedef struct CourierCode
+{
+	const char *code;			/* as the answer spells it */
+	CourierCodeClass klass;
+
+	/*
+	 * A permanent code that, given for a whole request (no result per
+	 * recipient), is about the request's own fields: configuration.
+	 */
+	bool		request_config;
+	const char *meaning;		/* the provider's documentation, shortly */
+} CourierCode;
+
+/*
+ * The shape of an NHN Cloud answer (AlimTalk, SMS): a header with the
+ * request's result code, and under data_path the request id and a list of
+ * per-recipient results (courier_read_nhn_answer).
+ */
+typedef struct CourierNhnShape
+{
+	const char *provider;		/* the dialect, in errors and logs */
+	const CourierCode *table;	/* its result codes */
+	const char *data_path[3];	/* keys from the root, NULL-terminated */
+	const char *results_key;	/* the per-recipient results' key */
+} CourierNhnShape;
+
 /* provider.c: the registry */
-#define COURIER_DEFAULT_PROVIDER "generic"
 extern const CourierProvider *courier_provider_lookup(const char *name);
+extern const CourierProvider *courier_provider_by_id(int id);
 
 /* provider_common.c: what dialects share */
 extern void courier_set_outcome(CourierMessage *m, CourierOutcome outcome,
@@ -86,5 +187,40 @@ extern char *courier_idempotency_key(const CourierRequest *req,
 extern Jsonb *courier_parse_json_answer(const char *body, size_t len);
 extern void courier_sign_ncp(CourierRequest *req, const char *access_key,
 							 const char *secret);
+extern char *courier_provider_url(const char *fmt,...) pg_attribute_printf(1, 2);
+extern const char *courier_message_field(const CourierMessage *m,
+										 CourierField field);
+extern bool courier_same_text(const char *a, const char *b);
+
+/* provider_common.c: reading an answer's JSON, NULL for what is not there */
+extern JsonbValue *courier_json_key(JsonbContainer *object, const char *key);
+extern JsonbContainer *courier_json_object(JsonbValue *v);
+extern JsonbContainer *courier_json_array(JsonbValue *v);
+extern char *courier_json_text(JsonbValue *v);
+
+/* provider_common.c: classifying answers */
+extern const CourierCode *courier_code_lookup(const CourierCode *table,
+											  const char *code);
+extern void courier_apply_code(CourierMessage *m, const char *provider,
+							   const CourierCode *table, const char *code,
+							   bool request_level, int http_status,
+							   const char *provider_message);
+extern void courier_apply_http_status(const CourierRequest *req,
+									  CourierMessage *msgs,
+									  const char *provider, int http_status,
+									  const char *provider_message);
+extern CourierOutcome courier_request_class(const CourierRequest *req,
+											const CourierMessage *msgs);
+extern void courier_note_config(const char *provider, const char *code,
+								const char *why);
+extern CourierOutcome courier_read_nhn_answer(const CourierRequest *req,
+											  const CourierHttpResult *res,
+											  CourierMessage *msgs,
+											  const CourierNhnShape *shape);
+extern CourierOutcome courier_read_sens_answer(const CourierRequest *req,
+											   const CourierHttpResult *res,
+											   CourierMessage *msgs,
+											   const char *provider,
+											   const CourierCode *table);
 
 #endif							/* COURIER_PROVIDER_H */

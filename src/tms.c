@@ -494,11 +494,16 @@ tms_lease(TmsBatch *b, bool lock_orders)
 		m->to = SPI_getvalue(tup, desc, 4);
 		m->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", b->order_ids[i],
 						  year, month, day);
-		m->text = courier_render_notice(strcmp(variant, "v2") == 0 ?
+		/* the notice's parts: template dialects send these, not the text */
+		m->order_id = psprintf(INT64_FORMAT, b->order_ids[i]);
+		m->product = SPI_getvalue(tup, desc, 5);
+		m->reason = SPI_getvalue(tup, desc, 6);
+		m->ship_date = psprintf("%04d-%02d-%02d", year, month, day);
+		m->variant = strcmp(variant, "v2") == 0 ? 2 : 1;
+		m->text = courier_render_notice(m->variant == 2 ?
 										courier_notice_template_v2 : courier_notice_template,
 										b->order_ids[i], b->ship_dates[i],
-										SPI_getvalue(tup, desc, 5),
-										SPI_getvalue(tup, desc, 6));
+										m->product, m->reason);
 		bytes = courier_euckr_length(m->text);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull)))
 			b->verdict[i] = VERDICT_CLOSED;
@@ -775,6 +780,16 @@ tms_record(TmsBatch *b)
 						unauthorized = true;
 						break;
 					case COURIER_OUT_REJECTED:
+						permanent = true;
+						break;
+					case COURIER_OUT_FALLBACK:
+
+						/*
+						 * AlimTalk cannot reach the customer: never again
+						 * by AlimTalk.  Until courier sends the SMS/LMS
+						 * fallback itself, the notice fails with the
+						 * provider's code.
+						 */
 						permanent = true;
 						break;
 					case COURIER_OUT_RETRY:

@@ -1,0 +1,173 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider_sens_alimtalk.c
+ *		The Naver Cloud SENS AlimTalk dialect (AlimTalk API v2): a notice
+ *		goes out under an approved template's code with its content filled
+ *		in; SENS does not fill templates, so the content is courier's
+ *		rendered text, which must match the template as Kakao approved it.
+ *
+ * Request:	POST {courier.tms_url}/alimtalk/v2/services/{serviceId}/messages
+ *			x-ncp-apigw-timestamp, x-ncp-iam-access-key,
+ *			x-ncp-apigw-signature-v2 (computed anew for every attempt)
+ *			{"plusFriendId", "templateCode", "messages": [{"to", "content"},
+ *			 ...]}, at most 100 messages
+ * Answer:	202 {"requestId", "requestTime", "statusCode", "statusName",
+ *			 "messages": [{"messageId", "to", "requestStatusCode",
+ *			 "requestStatusName", "requestStatusDesc", ...}]};
+ *			errors 400/401/403/404/429/500 with "errorMessage"
+ *
+ * The template code is courier.alimtalk_template, or courier.
+ * alimtalk_template_v2 for an order inside the notice_v2 rollout; one
+ * request carries one template.  The content is the text rendered from
+ * courier.notice_template (or _v2): those must be the approved templates'
+ * text with courier's placeholders where the template has #{...}.  No SMS
+ * failover is asked (useSmsFailover is left out): courier's fallback is
+ * later work.  SENS documents no idempotency key.
+ *
+ * No transfer and no database here: dispatch.c sends what this builds.
+ *
+ * IDENTIFICATION
+ *		src/provider_sens_alimtalk.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/json.h"
+
+#include "courier.h"
+#include "provider.h"
+
+#define PROVIDER_NAME "SENS AlimTalk"
+
+static void sens_alimtalk_build(CourierRequest *req, const CourierMessage *msgs);
+static void sens_alimtalk_sign(CourierRequest *req);
+static CourierOutcome sens_alimtalk_read_answer(const CourierRequest *req,
+												const CourierHttpResult *res,
+												CourierMessage *msgs);
+static bool sens_alimtalk_joinable(const CourierMessage *first,
+								   const CourierMessage *m);
+static const char *sens_alimtalk_unsendable(const CourierMessage *m);
+static const char *template_code(const CourierMessage *m);
+
+const CourierProvider courier_provider_sens_alimtalk = {
+	.name = "sens_alimtalk",
+	.max_per_request = 100,
+	.build = sens_alimtalk_build,
+	.sign = sens_alimtalk_sign,
+	.read_answer = sens_alimtalk_read_answer,
+	.joinable = sens_alimtalk_joinable,
+	.unsendable = sens_alimtalk_unsendable
+};
+
+/*
+ * The codes courier knows in a 2xx answer: the request's statusCode and
+ * each message's requestStatusCode; HTTP statuses are classified by
+ * courier_apply_http_status (docs/providers.md has all).
+ */
+static const CourierCode codes[] = {
+	{"202", COURIER_CODE_ACCEPTED, false, "accepted"},
+	{"A000", COURIER_CODE_ACCEPTED, false, "send request accepted"},
+	{NULL, COURIER_CODE_PERMANENT, false, NULL}
+};
+
+/*
+ * sens_alimtalk_build
+ *		The body for the request's messages, all of one template variant.
+ */
+static void
+sens_alimtalk_build(CourierRequest *req, const CourierMessage *msgs)
+{
+	req->url = courier_provider_url("/alimtalk/v2/services/%s/messages",
+									courier_sens_alimtalk_service_id);
+
+	initStringInfo(&req->body);
+	appendStringInfoString(&req->body, "{\"plusFriendId\": ");
+	escape_json(&req->body, courier_sens_plus_friend_id);
+	appendStringInfoString(&req->body, ", \"templateCode\": ");
+	escape_json(&req->body, template_code(&msgs[req->idx[0]]));
+	appendStringInfoString(&req->body, ", \"messages\": [");
+	for (int k = 0; k < req->count; k++)
+	{
+		const CourierMessage *m = &msgs[req->idx[k]];
+
+		if (k > 0)
+			appendStringInfoString(&req->body, ", ");
+		appendStringInfoString(&req->body, "{\"to\": ");
+		escape_json(&req->body, m->to);
+		appendStringInfoString(&req->body, ", \"content\": ");
+		escape_json(&req->body, m->text);
+		appendStringInfoChar(&req->body, '}');
+	}
+	appendStringInfoString(&req->body, "]}");
+
+	req->headers = list_make1(pstrdup("Content-Type: application/json; charset=utf-8"));
+}
+
+/*
+ * sens_alimtalk_sign
+ *		The API gateway's signature over this attempt's timestamp.
+ */
+static void
+sens_alimtalk_sign(CourierRequest *req)
+{
+	courier_sign_ncp(req, courier_tms_hmac_access_key, courier_tms_hmac_secret);
+}
+
+/*
+ * sens_alimtalk_read_answer
+ *		The shared reading of SENS answers (courier_read_sens_answer).
+ */
+static CourierOutcome
+sens_alimtalk_read_answer(const CourierRequest *req, const CourierHttpResult *res,
+						  CourierMessage *msgs)
+{
+	return courier_read_sens_answer(req, res, msgs, PROVIDER_NAME, codes);
+}
+
+/*
+ * sens_alimtalk_joinable
+ *		One request carries one templateCode: messages of one variant.
+ */
+static bool
+sens_alimtalk_joinable(const CourierMessage *first, const CourierMessage *m)
+{
+	return (first->variant == 2) == (m->variant == 2);
+}
+
+/*
+ * sens_alimtalk_unsendable
+ *		What the dialect lacks to send m.
+ */
+static const char *
+sens_alimtalk_unsendable(const CourierMessage *m)
+{
+	if (courier_tms_hmac_access_key == NULL || courier_tms_hmac_access_key[0] == '\0')
+		return "courier.tms_hmac_access_key is not set";
+	if (courier_tms_hmac_secret == NULL || courier_tms_hmac_secret[0] == '\0')
+		return "courier.tms_hmac_secret is not set";
+	if (courier_sens_alimtalk_service_id == NULL || courier_sens_alimtalk_service_id[0] == '\0')
+		return "courier.sens_alimtalk_service_id is not set";
+	if (courier_sens_plus_friend_id == NULL || courier_sens_plus_friend_id[0] == '\0')
+		return "courier.sens_plus_friend_id is not set";
+	if (template_code(m)[0] == '\0')
+		return m->variant == 2 ?
+			"courier.alimtalk_template_v2 is not set (a notice of the notice_v2 rollout)" :
+			"courier.alimtalk_template is not set";
+	if (m->text == NULL)
+		return "the tms stage gave the message no text";
+	return NULL;
+}
+
+/*
+ * template_code
+ *		The template code for m's variant; "" when unset.
+ */
+static const char *
+template_code(const CourierMessage *m)
+{
+	const char *code = (m->variant == 2) ?
+		courier_alimtalk_template_v2 : courier_alimtalk_template;
+
+	return code ? code : "";
+}
