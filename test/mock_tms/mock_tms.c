@@ -5,20 +5,23 @@
  *		used by the tests and the benchmarks.
  *
  * What it does: accepts courier's bulk JSON requests on any path that does
- * not start with "/_", answers one result per message, de-duplicates
- * message ids (an id seen again is answered "accepted" with the provider id
- * it got the first time), rejects invalid recipients, and counts everything
- * so a test can check what arrived.  Faults (latency, error statuses, 429
- * bursts, hangs, resets, malformed bodies, 401s, odd result statuses, a
- * fixed reply body) are switched on at run time through POST /_control;
- * GET /_stats, GET /_delivered, GET /_received and POST /_reset serve the
- * test harness.  Every message of every well-formed request is logged with
- * the time it arrived and the status it got, so a test can check when
- * courier sent what.  Delays and hangs suspend the connection and let a
- * timer thread resume it, so they never hold a server thread.
+ * not start with "/_" and is not one of the providers' paths, answers one
+ * result per message, de-duplicates message ids (an id seen again is
+ * answered "accepted" with the provider id it got the first time), rejects
+ * invalid recipients, and counts everything so a test can check what
+ * arrived.  Faults (latency, error statuses, 429 bursts, hangs, resets,
+ * malformed bodies, lost replies, 401s, odd result statuses, a fixed reply
+ * body) are switched on at run time through POST /_control; GET /_stats,
+ * GET /_delivered, GET /_received, GET /_customers, GET /_handsets and
+ * POST /_reset serve the test harness.  Every message of every well-formed
+ * request is logged with the time it arrived and the status it got, so a
+ * test can check when courier sent what.  Delays and hangs suspend the
+ * connection and let a timer thread resume it, so they never hold a server
+ * thread.  The providers' own dialects (NHN Cloud, Naver Cloud SENS) live in
+ * dialects.c and share the faults, the counters and the received log.
  *
- * What it does not do: TLS, persistence across restarts, delivery receipts,
- * HTTP/2, or listening on anything but a loopback address.  The JSON scanner
+ * What it does not do: TLS, persistence across restarts, HTTP/2, or
+ * listening on anything but a loopback address.  The JSON scanner
  * understands exactly the request shape courier sends and skips unknown
  * keys; it is not a general-purpose JSON library.
  *
@@ -52,15 +55,10 @@
 
 #include <microhttpd.h>
 
-#define MAX_BODY_BYTES			(64 * 1024 * 1024)
-#define MAX_MESSAGES			1000
-#define MAX_ID_BYTES			1024
-#define MAX_JSON_DEPTH			64
+#include "mock_tms.h"
+
 #define MAX_CONTROL_PAIRS		32
-#define MAX_PREFIX_BYTES		64
-#define MAX_RESULT_STATUS_BYTES	64
 #define MAX_REPLY_BODY_BYTES	(16 * 1024 * 1024)
-#define INLINE_MESSAGES			8
 
 #define RECEIVED_MAX_ENTRIES	2000000
 #define RECEIVED_MAX_ID_BYTES	(256 * 1024 * 1024)
@@ -73,75 +71,10 @@
 #define DEFAULT_RETRY_AFTER_S	1
 #define DEFAULT_HANG_MS			30000
 #define DEFAULT_RESULT_STATUS	"accepted"
+#define DEFAULT_RECEIPT_DELAY_MS	500
+#define DEFAULT_RESEND_DELAY_MS	500
+#define DEFAULT_IDEMPOTENCY_WINDOW_S	600
 #define SHUTDOWN_GRACE_MS		3000
-
-/* What a request is, decided from its method and path when it starts. */
-typedef enum RequestKind
-{
-	REQ_SEND,					/* a message batch: any path not under /_ */
-	REQ_CONTROL,				/* /_control */
-	REQ_RESET,					/* /_reset */
-	REQ_STATS,					/* /_stats */
-	REQ_DELIVERED,				/* /_delivered */
-	REQ_RECEIVED,				/* /_received */
-	REQ_NOT_FOUND				/* any other /_ path */
-} RequestKind;
-
-/* Where a request stands between MHD's calls to the access handler. */
-typedef enum RequestPhase
-{
-	PHASE_RECEIVING,			/* body still arriving */
-	PHASE_ANSWER,				/* answer prepared; send it (maybe after a
-								 * delay) */
-	PHASE_CLOSE					/* close without answering (reset or hang) */
-} RequestPhase;
-
-typedef struct Request
-{
-	RequestKind kind;
-	RequestPhase phase;
-	char	   *body;			/* NUL-terminated; decoded in place by the
-								 * JSON scanner */
-	size_t		body_len;
-	size_t		body_cap;
-	bool		body_too_large;
-	unsigned int status;		/* prepared answer */
-	char	   *answer;			/* malloc'd; handed to MHD when sent */
-	size_t		answer_len;
-	int			retry_after_s;	/* -1: no Retry-After header */
-} Request;
-
-/* One message of a batch; pointers into the request body. */
-typedef struct Message
-{
-	const char *id;
-	size_t		id_len;
-	const char *to;
-	size_t		to_len;
-	const char *channel;		/* NULL when absent or null */
-	size_t		channel_len;
-} Message;
-
-typedef struct Batch
-{
-	Message    *msgs;
-	int			count;
-	int			cap;
-	Message		inline_msgs[INLINE_MESSAGES];
-} Batch;
-
-typedef struct JsonCursor
-{
-	char	   *p;
-	char	   *end;
-} JsonCursor;
-
-typedef struct OutBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} OutBuf;
 
 /* A delivered id; lives in its shard's arena until /_reset. */
 typedef struct IdRecord
@@ -174,59 +107,6 @@ typedef struct IdShard
 	ArenaChunk *chunks;
 } __attribute__((aligned(64))) IdShard;
 
-/* Faults, all settable through /_control and cleared by /_reset. */
-typedef struct Faults
-{
-	_Atomic int64_t latency_ms;
-	_Atomic double error_rate;
-	_Atomic int64_t error_status;
-	_Atomic int64_t burst_429;	/* requests still to be throttled */
-	_Atomic int64_t retry_after_s;
-	_Atomic double hang_rate;
-	_Atomic int64_t hang_ms;
-	_Atomic double reset_rate;
-	_Atomic double malformed_rate;
-	_Atomic bool unauthorized;
-	_Atomic uint64_t seed;
-	_Atomic int reject_prefix_len;	/* 0: no prefix; guards the copy below */
-	pthread_mutex_t prefix_lock;
-	char		reject_prefix[MAX_PREFIX_BYTES + 1];
-
-	/*
-	 * The two text settings below share text_lock.  The flags let the hot
-	 * path skip the lock while they are at their defaults.
-	 */
-	pthread_mutex_t text_lock;
-	_Atomic bool odd_status;	/* result_status is not "accepted" */
-	char		result_status[MAX_RESULT_STATUS_BYTES + 1];
-	_Atomic bool has_reply_body;	/* reply_body is not null */
-	char	   *reply_body;		/* malloc'd; NULL when null */
-	size_t		reply_body_len;
-} Faults;
-
-typedef struct Stats
-{
-	_Atomic uint64_t requests;
-	_Atomic uint64_t messages_received;
-	_Atomic uint64_t delivered;
-	_Atomic uint64_t duplicates;
-	_Atomic uint64_t rejected;
-	_Atomic uint64_t status_2xx;
-	_Atomic uint64_t status_4xx;
-	_Atomic uint64_t status_5xx;
-	_Atomic uint64_t throttled_429;
-	_Atomic uint64_t hangs;
-	_Atomic uint64_t resets;
-	_Atomic uint64_t malformed;
-	_Atomic uint64_t odd_status;
-	_Atomic uint64_t custom_replies;
-	_Atomic uint64_t missing_idempotency_key;
-	_Atomic int64_t in_flight;
-	_Atomic int64_t max_in_flight;
-	_Atomic uint64_t first_delivery_us;
-	_Atomic uint64_t last_delivery_us;
-} Stats;
-
 typedef enum SettingType
 {
 	SET_INT,
@@ -235,7 +115,8 @@ typedef enum SettingType
 	SET_PREFIX,
 	SET_SEED,
 	SET_RESULT_STATUS,
-	SET_REPLY_BODY
+	SET_REPLY_BODY,
+	SET_TEMPLATES
 } SettingType;
 
 typedef struct Setting
@@ -316,45 +197,32 @@ typedef struct DeliveredItem
 	size_t		len;
 } DeliveredItem;
 
-typedef struct Options
-{
-	int			port;
-	const char *bind;
-	int			threads;
-	char	   *auth_name;		/* --require-header, split */
-	char	   *auth_value;
-	const char *idempotency_header;
-	bool		verbose;
-} Options;
-
 /* command line and process lifetime */
 static void usage(FILE *out);
 static void parse_options(int argc, char **argv);
 static void log_from_mhd(void *cls, const char *fmt, va_list ap);
 
 /* the MHD callbacks and the request life cycle */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn);
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 								  const char *url, const char *method,
 								  const char *version, const char *upload_data,
 								  size_t *upload_data_size, void **con_cls);
 static void on_completed(void *cls, struct MHD_Connection *conn,
 						 void **con_cls, enum MHD_RequestTerminationCode toe);
-static Request *request_begin(struct MHD_Connection *conn, const char *url);
+static void request_start(Request *req, struct MHD_Connection *conn,
+						  const char *url);
 static void request_append_body(Request *req, const char *data, size_t len);
 static int64_t request_decide(Request *req, struct MHD_Connection *conn,
 							  const char *method);
 static enum MHD_Result request_answer(struct MHD_Connection *conn, Request *req);
-static void set_answer(Request *req, unsigned int status, OutBuf *body);
-static void set_answer_text(Request *req, unsigned int status, const char *text);
 
 /* the message endpoint */
 static int64_t decide_send(Request *req, struct MHD_Connection *conn);
 static bool is_authorized(struct MHD_Connection *conn);
 static void answer_batch(Request *req, const Batch *batch);
-static bool answer_reply_body(Request *req, const Batch *batch);
 static const char *reject_code(const Message *m, const char *prefix,
 							   size_t prefix_len);
-static size_t load_reject_prefix(char *buf);
 
 /* the harness endpoints */
 static void decide_control(Request *req, struct MHD_Connection *conn,
@@ -375,19 +243,12 @@ static void delivered_json(OutBuf *out);
 static int	compare_delivered(const void *a, const void *b);
 
 /* the received log */
-static void received_append(const Batch *batch, uint64_t us, unsigned int status);
 static void received_clear(void);
 static void received_json(OutBuf *out);
 
 /* JSON scanning */
-static void json_ws(JsonCursor *c);
-static bool json_accept(JsonCursor *c, char ch);
-static bool json_string(JsonCursor *c, char **out, size_t *out_len);
-static bool json_number(JsonCursor *c, char **out, size_t *out_len);
-static bool json_skip_value(JsonCursor *c, int depth);
 static int	hex_value(char ch);
 static long hex4(const char *p, const char *end);
-static bool json_key_is(const char *key, size_t key_len, const char *name);
 static bool parse_batch(char *body, size_t len, Batch *batch);
 static bool parse_messages(JsonCursor *c, Batch *batch);
 static bool parse_message(JsonCursor *c, Message *m);
@@ -406,29 +267,18 @@ static struct MHD_Connection *timer_pop(void);
 static void *timer_main(void *arg);
 
 /* small helpers */
-static void *xmalloc(size_t size);
-static void *xrealloc(void *ptr, size_t size);
-static void out_init(OutBuf *b, size_t cap);
-static void out_reserve(OutBuf *b, size_t extra);
-static void out_bytes(OutBuf *b, const char *s, size_t n);
-static void out_str(OutBuf *b, const char *s);
-static void out_u64(OutBuf *b, uint64_t v);
-static void out_json_string(OutBuf *b, const char *s, size_t n);
-static uint64_t monotonic_us(void);
-static uint64_t wall_us(void);
-static bool roll(_Atomic double *rate);
 static void atomic_max_i64(_Atomic int64_t *target, int64_t value);
 static void atomic_max_u64(_Atomic uint64_t *target, uint64_t value);
 
-static Options options;
-static Faults faults;
-static Stats stats;
+Options		options;
+Faults		faults;
+Stats		stats;
+_Atomic bool shutting_down;
 static IdShard idset[IDSET_SHARDS];
 static Timer timer;
 static ReceivedLog received;
 static _Atomic uint64_t rng_state;
 static _Atomic uint64_t next_provider_seq;
-static _Atomic bool shutting_down;
 
 static const Setting settings[] = {
 	{"latency_ms", SET_INT, 0, 600000, &faults.latency_ms, NULL},
@@ -440,14 +290,18 @@ static const Setting settings[] = {
 	{"hang_ms", SET_INT, 0, 3600000, &faults.hang_ms, NULL},
 	{"reset_rate", SET_RATE, 0, 0, NULL, &faults.reset_rate},
 	{"malformed_rate", SET_RATE, 0, 0, NULL, &faults.malformed_rate},
+	{"lost_reply_rate", SET_RATE, 0, 0, NULL, &faults.lost_reply_rate},
 	{"reject_prefix", SET_PREFIX, 0, 0, NULL, NULL},
 	{"unauthorized", SET_BOOL, 0, 0, NULL, NULL},
 	{"seed", SET_SEED, 0, 0, NULL, NULL},
 	{"result_status", SET_RESULT_STATUS, 0, MAX_RESULT_STATUS_BYTES, NULL, NULL},
 	{"reply_body", SET_REPLY_BODY, 0, MAX_REPLY_BODY_BYTES, NULL, NULL},
+	{"receipt_delay_ms", SET_INT, 0, 86400000, &faults.receipt_delay_ms, NULL},
+	{"resend_delay_ms", SET_INT, 0, 86400000, &faults.resend_delay_ms, NULL},
+	{"idempotency_window_s", SET_INT, 0, 86400, &faults.idempotency_window_s, NULL},
+	{"nhn_auth_status", SET_INT, 200, 599, &faults.nhn_auth_status, NULL},
+	{"templates", SET_TEMPLATES, 0, 0, NULL, NULL},
 };
-
-#define OUT_LIT(b, lit)		out_bytes((b), (lit), sizeof(lit) - 1)
 
 
 /*
@@ -499,6 +353,7 @@ main(int argc, char **argv)
 	pthread_mutex_init(&faults.prefix_lock, NULL);
 	pthread_mutex_init(&faults.text_lock, NULL);
 	pthread_mutex_init(&received.lock, NULL);
+	dialect_init();
 	faults_reset();
 	idset_init();
 	timer_start();
@@ -518,6 +373,10 @@ main(int argc, char **argv)
 	mhd_opts[nopt++] = (struct MHD_OptionItem)
 	{
 		MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) on_completed, NULL
+	};
+	mhd_opts[nopt++] = (struct MHD_OptionItem)
+	{
+		MHD_OPTION_URI_LOG_CALLBACK, (intptr_t) on_uri, NULL
 	};
 	mhd_opts[nopt++] = (struct MHD_OptionItem)
 	{
@@ -576,6 +435,7 @@ main(int argc, char **argv)
 	MHD_stop_daemon(daemon);
 	idset_clear();
 	received_clear();
+	dialect_reset();
 	return 0;
 }
 
@@ -586,9 +446,13 @@ usage(FILE *out)
 			"usage: mock_tms --port N [--bind 127.0.0.1] [--threads N]\n"
 			"                [--require-header 'Name: value']\n"
 			"                [--idempotency-header Name] [--verbose]\n"
+			"                [--nhn-appkey KEY] [--nhn-secret SECRET]\n"
+			"                [--nhn-sms-secret SECRET]\n"
+			"                [--sens-access-key KEY --sens-secret SECRET]\n"
 			"  --port 0 picks a free port; the chosen one is printed as\n"
 			"  \"mock_tms listening on ADDR:PORT\".  See README.md for the\n"
-			"  /_control, /_stats, /_delivered, /_received and /_reset\n"
+			"  providers' dialects and for the /_control, /_stats,\n"
+			"  /_delivered, /_received, /_customers, /_handsets and /_reset\n"
 			"  endpoints.\n");
 }
 
@@ -606,6 +470,11 @@ parse_options(int argc, char **argv)
 		{"require-header", required_argument, NULL, 'r'},
 		{"idempotency-header", required_argument, NULL, 'i'},
 		{"verbose", no_argument, NULL, 'v'},
+		{"nhn-appkey", required_argument, NULL, 'A'},
+		{"nhn-secret", required_argument, NULL, 'S'},
+		{"nhn-sms-secret", required_argument, NULL, 'M'},
+		{"sens-access-key", required_argument, NULL, 'K'},
+		{"sens-secret", required_argument, NULL, 'Z'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -672,6 +541,21 @@ parse_options(int argc, char **argv)
 			case 'v':
 				options.verbose = true;
 				break;
+			case 'A':
+				options.nhn_appkey = optarg;
+				break;
+			case 'S':
+				options.nhn_secret = optarg;
+				break;
+			case 'M':
+				options.nhn_sms_secret = optarg;
+				break;
+			case 'K':
+				options.sens_access_key = optarg;
+				break;
+			case 'Z':
+				options.sens_secret = optarg;
+				break;
 			case 'h':
 				usage(stdout);
 				exit(0);
@@ -685,6 +569,13 @@ parse_options(int argc, char **argv)
 		usage(stderr);
 		exit(2);
 	}
+	if ((options.sens_access_key == NULL) != (options.sens_secret == NULL))
+	{
+		fprintf(stderr, "mock_tms: --sens-access-key and --sens-secret go together\n");
+		exit(2);
+	}
+	if (options.nhn_sms_secret == NULL)
+		options.nhn_sms_secret = options.nhn_secret;
 }
 
 /*
@@ -707,6 +598,32 @@ log_from_mhd(void *cls, const char *fmt, va_list ap)
 
 
 /*
+ * on_uri: MHD's URI log callback, called once per request as soon as the
+ * request line is read.  It is the only place MHD shows the URI exactly as
+ * the client sent it, query string and escapes included, which the SENS
+ * signature covers; so the Request is born here and MHD hands it to
+ * on_request as *con_cls.  on_completed frees it whatever happens next.
+ */
+static void *
+on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	Request    *req = xmalloc(sizeof(Request));
+
+	(void) cls;
+	(void) conn;
+	memset(req, 0, sizeof(Request));
+	req->phase = PHASE_NEW;
+	req->retry_after_s = -1;
+	req->raw_uri = strdup(uri != NULL ? uri : "");
+	if (req->raw_uri == NULL)
+	{
+		fprintf(stderr, "mock_tms: out of memory copying a URI\n");
+		abort();
+	}
+	return req;
+}
+
+/*
  * on_request: MHD's access handler.  MHD calls it once when the headers are
  * in, once per chunk of body, once more when the body is complete, and again
  * after a suspended connection is resumed.  The decision about the answer is
@@ -724,12 +641,14 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url,
 	(void) cls;
 	(void) version;
 
-	if (req == NULL)
+	if (req == NULL || req->phase == PHASE_NEW)
 	{
 		/* Shutting down: drop requests that were not already under way. */
 		if (atomic_load_explicit(&shutting_down, memory_order_relaxed))
 			return MHD_NO;
-		*con_cls = request_begin(conn, url);
+		if (req == NULL)
+			*con_cls = req = on_uri(NULL, url, conn);
+		request_start(req, conn, url);
 		return MHD_YES;
 	}
 
@@ -758,7 +677,7 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url,
 
 /*
  * on_completed: MHD is done with the request, answered or not (client gone,
- * reset fault, hang fault).  Frees what request_begin allocated.
+ * reset fault, hang fault).  Frees what on_uri and request_start allocated.
  */
 static void
 on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -772,8 +691,9 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	if (req == NULL)
 		return;
-	if (req->kind == REQ_SEND)
+	if (req->counted)
 		atomic_fetch_sub_explicit(&stats.in_flight, 1, memory_order_relaxed);
+	free(req->raw_uri);
 	free(req->body);
 	free(req->answer);
 	free(req);
@@ -781,22 +701,21 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 /*
- * request_begin: classify the request by path and size the body buffer from
+ * request_start: classify the request by path (a provider's path, another
+ * message path, or a harness endpoint) and size the body buffer from
  * Content-Length so a big batch is not copied several times while growing.
+ * Message requests of every dialect are counted here, once.
  */
-static Request *
-request_begin(struct MHD_Connection *conn, const char *url)
+static void
+request_start(Request *req, struct MHD_Connection *conn, const char *url)
 {
-	Request    *req = xmalloc(sizeof(Request));
 	const char *clen;
 	size_t		cap = 256;
 
-	memset(req, 0, sizeof(Request));
 	req->phase = PHASE_RECEIVING;
-	req->retry_after_s = -1;
 
 	if (strncmp(url, "/_", 2) != 0)
-		req->kind = REQ_SEND;
+		req->kind = dialect_route(url, &req->route) ? REQ_DIALECT : REQ_SEND;
 	else if (strcmp(url, "/_control") == 0)
 		req->kind = REQ_CONTROL;
 	else if (strcmp(url, "/_reset") == 0)
@@ -807,13 +726,18 @@ request_begin(struct MHD_Connection *conn, const char *url)
 		req->kind = REQ_DELIVERED;
 	else if (strcmp(url, "/_received") == 0)
 		req->kind = REQ_RECEIVED;
+	else if (strcmp(url, "/_customers") == 0)
+		req->kind = REQ_CUSTOMERS;
+	else if (strcmp(url, "/_handsets") == 0)
+		req->kind = REQ_HANDSETS;
 	else
 		req->kind = REQ_NOT_FOUND;
 
-	if (req->kind == REQ_SEND)
+	if (req->kind == REQ_SEND || req->kind == REQ_DIALECT)
 	{
 		int64_t		now_in_flight;
 
+		req->counted = true;
 		atomic_fetch_add_explicit(&stats.requests, 1, memory_order_relaxed);
 		now_in_flight = atomic_fetch_add_explicit(&stats.in_flight, 1,
 												  memory_order_relaxed) + 1;
@@ -832,7 +756,6 @@ request_begin(struct MHD_Connection *conn, const char *url)
 	req->body = xmalloc(cap);
 	req->body[0] = '\0';
 	req->body_cap = cap;
-	return req;
 }
 
 /*
@@ -883,6 +806,8 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 				return 0;
 			}
 			return decide_send(req, conn);
+		case REQ_DIALECT:
+			return dialect_decide(req, conn, method);
 		case REQ_CONTROL:
 			if (!is_post && !is_get)
 				break;
@@ -895,6 +820,7 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 			faults_reset();
 			idset_clear();
 			received_clear();
+			dialect_reset();
 			set_answer_text(req, MHD_HTTP_OK, "{\"ok\":true}");
 			return 0;
 		case REQ_STATS:
@@ -918,6 +844,20 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 			received_json(&out);
 			set_answer(req, MHD_HTTP_OK, &out);
 			return 0;
+		case REQ_CUSTOMERS:
+			if (!is_get)
+				break;
+			out_init(&out, 512);
+			customers_json(&out);
+			set_answer(req, MHD_HTTP_OK, &out);
+			return 0;
+		case REQ_HANDSETS:
+			if (!is_get)
+				break;
+			out_init(&out, 4096);
+			handsets_json(&out);
+			set_answer(req, MHD_HTTP_OK, &out);
+			return 0;
 		case REQ_NOT_FOUND:
 			set_answer_text(req, MHD_HTTP_NOT_FOUND, "{\"error\":\"not_found\"}");
 			return 0;
@@ -930,7 +870,7 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 /*
  * request_answer: queue the prepared answer; MHD takes ownership of the body
  * buffer.  Status classes are counted here, when the answer really goes out,
- * and only for the message endpoint.
+ * and only for message requests (generic and providers' dialects).
  */
 static enum MHD_Result
 request_answer(struct MHD_Connection *conn, Request *req)
@@ -955,7 +895,7 @@ request_answer(struct MHD_Connection *conn, Request *req)
 	ret = MHD_queue_response(conn, req->status, resp);
 	MHD_destroy_response(resp);
 
-	if (req->kind == REQ_SEND && ret == MHD_YES)
+	if (req->counted && ret == MHD_YES)
 	{
 		if (req->status >= 200 && req->status < 300)
 			atomic_fetch_add_explicit(&stats.status_2xx, 1, memory_order_relaxed);
@@ -968,7 +908,7 @@ request_answer(struct MHD_Connection *conn, Request *req)
 }
 
 /* set_answer: take over the buffer of body as the prepared answer. */
-static void
+void
 set_answer(Request *req, unsigned int status, OutBuf *body)
 {
 	free(req->answer);
@@ -978,7 +918,7 @@ set_answer(Request *req, unsigned int status, OutBuf *body)
 	body->data = NULL;
 }
 
-static void
+void
 set_answer_text(Request *req, unsigned int status, const char *text)
 {
 	OutBuf		out;
@@ -1046,6 +986,39 @@ decide_send(Request *req, struct MHD_Connection *conn)
 	atomic_fetch_add_explicit(&stats.messages_received, (uint64_t) batch.count,
 							  memory_order_relaxed);
 
+	if (apply_faults(req, &delay_ms, shutting, "{\"results\": ["))
+		goto done;
+	if (!answer_reply_body(req, batch.count))
+	{
+		answer_batch(req, &batch);
+		if (roll(&faults.lost_reply_rate))
+		{
+			/* delivered, but the answer never reaches the client */
+			atomic_fetch_add_explicit(&stats.lost_replies, 1, memory_order_relaxed);
+			req->phase = PHASE_CLOSE;
+			delay_ms = 0;
+		}
+	}
+
+done:
+	if (well_formed)
+		received_append(&batch, arrived_us,
+						req->phase == PHASE_CLOSE ? 0 : req->status);
+	if (batch.msgs != batch.inline_msgs)
+		free(batch.msgs);
+	return delay_ms;
+}
+
+/*
+ * apply_faults: the injected faults, in the order every message endpoint
+ * checks them: burst_429, then reset_rate, hang_rate, error_rate and
+ * malformed_rate.  garbage is the truncated body a malformed answer gets.
+ * Returns true when a fault decided the answer (or the close), with
+ * *delay_ms adjusted; false when the request goes on.
+ */
+bool
+apply_faults(Request *req, int64_t *delay_ms, bool shutting, const char *garbage)
+{
 	if (atomic_load_explicit(&faults.burst_429, memory_order_relaxed) > 0)
 	{
 		int64_t		left = atomic_load(&faults.burst_429);
@@ -1058,45 +1031,36 @@ decide_send(Request *req, struct MHD_Connection *conn)
 			atomic_fetch_add_explicit(&stats.throttled_429, 1, memory_order_relaxed);
 			set_answer_text(req, 429, "{\"error\":\"too_many_requests\"}");
 			req->retry_after_s = (int) atomic_load(&faults.retry_after_s);
-			goto done;
+			return true;
 		}
 	}
 	if (roll(&faults.reset_rate))
 	{
 		atomic_fetch_add_explicit(&stats.resets, 1, memory_order_relaxed);
 		req->phase = PHASE_CLOSE;
-		delay_ms = 0;
-		goto done;
+		*delay_ms = 0;
+		return true;
 	}
 	if (roll(&faults.hang_rate))
 	{
 		atomic_fetch_add_explicit(&stats.hangs, 1, memory_order_relaxed);
 		req->phase = PHASE_CLOSE;
-		delay_ms = shutting ? 0 : atomic_load(&faults.hang_ms);
-		goto done;
+		*delay_ms = shutting ? 0 : atomic_load(&faults.hang_ms);
+		return true;
 	}
 	if (roll(&faults.error_rate))
 	{
 		set_answer_text(req, (unsigned int) atomic_load(&faults.error_status),
 						"{\"error\":\"injected\"}");
-		goto done;
+		return true;
 	}
 	if (roll(&faults.malformed_rate))
 	{
 		atomic_fetch_add_explicit(&stats.malformed, 1, memory_order_relaxed);
-		set_answer_text(req, MHD_HTTP_OK, "{\"results\": [");
-		goto done;
+		set_answer_text(req, MHD_HTTP_OK, garbage);
+		return true;
 	}
-	if (!answer_reply_body(req, &batch))
-		answer_batch(req, &batch);
-
-done:
-	if (well_formed)
-		received_append(&batch, arrived_us,
-						req->phase == PHASE_CLOSE ? 0 : req->status);
-	if (batch.msgs != batch.inline_msgs)
-		free(batch.msgs);
-	return delay_ms;
+	return false;
 }
 
 static bool
@@ -1202,11 +1166,11 @@ answer_batch(Request *req, const Batch *batch)
 
 /*
  * answer_reply_body: while reply_body is set, answer 200 with exactly that
- * body and deliver nothing; the messages are counted in custom_replies.
- * Returns false (and prepares nothing) while it is null.
+ * body and deliver nothing; the nmessages messages are counted in
+ * custom_replies.  Returns false (and prepares nothing) while it is null.
  */
-static bool
-answer_reply_body(Request *req, const Batch *batch)
+bool
+answer_reply_body(Request *req, int nmessages)
 {
 	OutBuf		out;
 
@@ -1222,7 +1186,7 @@ answer_reply_body(Request *req, const Batch *batch)
 	out_bytes(&out, faults.reply_body, faults.reply_body_len);
 	pthread_mutex_unlock(&faults.text_lock);
 
-	atomic_fetch_add_explicit(&stats.custom_replies, (uint64_t) batch->count,
+	atomic_fetch_add_explicit(&stats.custom_replies, (uint64_t) nmessages,
 							  memory_order_relaxed);
 	set_answer(req, MHD_HTTP_OK, &out);
 	return true;
@@ -1254,7 +1218,7 @@ reject_code(const Message *m, const char *prefix, size_t prefix_len)
 }
 
 /* load_reject_prefix: copy the prefix into buf; returns its length (0: none). */
-static size_t
+size_t
 load_reject_prefix(char *buf)
 {
 	size_t		len;
@@ -1463,7 +1427,8 @@ apply_setting(const char *key, const char *value, bool dry_run,
 		return false;
 	}
 	if (value == NULL && s->type != SET_PREFIX &&
-		s->type != SET_RESULT_STATUS && s->type != SET_REPLY_BODY)
+		s->type != SET_RESULT_STATUS && s->type != SET_REPLY_BODY &&
+		s->type != SET_TEMPLATES)
 	{
 		snprintf(err, errlen, "key \"%s\" needs a value", key);
 		return false;
@@ -1609,11 +1574,16 @@ apply_setting(const char *key, const char *value, bool dry_run,
 				}
 				return true;
 			}
+		case SET_TEMPLATES:
+			return dialect_set_templates(value, dry_run, err, errlen);
 	}
 	return false;
 }
 
-/* faults_reset: everything back to "a well-behaved provider". */
+/*
+ * faults_reset: everything back to "a well-behaved provider", the dialects'
+ * settings and templates included.
+ */
 static void
 faults_reset(void)
 {
@@ -1626,6 +1596,7 @@ faults_reset(void)
 	atomic_store(&faults.hang_ms, DEFAULT_HANG_MS);
 	atomic_store(&faults.reset_rate, 0.0);
 	atomic_store(&faults.malformed_rate, 0.0);
+	atomic_store(&faults.lost_reply_rate, 0.0);
 	atomic_store(&faults.unauthorized, false);
 	atomic_store(&faults.seed, 0);
 	atomic_store(&rng_state, 0);
@@ -1641,6 +1612,11 @@ faults_reset(void)
 	faults.reply_body_len = 0;
 	atomic_store(&faults.has_reply_body, false);
 	pthread_mutex_unlock(&faults.text_lock);
+	atomic_store(&faults.receipt_delay_ms, DEFAULT_RECEIPT_DELAY_MS);
+	atomic_store(&faults.resend_delay_ms, DEFAULT_RESEND_DELAY_MS);
+	atomic_store(&faults.idempotency_window_s, DEFAULT_IDEMPOTENCY_WINDOW_S);
+	atomic_store(&faults.nhn_auth_status, MHD_HTTP_OK);
+	dialect_set_templates(NULL, false, NULL, 0);
 }
 
 static void
@@ -1674,6 +1650,17 @@ faults_json(OutBuf *out)
 	else
 		OUT_LIT(out, "null");
 	pthread_mutex_unlock(&faults.text_lock);
+	snprintf(buf, sizeof(buf),
+			 ",\"lost_reply_rate\":%g,\"receipt_delay_ms\":%" PRId64
+			 ",\"resend_delay_ms\":%" PRId64 ",\"idempotency_window_s\":%" PRId64
+			 ",\"nhn_auth_status\":%" PRId64 ",\"templates\":",
+			 atomic_load(&faults.lost_reply_rate),
+			 atomic_load(&faults.receipt_delay_ms),
+			 atomic_load(&faults.resend_delay_ms),
+			 atomic_load(&faults.idempotency_window_s),
+			 atomic_load(&faults.nhn_auth_status));
+	out_str(out, buf);
+	dialect_templates_json(out);
 	OUT_LIT(out, "}");
 }
 
@@ -1702,6 +1689,19 @@ stats_reset(void)
 	atomic_store(&stats.max_in_flight, atomic_load(&stats.in_flight));
 	atomic_store(&stats.first_delivery_us, 0);
 	atomic_store(&stats.last_delivery_us, 0);
+	atomic_store(&stats.lost_replies, 0);
+	atomic_store(&stats.nhn_alimtalk_sends, 0);
+	atomic_store(&stats.nhn_sms_sends, 0);
+	atomic_store(&stats.sens_sms_sends, 0);
+	atomic_store(&stats.sens_alimtalk_sends, 0);
+	atomic_store(&stats.queries, 0);
+	atomic_store(&stats.dialect_accepted, 0);
+	atomic_store(&stats.dialect_refused, 0);
+	atomic_store(&stats.auth_failures, 0);
+	atomic_store(&stats.sens_signature_failures, 0);
+	atomic_store(&stats.sens_clock_skew, 0);
+	atomic_store(&stats.idempotency_rejected, 0);
+	atomic_store(&stats.template_errors, 0);
 }
 
 static void
@@ -1725,7 +1725,7 @@ stats_json(OutBuf *out)
 			 ",\"missing_idempotency_key\":%" PRIu64
 			 ",\"received_logged\":%" PRIu64 ",\"received_overflow\":%s"
 			 ",\"in_flight\":%" PRId64 ",\"max_in_flight\":%" PRId64
-			 ",\"first_delivery_us\":%" PRIu64 ",\"last_delivery_us\":%" PRIu64 "}",
+			 ",\"first_delivery_us\":%" PRIu64 ",\"last_delivery_us\":%" PRIu64,
 			 atomic_load(&stats.requests), atomic_load(&stats.messages_received),
 			 atomic_load(&stats.delivered), atomic_load(&stats.duplicates),
 			 atomic_load(&stats.rejected), atomic_load(&stats.status_2xx),
@@ -1738,6 +1738,24 @@ stats_json(OutBuf *out)
 			 atomic_load(&stats.in_flight), atomic_load(&stats.max_in_flight),
 			 atomic_load(&stats.first_delivery_us), atomic_load(&stats.last_delivery_us));
 	out_str(out, buf);
+	snprintf(buf, sizeof(buf),
+			 ",\"lost_replies\":%" PRIu64 ",\"nhn_alimtalk_sends\":%" PRIu64
+			 ",\"nhn_sms_sends\":%" PRIu64 ",\"sens_sms_sends\":%" PRIu64
+			 ",\"sens_alimtalk_sends\":%" PRIu64 ",\"queries\":%" PRIu64
+			 ",\"dialect_accepted\":%" PRIu64 ",\"dialect_refused\":%" PRIu64
+			 ",\"auth_failures\":%" PRIu64 ",\"sens_signature_failures\":%" PRIu64
+			 ",\"sens_clock_skew\":%" PRIu64 ",\"idempotency_rejected\":%" PRIu64
+			 ",\"template_errors\":%" PRIu64,
+			 atomic_load(&stats.lost_replies), atomic_load(&stats.nhn_alimtalk_sends),
+			 atomic_load(&stats.nhn_sms_sends), atomic_load(&stats.sens_sms_sends),
+			 atomic_load(&stats.sens_alimtalk_sends), atomic_load(&stats.queries),
+			 atomic_load(&stats.dialect_accepted), atomic_load(&stats.dialect_refused),
+			 atomic_load(&stats.auth_failures), atomic_load(&stats.sens_signature_failures),
+			 atomic_load(&stats.sens_clock_skew), atomic_load(&stats.idempotency_rejected),
+			 atomic_load(&stats.template_errors));
+	out_str(out, buf);
+	dialect_stats_json(out);
+	OUT_LIT(out, "}");
 }
 
 static int
@@ -1810,7 +1828,7 @@ delivered_json(OutBuf *out)
  * answered status.  One lock per batch; the arrays double as they fill, up
  * to the bounds, past which messages are dropped and overflow is set.
  */
-static void
+void
 received_append(const Batch *batch, uint64_t us, unsigned int status)
 {
 	int			i;
@@ -1900,7 +1918,7 @@ received_json(OutBuf *out)
 }
 
 
-static void
+void
 json_ws(JsonCursor *c)
 {
 	while (c->p < c->end &&
@@ -1909,7 +1927,7 @@ json_ws(JsonCursor *c)
 }
 
 /* json_accept: skip whitespace and consume ch if it is next. */
-static bool
+bool
 json_accept(JsonCursor *c, char ch)
 {
 	json_ws(c);
@@ -1961,7 +1979,7 @@ hex4(const char *p, const char *end)
  * before the closing quote, which is already consumed.  Lone surrogates
  * become U+FFFD; raw control characters are an error, as JSON says.
  */
-static bool
+bool
 json_string(JsonCursor *c, char **out, size_t *out_len)
 {
 	char	   *r;
@@ -2069,7 +2087,7 @@ json_string(JsonCursor *c, char **out, size_t *out_len)
 }
 
 /* json_number: consume a number per the JSON grammar; out points at its text. */
-static bool
+bool
 json_number(JsonCursor *c, char **out, size_t *out_len)
 {
 	char	   *p;
@@ -2110,7 +2128,7 @@ json_number(JsonCursor *c, char **out, size_t *out_len)
 }
 
 /* json_skip_value: consume any JSON value, nesting at most MAX_JSON_DEPTH. */
-static bool
+bool
 json_skip_value(JsonCursor *c, int depth)
 {
 	char	   *s;
@@ -2170,7 +2188,7 @@ json_skip_value(JsonCursor *c, int depth)
 	}
 }
 
-static bool
+bool
 json_key_is(const char *key, size_t key_len, const char *name)
 {
 	size_t		n = strlen(name);
@@ -2612,7 +2630,7 @@ timer_main(void *arg)
 }
 
 
-static void *
+void *
 xmalloc(size_t size)
 {
 	void	   *p = malloc(size);
@@ -2625,7 +2643,7 @@ xmalloc(size_t size)
 	return p;
 }
 
-static void *
+void *
 xrealloc(void *ptr, size_t size)
 {
 	void	   *p = realloc(ptr, size);
@@ -2638,7 +2656,7 @@ xrealloc(void *ptr, size_t size)
 	return p;
 }
 
-static void
+void
 out_init(OutBuf *b, size_t cap)
 {
 	b->cap = cap > 16 ? cap : 16;
@@ -2646,7 +2664,7 @@ out_init(OutBuf *b, size_t cap)
 	b->len = 0;
 }
 
-static void
+void
 out_reserve(OutBuf *b, size_t extra)
 {
 	if (b->len + extra > b->cap)
@@ -2657,7 +2675,7 @@ out_reserve(OutBuf *b, size_t extra)
 	}
 }
 
-static void
+void
 out_bytes(OutBuf *b, const char *s, size_t n)
 {
 	out_reserve(b, n);
@@ -2665,13 +2683,13 @@ out_bytes(OutBuf *b, const char *s, size_t n)
 	b->len += n;
 }
 
-static void
+void
 out_str(OutBuf *b, const char *s)
 {
 	out_bytes(b, s, strlen(s));
 }
 
-static void
+void
 out_u64(OutBuf *b, uint64_t v)
 {
 	char		tmp[24];
@@ -2686,7 +2704,7 @@ out_u64(OutBuf *b, uint64_t v)
 }
 
 /* out_json_string: s as a quoted JSON string; bytes >= 0x80 pass through. */
-static void
+void
 out_json_string(OutBuf *b, const char *s, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -2718,7 +2736,7 @@ out_json_string(OutBuf *b, const char *s, size_t n)
 	b->data[b->len++] = '"';
 }
 
-static uint64_t
+uint64_t
 monotonic_us(void)
 {
 	struct timespec ts;
@@ -2727,7 +2745,7 @@ monotonic_us(void)
 	return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
 }
 
-static uint64_t
+uint64_t
 wall_us(void)
 {
 	struct timespec ts;
@@ -2743,7 +2761,7 @@ wall_us(void)
  * Draws nothing when the rate is 0 or 1, so unused faults do not shift the
  * stream.
  */
-static bool
+bool
 roll(_Atomic double *rate)
 {
 	double		r = atomic_load_explicit(rate, memory_order_relaxed);
