@@ -12,12 +12,25 @@
 # happened and cleans everything up.
 #
 # Environment: DEMO_ORDERS (default 30000), DEMO_BULK (messages per TMS
-# request, default 100), COURIER_SKIP_DEPS=1 to skip the apt step.
+# request, default 100), DEMO_PROVIDER (the provider's dialect: generic,
+# the default, or nhn_alimtalk, nhn_sms, sens_alimtalk, sens_sms; the mock
+# then plays that provider, and some customers' numbers are set up to
+# fail: 1 in 100 has no KakaoTalk (AlimTalk 3019, so it gets an SMS
+# instead when the provider falls back), 1 in 250 is not a valid number),
+# COURIER_SKIP_DEPS=1 to skip the apt step.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORDERS=${DEMO_ORDERS:-30000}
 BULK=${DEMO_BULK:-100}
+PROVIDER=${DEMO_PROVIDER:-generic}
+case $PROVIDER in
+	generic | nhn_alimtalk | nhn_sms | sens_alimtalk | sens_sms) ;;
+	*)
+		echo "DEMO_PROVIDER must be generic, nhn_alimtalk, nhn_sms, sens_alimtalk or sens_sms" >&2
+		exit 2
+		;;
+esac
 PGBIN=/usr/lib/postgresql/15/bin
 
 # shellcheck source=test/lib/cluster.sh
@@ -48,7 +61,8 @@ cleanup() {
 trap cleanup EXIT
 
 say "starting the mock TMS"
-"$REPO/test/mock_tms/mock_tms" --port 0 >"$WORK/mock.out" 2>&1 &
+"$REPO/test/mock_tms/mock_tms" --port 0 --nhn-appkey demo-app --nhn-secret demo-secret \
+	--sens-access-key demo-access --sens-secret demo-sens-secret >"$WORK/mock.out" 2>&1 &
 MOCK_PID=$!
 for _ in $(seq 100); do
 	grep -q listening "$WORK/mock.out" 2>/dev/null && break
@@ -58,6 +72,33 @@ MOCK=$(sed -n 's/^mock_tms listening on \(.*\)$/\1/p' "$WORK/mock.out")
 [[ -n $MOCK ]] || { echo "mock TMS did not start"; cat "$WORK/mock.out"; exit 1; }
 echo "mock TMS on http://$MOCK"
 mock_stat() { curl -s "http://$MOCK/_stats" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+customers() { curl -s "http://$MOCK/_customers" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+# final states come 50 ms after a send (a real provider takes seconds)
+curl -s -XPOST "http://$MOCK/_control" -d '{"receipt_delay_ms": 50, "resend_delay_ms": 50}' >/dev/null
+
+# what postgresql.conf says of the provider
+case $PROVIDER in
+	generic) PROVIDER_CONF="courier.tms_url = 'http://$MOCK/send'" ;;
+	*) PROVIDER_CONF="courier.tms_provider = '$PROVIDER'
+courier.tms_url = 'http://$MOCK'
+courier.nhn_alimtalk_appkey = 'demo-app'
+courier.nhn_alimtalk_secret_key = 'demo-secret'
+courier.nhn_alimtalk_sender_key = 'demo-sender-key'
+courier.nhn_sms_appkey = 'demo-app'
+courier.nhn_sms_secret_key = 'demo-secret'
+courier.nhn_sms_send_no = '0212345678'
+courier.sens_alimtalk_service_id = 'ncp:kkobizmsg:kr:demo'
+courier.sens_sms_service_id = 'ncp:sms:kr:demo'
+courier.sens_plus_friend_id = '@demo'
+courier.sens_sms_from = '0212345678'
+courier.tms_hmac_access_key = 'demo-access'
+courier.tms_hmac_secret = 'demo-sens-secret'
+courier.alimtalk_template = 'COURIER_DELAY'
+courier.alimtalk_template_v2 = 'COURIER_DELAY_V2'
+courier.alimtalk_template_params = 'orderId=order_id, product=product, reason=reason, shipDate=ship_date'
+courier.alimtalk_fallback = 'provider'" ;;
+esac
+echo "provider: $PROVIDER"
 
 say "starting a throwaway PostgreSQL 15 cluster"
 cluster_init "$WORK/data" "$WORK/initdb.log"
@@ -66,7 +107,7 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$WORK'
 shared_preload_libraries = 'courier'
 courier.database = 'postgres'
-courier.tms_url = 'http://$MOCK/send'
+$PROVIDER_CONF
 courier.tms_bulk_size = $BULK
 courier.logic_max_workers = 2
 courier.tms_max_workers = 2
@@ -83,7 +124,9 @@ say "registering $ORDERS paid orders of super-sweet corn"
 t0=$(now_ms)
 sql -c "SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
 	'order_id', g, 'seller_id', 1 + g % 40,
-	'customer_phone', '010-' || lpad((g / 10000)::text, 4, '0') || '-' || lpad((g % 10000)::text, 4, '0'),
+	'customer_phone', '010-' || lpad((g / 10000)::text, 4, '0') || '-'
+		|| CASE WHEN g % 100 = 7 THEN '3019' WHEN g % 250 = 11 THEN '2019'
+				ELSE lpad((g % 10000)::text, 4, '0') END,
 	'product_name', 'Super-sweet corn 10kg',
 	'promised_ship_date', to_char(current_date + 1, 'YYYY-MM-DD'))))
   FROM generate_series(1, $ORDERS) g" >/dev/null
@@ -109,8 +152,14 @@ while (( $(now_ms) < deadline )); do
 		done_n=$(sql -c "SELECT done + failed FROM courier.request_status($REQ)")
 		[[ $done_n -ge $ORDERS ]] && t_applied=$(now_ms)
 	fi
-	delivered=$(mock_stat delivered)
-	if [[ ${delivered:-0} -ge $ORDERS ]]; then
+	if [[ $PROVIDER == generic ]]; then
+		settled=$(( $(mock_stat delivered) >= ORDERS ))
+	else
+		# every notice sent or failed, and every message final at the provider
+		settled=$(sql -c "SELECT count(*) = 0 FROM courier.notices WHERE status = 'pending'")
+		[[ $settled == t && -n $t_applied && $(customers pending) == 0 ]] && settled=1 || settled=0
+	fi
+	if (( settled )); then
 		t_sent=$(now_ms)
 		[[ -z $t_applied ]] && t_applied=$t_sent
 		break
@@ -121,11 +170,27 @@ done
 say "what happened"
 printf '  %-46s %s\n' "orders delayed (logic stage)" "$(sql -c "SELECT done FROM courier.request_status($REQ)")"
 printf '  %-46s %s ms\n' "commit -> all delays applied by the workers" "$(( ${t_applied:-$t_start} - t_start ))"
-printf '  %-46s %s ms\n' "commit -> all notices accepted by the TMS" "$(( ${t_sent:-0} - t_start ))"
-printf '  %-46s %s\n' "TMS requests / messages / delivered / dupes" \
-	"$(mock_stat requests) / $(mock_stat messages_received) / $(mock_stat delivered) / $(mock_stat duplicates)"
+printf '  %-46s %s ms\n' "commit -> every notice settled at the TMS" "$(( ${t_sent:-0} - t_start ))"
+if [[ $PROVIDER == generic ]]; then
+	printf '  %-46s %s\n' "TMS requests / messages / delivered / dupes" \
+		"$(mock_stat requests) / $(mock_stat messages_received) / $(mock_stat delivered) / $(mock_stat duplicates)"
+else
+	printf '  %-46s %s\n' "requests to the provider (sends, queries)" "$(mock_stat requests)"
+fi
 sql -c "SELECT '  notices ' || status || ': ' || count(*) FROM courier.notices GROUP BY status ORDER BY status"
 sql -c "SELECT '  failures: ' || count(*) FROM courier.failures"
+sql -c "SELECT '    ' || count(*) || ' failed with ' || last_sqlstate || ': ' || max(last_error)
+          FROM courier.failures GROUP BY last_sqlstate ORDER BY last_sqlstate"
+if [[ $PROVIDER != generic ]]; then
+	echo "  what the customers' handsets received (the mock's count):"
+	printf '    %-40s %s\n' "AlimTalk" "$(customers alimtalk)" \
+		"SMS / LMS sent as such" "$(customers sms) / $(customers lms)" \
+		"SMS / LMS after an AlimTalk fallback" "$(customers fallback_sms) / $(customers fallback_lms)" \
+		"received nothing" "$(( ORDERS - $(customers total) ))" \
+		"  of them refused at send (in courier.failures)" "$(customers refused)"
+	echo "    (courier marks a notice delivered when the provider accepts it; it does"
+	echo "     not read delivery receipts yet, so a later failure shows only here)"
+fi
 sql -c "SELECT '  still queued: ' || (SELECT count(*) FROM courier.work_items) || ' logic items, '
                || (SELECT count(*) FROM courier.notices WHERE status = 'pending') || ' pending notices'"
 sql -c "SELECT '  queue slots: ' || string_agg(slot || ' ' || state || ' ' || pg_size_pretty(bytes), ', ' ORDER BY slot)
