@@ -221,5 +221,140 @@ BEGIN
 END
 $$;
 
+/* ------------------------------------------------------------------------
+ * Delivery receipts: accepted is not delivered
+ * ------------------------------------------------------------------------ */
+
+/*
+ * A provider that answers "accepted" still has to reach the handset; it
+ * tells how that ended later, through its query API or a webhook.  A
+ * notice sent through such a provider (every dialect but generic) is
+ * 'awaiting' its receipt from the moment it is accepted, then 'delivered'
+ * (on the handset) or 'failed' with the provider's code.  Adding columns
+ * without defaults rewrites nothing.
+ */
+ALTER TABLE courier.notices
+	ADD COLUMN receipt_status text
+		CHECK (receipt_status IN ('awaiting', 'delivered', 'failed')),
+	ADD COLUMN receipt_code text,
+	ADD COLUMN receipt_at timestamptz;
+COMMENT ON COLUMN courier.notices.receipt_status IS
+	'Through a provider that reports delivery (not generic): awaiting once accepted, then delivered (on the handset) or failed, from the provider''s receipt.';
+COMMENT ON COLUMN courier.notices.receipt_code IS
+	'The provider''s final result code for the recipient (NHN: 1000 delivered, 3019 not a KakaoTalk user, ...; docs/providers.md).';
+COMMENT ON COLUMN courier.notices.receipt_at IS
+	'When courier learned the final state.';
+
+/* receipts by state, for metrics(); only notices of providers with receipts */
+CREATE INDEX notices_receipt ON courier.notices (receipt_status)
+	WHERE receipt_status IS NOT NULL;
+
+CREATE FUNCTION courier.record_receipts(body jsonb)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	IF body IS NULL OR pg_catalog.jsonb_typeof(body) <> 'object'
+	   OR body ->> 'event' IS DISTINCT FROM 'MESSAGE_RESULT_UPDATE'
+	   OR pg_catalog.jsonb_typeof(body -> 'hooks') IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'not an NHN Cloud MESSAGE_RESULT_UPDATE webhook body'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The body is an object with "event": "MESSAGE_RESULT_UPDATE" and a "hooks" array of {recipientGroupingKey, resultCode, ...}.',
+				  HINT = 'Pass the webhook''s body as it came, e.g. SELECT courier.record_receipts($1::jsonb).';
+	END IF;
+
+	/*
+	 * Each hook names its notice by the key courier sent as the recipient's
+	 * grouping key, dn-<order id>-<yyyymmdd>; hooks of other messages are
+	 * skipped.  The first final state wins: a repeated webhook changes
+	 * nothing.
+	 */
+	WITH hook AS (
+		SELECT h ->> 'recipientGroupingKey' AS key, h ->> 'resultCode' AS code
+		  FROM pg_catalog.jsonb_array_elements(body -> 'hooks') AS h
+		 WHERE pg_catalog.jsonb_typeof(h) = 'object'
+	), target AS (
+		SELECT DISTINCT ON (k.order_id, k.ship_date) k.order_id, k.ship_date, k.code
+		  FROM (SELECT pg_catalog.split_part(hook.key, '-', 2)::bigint AS order_id,
+					   pg_catalog.to_date(pg_catalog.split_part(hook.key, '-', 3), 'YYYYMMDD') AS ship_date,
+					   hook.code
+				  FROM hook
+				 WHERE hook.key ~ '^dn-[0-9]{1,18}-[0-9]{8}$' AND hook.code IS NOT NULL) k
+	)
+	UPDATE courier.notices n
+	   SET receipt_status = CASE WHEN t.code = '1000' THEN 'delivered' ELSE 'failed' END,
+		   receipt_code = t.code,
+		   receipt_at = pg_catalog.now()
+	  FROM target t
+	  JOIN courier.orders o ON o.order_id = t.order_id
+	 WHERE n.seller_id = o.seller_id AND n.order_id = t.order_id
+	   AND n.ship_date = t.ship_date
+	   AND n.status = 'delivered'
+	   AND n.receipt_status IS DISTINCT FROM 'delivered'
+	   AND n.receipt_status IS DISTINCT FROM 'failed';
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION courier.record_receipts(jsonb) IS
+	'Records the delivery receipts of an NHN Cloud MESSAGE_RESULT_UPDATE webhook body (handed over by the app): each named notice becomes delivered (code 1000) or failed with the code. Returns the notices changed.';
+REVOKE ALL ON FUNCTION courier.record_receipts(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION courier.record_receipts(jsonb) TO courier_app, courier_admin;
+
+CREATE OR REPLACE FUNCTION courier.metrics()
+RETURNS text
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH family(name, type, help, ord) AS (VALUES
+		('courier_items_total', 'counter', 'Items processed per stage and result since server start.', 1),
+		('courier_batches_total', 'counter', 'Batches processed per stage since server start.', 2),
+		('courier_tms_events_total', 'counter', 'TMS requests, throttles and breaker openings since server start.', 3),
+		('courier_queue_backlog', 'gauge', 'Items queued per stage.', 4),
+		('courier_queue_due', 'gauge', 'Items due now per stage.', 5),
+		('courier_queue_in_flight', 'gauge', 'Items leased by senders per stage.', 6),
+		('courier_queue_oldest_age_seconds', 'gauge', 'Age of the oldest queued item per stage.', 7),
+		('courier_failures_open', 'gauge', 'Failures neither retried nor discarded per stage.', 8),
+		('courier_table_dead_tuples', 'gauge', 'Dead tuples of courier tables (queue bloat).', 9),
+		('courier_notices_receipts', 'gauge', 'Notices kept (courier.retention) that went through a provider with delivery receipts, by receipt: awaiting (accepted), delivered (on the handset), failed.', 10)
+	), counter AS (
+		SELECT c.stage, c.counter, c.value FROM courier.shared_counters() c
+	), sample(name, labels, value) AS (
+		SELECT 'courier_items_total', format('stage="%s",result="%s"', c.stage, c.counter), c.value::numeric
+		  FROM counter c WHERE c.counter IN ('done', 'failed')
+		UNION ALL
+		SELECT 'courier_batches_total', format('stage="%s"', c.stage), c.value
+		  FROM counter c WHERE c.counter = 'batches'
+		UNION ALL
+		SELECT 'courier_tms_events_total', format('event="%s"', c.counter), c.value
+		  FROM counter c WHERE c.counter LIKE 'tms\_%'
+		UNION ALL
+		SELECT g.name, format('stage="%s"', q.stage), g.value
+		  FROM courier.queue_stats q,
+			   LATERAL (VALUES ('courier_queue_backlog', q.backlog::numeric),
+							   ('courier_queue_due', q.due_now),
+							   ('courier_queue_in_flight', q.in_flight),
+							   ('courier_queue_oldest_age_seconds',
+								coalesce(round(extract(epoch FROM q.oldest_age), 3), 0)),
+							   ('courier_failures_open', q.failures_open)) AS g(name, value)
+		UNION ALL
+		SELECT 'courier_table_dead_tuples', format('table="%s"', t.relname), t.n_dead_tup
+		  FROM pg_stat_user_tables t WHERE t.schemaname = 'courier'
+		UNION ALL
+		SELECT 'courier_notices_receipts', format('receipt="%s"', r.status),
+			   (SELECT count(*) FROM courier.notices n WHERE n.receipt_status = r.status)
+		  FROM (VALUES ('awaiting'), ('delivered'), ('failed')) AS r(status)
+	)
+	SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s', f.name, f.help, f.name, f.type)
+					  || coalesce((SELECT string_agg(format(E'\n%s{%s} %s', s.name, s.labels, s.value),
+													 '' ORDER BY s.labels)
+									 FROM sample s WHERE s.name = f.name), ''),
+					  E'\n' ORDER BY f.ord) || E'\n'
+	  FROM family f
+$$;
+
 COMMENT ON FUNCTION courier.register_orders(jsonb) IS
 	'Add or update orders from a JSON array of {order_id, seller_id, customer_phone, product_name, promised_ship_date[, status]}; all or nothing. An order never changes seller: a known order id under another seller is refused.';

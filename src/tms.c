@@ -57,6 +57,7 @@
 
 #include "courier.h"
 #include "dispatch.h"
+#include "provider.h"
 
 #define TMS_MAX_LEASE	20000	/* most notices one sender leases at once */
 #define LEASE_MARGIN_MS	1000	/* time to record outcomes after a request */
@@ -96,6 +97,7 @@ typedef struct TmsBatch
 	Verdict    *verdict;
 	CourierMessage *msgs;
 	bool		dry_run;
+	bool		receipts;		/* its provider reports delivery later */
 } TmsBatch;
 
 /*
@@ -149,7 +151,8 @@ static const CourierDispatchHooks hooks = {
  *						sender still holds it
  * ($9 is this sender's pid, $10 the time of recording, $11 the notices'
  * sellers: each notice is reached by its key, (seller_id, order_id,
- * ship_date), docs/citus.md.)  Charged notices
+ * ship_date), docs/citus.md; $12 whether the provider reports delivery
+ * later: a notice it accepted then awaits its receipt.)  Charged notices
  * ('charge') are left alone here: they go through courier_charge (retry.c).
  */
 static const char *const record_sql =
@@ -173,6 +176,8 @@ static const char *const record_sql =
 "       latency_ms = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.latency_ms"
 "                         ELSE n.latency_ms END,"
 "       attempts = n.attempts + (r.status IN ('delivered', 'dry_run'))::int,"
+"       receipt_status = CASE WHEN r.status = 'delivered' AND $12 THEN 'awaiting'"
+"                             ELSE n.receipt_status END,"
 "       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms' END,"
 "       leased_by = NULL"
 "  FROM r"
@@ -450,6 +455,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	SPITupleTable *leased;
 
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
+	b->receipts = (courier_tms_provider != COURIER_PROVIDER_generic);
 	b->closes_next = courier_closes_position();
 	b->lease_started = GetCurrentTimestamp();
 	b->lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
@@ -719,10 +725,10 @@ tms_record(TmsBatch *b)
 	int			delivered = 0;
 	bool		unauthorized = false;
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[11] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[12] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID,
-	INT4OID, TIMESTAMPTZOID, INT8ARRAYOID};
-	Datum		values[11];
+	INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, BOOLOID};
+	Datum		values[12];
 	CourierStageState *st;
 
 	courier_charges_init(&charges, n, COURIER_STAGE_TMS);
@@ -828,9 +834,10 @@ tms_record(TmsBatch *b)
 	values[8] = Int32GetDatum(MyProcPid);
 	values[9] = TimestampTzGetDatum(now);
 	values[10] = courier_int8_array(sellers, n);
+	values[11] = BoolGetDatum(b->receipts);
 	if (record_plan == NULL)
-		record_plan = courier_prepare_kept(record_sql, 11, argtypes, true);
-	courier_execute_kept(&record_plan, record_sql, 11, argtypes, values, NULL,
+		record_plan = courier_prepare_kept(record_sql, 12, argtypes, true);
+	courier_execute_kept(&record_plan, record_sql, 12, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
 	courier_charge(&charges);

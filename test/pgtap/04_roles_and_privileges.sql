@@ -31,13 +31,13 @@ SELECT set_eq(
 	   WHERE pronamespace = 'courier'::regnamespace
 	     AND has_function_privilege('courier_app', oid, 'EXECUTE')$$,
 	ARRAY['register_orders', 'request_shipping', 'register_invoice', 'delay_orders',
-		  'request_status', 'switch_enabled'],
+		  'request_status', 'switch_enabled', 'record_receipts'],
 	'courier_app may execute exactly the app API');
 SELECT set_eq(
 	$$SELECT proname::text FROM pg_proc
 	   WHERE pronamespace = 'courier'::regnamespace
 	     AND has_function_privilege('courier_admin', oid, 'EXECUTE')$$,
-	ARRAY['request_status', 'switch_enabled', 'run_once', 'retry_failures',
+	ARRAY['request_status', 'switch_enabled', 'record_receipts', 'run_once', 'retry_failures',
 		  'discard_failures', 'sweep_overdue', 'failure_digest', 'metrics',
 		  'backoff_delay', 'prune_chunk', 'prune', 'rotate_queue'],
 	'courier_admin may execute exactly the DBA console (and the read-only request_status, switch_enabled)');
