@@ -18,6 +18,11 @@ PACKAGES=(
   # courier links libcurl; the mock TMS server uses libmicrohttpd
   libcurl4-openssl-dev
   libmicrohttpd-dev
+  # test/mock_tms/selftest.sh (run by test/run_all.sh after building the
+  # mock): curl for its requests, openssl to sign the SENS ones (base64 is
+  # in coreutils)
+  curl
+  openssl
   # PostgreSQL::Test::Cluster needs IPC::Run; `prove` and TAP::Harness are in perl
   libipc-run-perl
   perl

@@ -235,11 +235,26 @@ $$;
  */
 ALTER TABLE courier.notices
 	ADD COLUMN receipt_status text
-		CHECK (receipt_status IN ('awaiting', 'delivered', 'failed')),
+		CHECK (receipt_status IN ('awaiting', 'delivered', 'failed', 'expired')),
 	ADD COLUMN receipt_code text,
-	ADD COLUMN receipt_at timestamptz;
+	ADD COLUMN receipt_at timestamptz,
+	ADD COLUMN receipt_due_at timestamptz,
+	ADD COLUMN receipt_checks integer NOT NULL DEFAULT 0,
+	ADD COLUMN fallback_channel text CHECK (fallback_channel IN ('sms', 'lms')),
+	ADD COLUMN fallback_reason text,
+	ADD COLUMN provider text;
+COMMENT ON COLUMN courier.notices.provider IS
+	'The dialect (courier.tms_provider) that sent the notice: its receipt is asked of that provider, even after a switch to another.';
 COMMENT ON COLUMN courier.notices.receipt_status IS
-	'Through a provider that reports delivery (not generic): awaiting once accepted, then delivered (on the handset) or failed, from the provider''s receipt.';
+	'Through a provider that reports delivery (not generic): awaiting once accepted, then delivered (on the handset, by AlimTalk or by its SMS/LMS fallback) or failed, from the provider''s receipt; expired when courier.receipt_horizon passed without one.';
+COMMENT ON COLUMN courier.notices.receipt_due_at IS
+	'When the receipt stage next asks the provider (back-off between checks; the lease''s end while a sender asks).';
+COMMENT ON COLUMN courier.notices.receipt_checks IS
+	'How many times the receipt stage asked the provider.';
+COMMENT ON COLUMN courier.notices.fallback_channel IS
+	'AlimTalk could not reach the customer and the provider resent the notice by this channel (sms, lms).';
+COMMENT ON COLUMN courier.notices.fallback_reason IS
+	'The AlimTalk result code that called for the fallback (NHN 3018, 3019, 3020, ...).';
 COMMENT ON COLUMN courier.notices.receipt_code IS
 	'The provider''s final result code for the recipient (NHN: 1000 delivered, 3019 not a KakaoTalk user, ...; docs/providers.md).';
 COMMENT ON COLUMN courier.notices.receipt_at IS
@@ -248,6 +263,9 @@ COMMENT ON COLUMN courier.notices.receipt_at IS
 /* receipts by state, for metrics(); only notices of providers with receipts */
 CREATE INDEX notices_receipt ON courier.notices (receipt_status)
 	WHERE receipt_status IS NOT NULL;
+/* the receipt stage: notices awaiting a receipt, by when to ask next */
+CREATE INDEX notices_receipt_due ON courier.notices (receipt_due_at)
+	WHERE receipt_status = 'awaiting';
 
 CREATE FUNCTION courier.record_receipts(body jsonb)
 RETURNS integer
@@ -256,6 +274,9 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	n integer;
+	/* the provider resends by SMS/LMS what AlimTalk cannot deliver */
+	resends boolean := pg_catalog.current_setting('courier.alimtalk_fallback', true)
+					   IS NOT DISTINCT FROM 'provider';
 BEGIN
 	IF body IS NULL OR pg_catalog.jsonb_typeof(body) <> 'object'
 	   OR body ->> 'event' IS DISTINCT FROM 'MESSAGE_RESULT_UPDATE'
@@ -270,7 +291,10 @@ BEGIN
 	 * Each hook names its notice by the key courier sent as the recipient's
 	 * grouping key, dn-<order id>-<yyyymmdd>; hooks of other messages are
 	 * skipped.  The first final state wins: a repeated webhook changes
-	 * nothing.
+	 * nothing.  An AlimTalk the provider is to resend by SMS/LMS (codes
+	 * 3018-3020 under courier.alimtalk_fallback = provider) is not final:
+	 * the notice keeps awaiting, with the code as its fallback's reason,
+	 * and the receipt stage learns how the resend ended.
 	 */
 	WITH hook AS (
 		SELECT h ->> 'recipientGroupingKey' AS key, h ->> 'resultCode' AS code
@@ -285,16 +309,22 @@ BEGIN
 				 WHERE hook.key ~ '^dn-[0-9]{1,18}-[0-9]{8}$' AND hook.code IS NOT NULL) k
 	)
 	UPDATE courier.notices n
-	   SET receipt_status = CASE WHEN t.code = '1000' THEN 'delivered' ELSE 'failed' END,
-		   receipt_code = t.code,
-		   receipt_at = pg_catalog.now()
-	  FROM target t
+	   SET receipt_status = CASE WHEN t.code = '1000' THEN 'delivered'
+								 WHEN t.resent THEN 'awaiting' ELSE 'failed' END,
+		   receipt_code = CASE WHEN t.resent THEN n.receipt_code ELSE t.code END,
+		   receipt_at = CASE WHEN t.resent THEN NULL ELSE pg_catalog.now() END,
+		   receipt_due_at = CASE WHEN t.resent THEN n.receipt_due_at END,
+		   fallback_reason = CASE WHEN t.resent THEN t.code ELSE n.fallback_reason END
+	  FROM (SELECT t0.*, resends AND t0.code IN ('3018', '3019', '3020') AS resent
+			  FROM target t0) t
 	  JOIN courier.orders o ON o.order_id = t.order_id
 	 WHERE n.seller_id = o.seller_id AND n.order_id = t.order_id
 	   AND n.ship_date = t.ship_date
 	   AND n.status = 'delivered'
 	   AND n.receipt_status IS DISTINCT FROM 'delivered'
-	   AND n.receipt_status IS DISTINCT FROM 'failed';
+	   AND n.receipt_status IS DISTINCT FROM 'failed'
+	   AND n.receipt_status IS DISTINCT FROM 'expired'
+	   AND n.fallback_reason IS NULL;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
@@ -319,7 +349,7 @@ AS $$
 		('courier_queue_oldest_age_seconds', 'gauge', 'Age of the oldest queued item per stage.', 7),
 		('courier_failures_open', 'gauge', 'Failures neither retried nor discarded per stage.', 8),
 		('courier_table_dead_tuples', 'gauge', 'Dead tuples of courier tables (queue bloat).', 9),
-		('courier_notices_receipts', 'gauge', 'Notices kept (courier.retention) that went through a provider with delivery receipts, by receipt: awaiting (accepted), delivered (on the handset), failed.', 10)
+		('courier_notices_receipts', 'gauge', 'Notices kept (courier.retention) that went through a provider with delivery receipts, by receipt: awaiting (accepted), delivered (on the handset), failed, expired (no receipt within courier.receipt_horizon).', 10)
 	), counter AS (
 		SELECT c.stage, c.counter, c.value FROM courier.shared_counters() c
 	), sample(name, labels, value) AS (
@@ -346,7 +376,7 @@ AS $$
 		UNION ALL
 		SELECT 'courier_notices_receipts', format('receipt="%s"', r.status),
 			   (SELECT count(*) FROM courier.notices n WHERE n.receipt_status = r.status)
-		  FROM (VALUES ('awaiting'), ('delivered'), ('failed')) AS r(status)
+		  FROM (VALUES ('awaiting'), ('delivered'), ('failed'), ('expired')) AS r(status)
 	)
 	SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s', f.name, f.help, f.name, f.type)
 					  || coalesce((SELECT string_agg(format(E'\n%s{%s} %s', s.name, s.labels, s.value),

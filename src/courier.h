@@ -77,6 +77,8 @@ extern int	courier_idle_wakeup_ms;
 extern int	courier_lease_ms;
 extern int	courier_queue_rotate_ms;
 extern bool courier_claim_per_seller;
+extern int	courier_receipt_interval_ms;
+extern int	courier_receipt_horizon_min;
 extern int	courier_tms_mode;
 extern char *courier_tms_url;
 extern int	courier_tms_bulk_size;
@@ -110,6 +112,7 @@ extern char *courier_sens_sms_from;
 extern char *courier_alimtalk_template;
 extern char *courier_alimtalk_template_v2;
 extern char *courier_alimtalk_template_params;
+extern int	courier_alimtalk_fallback;	/* a CourierAlimtalkFallback (provider.h) */
 /* courier.alimtalk_template_params parsed (provider.h) */
 extern const struct CourierTemplateParams *courier_alimtalk_params;
 
@@ -231,6 +234,10 @@ extern int	courier_tms_worker_batch(volatile sig_atomic_t *stop_requested,
 									 long *sleep_ms);
 extern int	courier_tms_run_once(void);
 extern void courier_tms_release(void);
+
+/* receipts.c: the receipt stage, run by the tms workers */
+extern int	courier_receipts_round(volatile sig_atomic_t *stop);
+extern long courier_receipts_next_due_ms(void);
 extern void courier_tms_forget(void);
 
 /* ----------

@@ -12,7 +12,11 @@
  * bytes, the dialect writes the requests and reads the answers.  Nor does
  * it know the database: no SPI, no transaction.  What the outcomes mean
  * for the queue is tms.c's business; shared limits (rate, breaker), the
- * close rule and stopping are asked through the caller's hooks.
+ * close rule and stopping are asked through the caller's hooks.  One thing
+ * it decides itself: a background worker whose configuration is about to
+ * be reloaded starts no further request (reload_pending), so that a
+ * changed provider, URL or credentials apply from the next request on,
+ * not from the next batch.
  *
  * IDENTIFICATION
  *		src/dispatch.c
@@ -21,6 +25,8 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
+#include "postmaster/interrupt.h"
 #include "utils/memutils.h"
 
 #include "courier.h"
@@ -45,6 +51,7 @@
  */
 static MemoryContext dispatch_context = NULL;
 
+static bool reload_pending(void);
 static int	next_unsent(CourierMessage *msgs, int n, int from);
 static int	hold_unsendable(const CourierProvider *provider,
 							CourierMessage *msgs, int n);
@@ -61,12 +68,13 @@ static void finish_request(const CourierProvider *provider,
  * courier_dispatch
  *		Send the messages of msgs[0..n) not marked skip, and give each an
  *		outcome, in the dialect courier.tms_provider names.  Returns when
- *		every message has one, or (after hooks->should_stop or a refusal of
- *		hooks->admit) when every request started has finished; messages
- *		never sent stay PENDING.  A message the dialect cannot send as
- *		courier is configured is not sent: it gets the configuration
- *		outcome, and the shared limits hear of it once, as of a request
- *		refused for our configuration (the breaker opens).
+ *		every message has one, or (after hooks->should_stop, a refusal of
+ *		hooks->admit, or a configuration reload pending in a worker) when
+ *		every request started has finished; messages never sent stay
+ *		PENDING.  A message the dialect cannot send as courier is
+ *		configured is not sent: it gets the configuration outcome, and the
+ *		shared limits hear of it once, as of a request refused for our
+ *		configuration (the breaker opens).
  *
  * Called with no transaction open in workers.  An ERROR (query cancel in
  * a backend's run_once) drops the requests in flight before going on.
@@ -107,6 +115,9 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 		{
 			long		rate_wait = -1;
 			CourierHttpResult res;
+
+			if (!stopping && reload_pending())
+				stopping = true;
 
 			/* start what the limits allow */
 			while (!stopping && next < n && in_flight < concurrency)
@@ -153,6 +164,24 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+}
+
+/*
+ * reload_pending
+ *		Has a background worker been told to reload its configuration
+ *		(SIGHUP), which it does at its next loop turn?  Then the dialect
+ *		chosen for this batch, its URL or its credentials may be about to
+ *		change: the dispatcher starts no further request, the requests in
+ *		flight finish, and the unsent rest of the batch is released without
+ *		an attempt, to go out under the new configuration.  (Sending on
+ *		would carry the old provider to the end of a batch of up to
+ *		courier.batch_size notices.)  A backend's run_once reloads only
+ *		after its statement, and is left to finish.
+ */
+static bool
+reload_pending(void)
+{
+	return IsBackgroundWorker && ConfigReloadPending;
 }
 
 /*

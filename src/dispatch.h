@@ -62,7 +62,9 @@ typedef struct CourierMessage
 	/* input */
 	const char *key;			/* stable idempotency key */
 	const char *to;
-	const char *channel;		/* "sms" or "lms" */
+	const char *channel;		/* "sms" or "lms"; once delivered by another
+								 * channel, the dialect sets that
+								 * ("alimtalk"), which the notice records */
 	const char *subject;		/* NULL for none */
 	const char *text;			/* rendered: what SMS sends, what the DBA sees */
 	bool		skip;			/* not to be sent at all */

@@ -43,6 +43,8 @@ int			courier_idle_wakeup_ms = 10000;
 int			courier_lease_ms = 60000;
 int			courier_queue_rotate_ms = 10000;
 bool		courier_claim_per_seller = false;
+int			courier_receipt_interval_ms = 10000;
+int			courier_receipt_horizon_min = 1500;
 int			courier_tms_mode = COURIER_TMS_LIVE;
 char	   *courier_tms_url = NULL;
 int			courier_tms_bulk_size = 1;
@@ -78,6 +80,7 @@ char	   *courier_sens_sms_from = NULL;
 char	   *courier_alimtalk_template = NULL;
 char	   *courier_alimtalk_template_v2 = NULL;
 char	   *courier_alimtalk_template_params = NULL;
+int			courier_alimtalk_fallback = COURIER_ALIMTALK_FALLBACK_NONE;
 const CourierTemplateParams *courier_alimtalk_params = NULL;
 
 /* read by SQL only, through current_setting() */
@@ -92,6 +95,13 @@ static const struct config_enum_entry tms_provider_options[] = {
 	{NULL, 0, false}
 };
 #undef PROVIDER_OPTION
+
+/* who sends the SMS/LMS when AlimTalk cannot reach a customer */
+static const struct config_enum_entry alimtalk_fallback_options[] = {
+	{"none", COURIER_ALIMTALK_FALLBACK_NONE, false},
+	{"provider", COURIER_ALIMTALK_FALLBACK_PROVIDER, false},
+	{NULL, 0, false}
+};
 
 /* the fields of a notice a template parameter may name, by CourierField */
 static const char *const field_names[COURIER_NUM_FIELDS] = {
@@ -223,6 +233,23 @@ courier_define_gucs(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("courier.receipt_interval",
+							"How long after a provider accepted a notice courier first asks how its delivery ended; the wait doubles between checks, up to 64 times this.",
+							"Only providers with delivery receipts (every courier.tms_provider but generic).",
+							&courier_receipt_interval_ms,
+							10000, 10, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.receipt_horizon",
+							"How long courier keeps asking for a notice's receipt before it records it expired.",
+							"NHN keeps SMS results 25 hours, LMS 80 hours.",
+							&courier_receipt_horizon_min,
+							1500, 1, 10080,
+							PGC_SIGHUP,
+							GUC_UNIT_MIN,
+							NULL, NULL, NULL);
 
 	/* Validation limits of the app API */
 	DefineCustomIntVariable("courier.max_orders_per_request",
@@ -553,6 +580,15 @@ courier_define_gucs(void)
 							   PGC_SIGHUP,
 							   0,
 							   check_template_params, assign_template_params, NULL);
+	DefineCustomEnumVariable("courier.alimtalk_fallback",
+							 "Who resends a notice by SMS/LMS when AlimTalk cannot reach the customer: none or provider (nhn_alimtalk, sens_alimtalk).",
+							 "provider: each AlimTalk recipient asks the provider to resend the rendered text itself, from courier.nhn_sms_send_no or courier.sens_sms_from; none: it asks for no fallback, whatever the provider's console sets.",
+							 &courier_alimtalk_fallback,
+							 COURIER_ALIMTALK_FALLBACK_NONE,
+							 alimtalk_fallback_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomStringVariable("courier.notice_template",
 							   "Text of a delay notice; {order_id}, {product}, {reason} and {new_ship_date} are replaced.",

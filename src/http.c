@@ -271,9 +271,10 @@ courier_http_prepare(int max_in_flight)
 /*
  * courier_http_start
  *		Start POSTing body (len bytes) to url with the given header lines
- *		("Name: value", a List of C strings, copied).  body is not copied:
- *		it must stay until the request is released.  arg comes back in the
- *		request's result.  Returns the request's handle.
+ *		("Name: value", a List of C strings, copied), or a GET when body is
+ *		NULL (a provider's query API).  body is not copied: it must stay
+ *		until the request is released.  arg comes back in the request's
+ *		result.  Returns the request's handle.
  *
  * At most courier_http_prepare's bound of requests are in flight; asking
  * for more is an internal error.
@@ -314,8 +315,13 @@ courier_http_start(const char *url, List *headers, const char *body,
 	t->busy = true;
 
 	set_common_options(t->easy, url, t->headers, t->errbuf);
-	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) len);
+	if (body != NULL)
+	{
+		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long) len);
+	}
+	else
+		curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, header_cb);

@@ -46,6 +46,18 @@ typedef enum CourierProviderId
 #undef COURIER_PROVIDER_ID
 
 /*
+ * courier.alimtalk_fallback (guc.c): who sends the SMS/LMS when AlimTalk
+ * cannot reach a customer.  NONE: the AlimTalk dialects ask the provider
+ * for no fallback (whatever its console says); PROVIDER: each recipient
+ * asks the provider to resend the rendered text by SMS/LMS itself.
+ */
+typedef enum CourierAlimtalkFallback
+{
+	COURIER_ALIMTALK_FALLBACK_NONE,
+	COURIER_ALIMTALK_FALLBACK_PROVIDER
+} CourierAlimtalkFallback;
+
+/*
  * courier.alimtalk_template_params parsed (guc.c): which field of a notice
  * fills each #{key} of the AlimTalk template.  One malloc'd block.
  */
@@ -76,6 +88,31 @@ typedef struct CourierRequest
 	StringInfoData body;
 	List	   *headers;		/* "Name: value" lines, palloc'd */
 } CourierRequest;
+
+/*
+ * How one recipient of a provider's request ended, as its query API says
+ * (receipts.c matches it to its notice by key, else by ref, else by to).
+ */
+typedef enum CourierReceiptState
+{
+	COURIER_RECEIPT_PENDING = 0,	/* not final yet: ask again later */
+	COURIER_RECEIPT_DELIVERED,	/* on the handset */
+	COURIER_RECEIPT_FAILED		/* will not reach it */
+} CourierReceiptState;
+
+typedef struct CourierReceipt
+{
+	char		key[128];		/* the message's key (grouping key), or "" */
+	char		request_id[64];	/* the provider's request, or "" */
+	char		ref[128];		/* what provider_id has after the request id
+								 * (NHN: the recipient's seq; SENS AlimTalk:
+								 * its messageId), or "" */
+	char		to[32];			/* the recipient's number, or "" */
+	CourierReceiptState state;	/* the customer's: AlimTalk or its fallback */
+	char		code[64];		/* the provider's final code */
+	char		fallback_channel[8];	/* "sms"/"lms": the provider resent it */
+	char		fallback_reason[64];	/* the AlimTalk code that called for it */
+} CourierReceipt;
 
 typedef struct CourierProvider
 {
@@ -125,6 +162,26 @@ typedef struct CourierProvider
 	 * batch, before any request; raises no error.  NULL: every message can.
 	 */
 	const char *(*unsendable) (const CourierMessage *m);
+
+	/*
+	 * Delivery receipts (receipts.c): fill req's url and headers (signed)
+	 * for a query of how the recipients of the provider's request
+	 * request_id ended (req->body stays empty: a GET); when request_id is
+	 * "" (the provider took the message under a request courier never
+	 * learned, COURIER_CODE_TAKEN), of the message whose key is key.
+	 * NULL: the provider reports no delivery (generic).
+	 */
+	void		(*receipt_query) (CourierRequest *req, const char *request_id,
+								  const char *key);
+
+	/*
+	 * Read a query's answer (res->status, res->body) into receipts, one
+	 * per recipient it names; returns how many, or -1 when the answer is
+	 * not one (an error, a refusal: asked again later).  At most max.
+	 * Raises no error on any answer.
+	 */
+	int			(*read_receipts) (const CourierHttpResult *res,
+								  CourierReceipt *receipts, int max);
 } CourierProvider;
 
 /*
@@ -140,7 +197,8 @@ typedef enum CourierCodeClass
 	COURIER_CODE_CONFIG,		/* ours to fix: breaker, alert, no attempt */
 	COURIER_CODE_FALLBACK,		/* not by AlimTalk: by SMS/LMS instead */
 	COURIER_CODE_TAKEN			/* the idempotency key was used already:
-								 * never resent, outcome unknown */
+								 * accepted by an earlier attempt, never
+								 * resent, found again by its receipt */
 } CourierCodeClass;
 
 typedef struct CourierCode
@@ -191,6 +249,10 @@ extern char *courier_provider_url(const char *fmt,...) pg_attribute_printf(1, 2)
 extern const char *courier_message_field(const CourierMessage *m,
 										 CourierField field);
 extern bool courier_same_text(const char *a, const char *b);
+extern const char *courier_fallback_type(const CourierMessage *m);
+extern void courier_mark_delivered_channel(const CourierRequest *req,
+										   CourierMessage *msgs,
+										   const char *channel);
 
 /* provider_common.c: reading an answer's JSON, NULL for what is not there */
 extern JsonbValue *courier_json_key(JsonbContainer *object, const char *key);
@@ -217,6 +279,9 @@ extern CourierOutcome courier_read_nhn_answer(const CourierRequest *req,
 											  const CourierHttpResult *res,
 											  CourierMessage *msgs,
 											  const CourierNhnShape *shape);
+extern int	courier_read_sens_receipts(const CourierHttpResult *res,
+									   CourierReceipt *receipts, int max,
+									   bool alimtalk);
 extern CourierOutcome courier_read_sens_answer(const CourierRequest *req,
 											   const CourierHttpResult *res,
 											   CourierMessage *msgs,

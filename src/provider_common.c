@@ -54,6 +54,7 @@ static TimestampTz config_logged_at = 0;
 static bool answer_is_json(const char *body, size_t len);
 static void note_unknown(const char *provider, const char *code);
 static void printable_code(char *dst, size_t len, const char *code);
+static char *masked_digits(const char *text);
 
 /*
  * courier_set_outcome
@@ -205,8 +206,9 @@ courier_sign_ncp(CourierRequest *req, const char *access_key, const char *secret
 		secret = "";
 	ts = psprintf(INT64_FORMAT, (int64) (GetCurrentTimestamp() / 1000 +
 										 (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000));
-	to_sign = psprintf("POST %s\n%s\n%s", courier_http_url_path(req->url),
-					   ts, access_key);
+	/* a request without a body is a query (GET) */
+	to_sign = psprintf("%s %s\n%s\n%s", req->body.data != NULL ? "POST" : "GET",
+					   courier_http_url_path(req->url), ts, access_key);
 
 	/*
 	 * With OpenSSL, PostgreSQL registers an HMAC context with the current
@@ -302,6 +304,40 @@ courier_same_text(const char *a, const char *b)
 	if (a == NULL || b == NULL)
 		return a == b;
 	return strcmp(a, b) == 0;
+}
+
+/*
+ * courier_fallback_type
+ *		The type of the SMS/LMS an AlimTalk provider is asked to resend m as
+ *		(courier.alimtalk_fallback = provider): the channel the tms stage
+ *		routed m's rendered text to by its length in EUC-KR, "SMS" up to
+ *		COURIER_SMS_MAX_BYTES, "LMS" beyond.  (The length is not measured
+ *		again here: that needs a transaction, and a dialect runs without.)
+ */
+const char *
+courier_fallback_type(const CourierMessage *m)
+{
+	return (m->channel != NULL && strcmp(m->channel, "lms") == 0) ? "LMS" : "SMS";
+}
+
+/*
+ * courier_mark_delivered_channel
+ *		For a dialect that delivers by another channel than the SMS/LMS the
+ *		tms stage routed to (AlimTalk): the channel each delivered message
+ *		of req went by, which is what its notice records.  Called from
+ *		read_answer, once the outcomes are set; channel must be a constant.
+ */
+void
+courier_mark_delivered_channel(const CourierRequest *req, CourierMessage *msgs,
+							   const char *channel)
+{
+	for (int k = 0; k < req->count; k++)
+	{
+		CourierMessage *m = &msgs[req->idx[k]];
+
+		if (m->outcome == COURIER_OUT_DELIVERED)
+			m->channel = channel;
+	}
 }
 
 /*
@@ -465,8 +501,16 @@ courier_apply_code(CourierMessage *m, const char *provider,
 								c->code, error);
 			break;
 		case COURIER_CODE_TAKEN:
-			courier_set_outcome(m, COURIER_OUT_REJECTED, true, http_status,
+
+			/*
+			 * The provider has the message already (an earlier attempt
+			 * whose answer was lost): accepted, under a request id this
+			 * answer does not give.  Never sent again; the receipt stage
+			 * finds the send by the message's key (receipts.c).
+			 */
+			courier_set_outcome(m, COURIER_OUT_DELIVERED, true, http_status,
 								c->code, error);
+			m->provider_id[0] = '\0';
 			break;
 	}
 }
@@ -657,6 +701,29 @@ printable_code(char *dst, size_t len, const char *code)
 }
 
 /*
+ * masked_digits
+ *		A provider's words with every run of six or more digits masked, for
+ *		the log: they may quote a recipient's number.  palloc'd.
+ */
+static char *
+masked_digits(const char *text)
+{
+	char	   *out = pstrdup(text);
+
+	for (char *p = out; *p != '\0';)
+	{
+		char	   *q = p;
+
+		while (*q >= '0' && *q <= '9')
+			q++;
+		if (q - p >= 6)
+			memset(p, '#', q - p);
+		p = (q > p) ? q : p + 1;
+	}
+	return out;
+}
+
+/*
  * courier_read_nhn_answer
  *		Give each message of req its outcome from an NHN Cloud answer
  *		(AlimTalk and SMS answer alike), and return the request's class:
@@ -780,7 +847,13 @@ courier_read_nhn_answer(const CourierRequest *req, const CourierHttpResult *res,
  *		Give each message of req its outcome from a Naver Cloud SENS answer
  *		(SMS and AlimTalk alike), and return the request's class:
  *
- *	not 2xx								by the HTTP status, with the answer's
+ *	400									configuration: SENS refused the
+ *										request as a whole (a template, the
+ *										sender number, the body), which it
+ *										does not tell from a bad message;
+ *										its errorMessage and errors are
+ *										logged, digits masked
+ *	other statuses but 2xx				by the HTTP status, with the answer's
  *										errorMessage and errors, or the API
  *										gateway's
  *										error.errorCode and error.message
@@ -839,6 +912,27 @@ courier_read_sens_answer(const CourierRequest *req, const CourierHttpResult *res
 
 			if (code != NULL || message != NULL)
 				why = psprintf("%s %s", code ? code : "", message ? message : "");
+		}
+		if (res->status == 400)
+		{
+			/*
+			 * SENS refused the request as a whole, and documents no code
+			 * that tells a bad message from a bad template, sender number or
+			 * body: configuration, so that nothing is charged and the
+			 * breaker holds everything until an operator has looked.
+			 * Retried instead, one such request charges every message it
+			 * carries, and its messages fail long before ten failures in a
+			 * row open the breaker.  The words go to the log with their
+			 * digits masked (they may quote a number).
+			 */
+			char	   *shown = why ? masked_digits(why) :
+				pstrdup("SENS refused the request (HTTP 400)");
+
+			courier_note_config(provider, "http_400", shown);
+			courier_set_request_outcome(req, msgs, COURIER_OUT_UNAUTHORIZED, false,
+										400, "http_400",
+										psprintf("%s answered HTTP 400 (%s)", provider, shown));
+			return courier_request_class(req, msgs);
 		}
 		courier_apply_http_status(req, msgs, provider, res->status, why);
 		return courier_request_class(req, msgs);
@@ -913,4 +1007,91 @@ courier_read_sens_answer(const CourierRequest *req, const CourierHttpResult *res
 										 provider));
 	}
 	return courier_request_class(req, msgs);
+}
+
+/*
+ * courier_read_sens_receipts
+ *		The messages of a SENS query (GET .../messages?requestId=R) as
+ *		receipts; -1 when the answer is not a list.  SMS: status COMPLETED
+ *		is final, statusName success or fail with statusCode.  AlimTalk
+ *		(alimtalk): messageStatusName success or fail with
+ *		messageStatusCode; a failed one that SENS resends by SMS/LMS
+ *		(useSmsFailover) ends as its failover does (failoverStatusName
+ *		success or fail), with the AlimTalk code as the fallback's reason.
+ *		Matched by messageId (AlimTalk: courier's provider_id ends in it)
+ *		or by number (SMS: SENS gives a request's messages no place).
+ */
+int
+courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipts,
+						   int max, bool alimtalk)
+{
+	Jsonb	   *jb = NULL;
+	JsonbContainer *root = NULL;
+	JsonbContainer *list;
+	int			n = 0;
+
+	if (res->status != 200 || res->body_len == 0)
+		return -1;
+	jb = courier_parse_json_answer(res->body, res->body_len);
+	if (jb != NULL && !JB_ROOT_IS_SCALAR(jb) && JB_ROOT_IS_OBJECT(jb))
+		root = &jb->root;
+	list = courier_json_array(courier_json_key(root, "messages"));
+	if (list == NULL)
+		return -1;
+
+	for (uint32 i = 0; i < JsonContainerSize(list) && n < max; i++)
+	{
+		JsonbContainer *e = courier_json_object(getIthJsonbValueFromContainer(list, i));
+		CourierReceipt *r = &receipts[n];
+		char	   *name;
+		char	   *code;
+		char	   *v;
+
+		if (e == NULL)
+			continue;
+		memset(r, 0, sizeof(CourierReceipt));
+		if ((v = courier_json_text(courier_json_key(e, "to"))) != NULL)
+			strlcpy(r->to, v, sizeof(r->to));
+		r->state = COURIER_RECEIPT_PENDING;
+		if (!alimtalk)
+		{
+			char	   *status = courier_json_text(courier_json_key(e, "status"));
+
+			name = courier_json_text(courier_json_key(e, "statusName"));
+			code = courier_json_text(courier_json_key(e, "statusCode"));
+			if (status != NULL && strcmp(status, "COMPLETED") == 0)
+				r->state = (name != NULL && strcmp(name, "success") == 0) ?
+					COURIER_RECEIPT_DELIVERED : COURIER_RECEIPT_FAILED;
+		}
+		else
+		{
+			char	   *failover = courier_json_text(courier_json_key(e, "useSmsFailover"));
+
+			if ((v = courier_json_text(courier_json_key(e, "messageId"))) != NULL)
+				strlcpy(r->ref, v, sizeof(r->ref));
+			name = courier_json_text(courier_json_key(e, "messageStatusName"));
+			code = courier_json_text(courier_json_key(e, "messageStatusCode"));
+			if (name != NULL && strcmp(name, "success") == 0)
+				r->state = COURIER_RECEIPT_DELIVERED;
+			else if (name != NULL && strcmp(name, "fail") == 0)
+			{
+				r->state = COURIER_RECEIPT_FAILED;
+				if (failover != NULL && strcmp(failover, "true") == 0)
+				{
+					char	   *fname = courier_json_text(courier_json_key(e, "failoverStatusName"));
+
+					strlcpy(r->fallback_reason, code ? code : "", sizeof(r->fallback_reason));
+					code = courier_json_text(courier_json_key(e, "failoverStatusCode"));
+					r->state = fname == NULL || strcmp(fname, "processing") == 0 ?
+						COURIER_RECEIPT_PENDING :
+						strcmp(fname, "success") == 0 ? COURIER_RECEIPT_DELIVERED :
+						COURIER_RECEIPT_FAILED;
+				}
+			}
+		}
+		if (r->state != COURIER_RECEIPT_PENDING && code != NULL)
+			strlcpy(r->code, code, sizeof(r->code));
+		n++;
+	}
+	return n;
 }

@@ -9,7 +9,8 @@
  *			X-Secret-Key, X-NC-API-IDEMPOTENCY-KEY
  *			{"senderKey", "templateCode", "senderGroupingKey",
  *			 "recipientList": [{"recipientNo", "templateParameter": {key:
- *			 value}, "recipientGroupingKey"}, ...]}, at most 1,000 recipients
+ *			 value}, "resendParameter": {"isResend", ...},
+ *			 "recipientGroupingKey"}, ...]}, at most 1,000 recipients
  * Answer:	{"header": {"resultCode", "resultMessage", "isSuccessful"},
  *			 "message": {"requestId", "sendResults": [{"recipientSeq",
  *			 "resultCode", "resultMessage", "recipientGroupingKey"}]}}
@@ -18,10 +19,12 @@
  * alimtalk_template_v2 for an order inside the notice_v2 rollout; one
  * request carries one template.  courier.alimtalk_template_params says
  * which field of the notice fills which #{key}.  The rendered text is not
- * sent: the tms stage keeps it for the DBA and for an SMS fallback.  No
- * resendParameter is sent, so NHN's own SMS fallback is whatever the
- * console sets (courier's fallback is later work).  Every result code
- * courier knows is in codes[] below and in docs/providers.md.
+ * sent, except as the text of NHN's own SMS/LMS fallback: with courier.
+ * alimtalk_fallback = provider each recipient asks NHN to resend it
+ * (resendParameter) when the AlimTalk cannot be delivered; with none it
+ * asks for no fallback, whatever the console sets.  A delivered message's
+ * channel is "alimtalk".  Every result code courier knows is in codes[]
+ * below and in docs/providers.md.
  *
  * No transfer and no database here: dispatch.c sends what this builds.
  *
@@ -31,6 +34,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <time.h>
 
 #include "utils/json.h"
 
@@ -48,6 +53,11 @@ static bool nhn_alimtalk_joinable(const CourierMessage *first,
 								  const CourierMessage *m);
 static const char *nhn_alimtalk_unsendable(const CourierMessage *m);
 static const char *template_code(const CourierMessage *m);
+static void nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
+								 const char *key);
+static int	nhn_alimtalk_read_receipts(const CourierHttpResult *res,
+									   CourierReceipt *receipts, int max);
+static void append_resend(StringInfo body, const CourierMessage *m);
 
 const CourierProvider courier_provider_nhn_alimtalk = {
 	.name = "nhn_alimtalk",
@@ -56,7 +66,9 @@ const CourierProvider courier_provider_nhn_alimtalk = {
 	.sign = nhn_alimtalk_sign,
 	.read_answer = nhn_alimtalk_read_answer,
 	.joinable = nhn_alimtalk_joinable,
-	.unsendable = nhn_alimtalk_unsendable
+	.unsendable = nhn_alimtalk_unsendable,
+	.receipt_query = nhn_alimtalk_receipt_query,
+	.read_receipts = nhn_alimtalk_read_receipts
 };
 
 /*
@@ -191,7 +203,9 @@ nhn_alimtalk_build(CourierRequest *req, const CourierMessage *msgs)
 			appendStringInfoString(&req->body, ": ");
 			escape_json(&req->body, value ? value : "");
 		}
-		appendStringInfoString(&req->body, "}, \"recipientGroupingKey\": ");
+		appendStringInfoString(&req->body, "}, \"resendParameter\": ");
+		append_resend(&req->body, m);
+		appendStringInfoString(&req->body, ", \"recipientGroupingKey\": ");
 		escape_json(&req->body, m->key);
 		appendStringInfoChar(&req->body, '}');
 	}
@@ -200,6 +214,40 @@ nhn_alimtalk_build(CourierRequest *req, const CourierMessage *msgs)
 	req->headers = list_make1(pstrdup("Content-Type: application/json;charset=UTF-8"));
 	req->headers = lappend(req->headers,
 						   psprintf("X-NC-API-IDEMPOTENCY-KEY: %s", key));
+}
+
+/*
+ * append_resend
+ *		m's resendParameter: with courier.alimtalk_fallback = provider, NHN
+ *		is to resend m's rendered text by SMS or LMS (by its EUC-KR length,
+ *		courier_fallback_type; an LMS titled with m's subject) from courier.
+ *		nhn_sms_send_no when the AlimTalk cannot be delivered (NHN's delivery
+ *		codes 3018/3019/3020 and other failures); otherwise explicitly no
+ *		resend, so that a fallback set in NHN's console does not send an SMS
+ *		courier does not know of.
+ */
+static void
+append_resend(StringInfo body, const CourierMessage *m)
+{
+	const char *type;
+
+	if (courier_alimtalk_fallback != COURIER_ALIMTALK_FALLBACK_PROVIDER)
+	{
+		appendStringInfoString(body, "{\"isResend\": false}");
+		return;
+	}
+	type = courier_fallback_type(m);
+	appendStringInfo(body, "{\"isResend\": true, \"resendType\": \"%s\"", type);
+	if (strcmp(type, "LMS") == 0)
+	{
+		appendStringInfoString(body, ", \"resendTitle\": ");
+		escape_json(body, m->subject ? m->subject : COURIER_LMS_SUBJECT);
+	}
+	appendStringInfoString(body, ", \"resendContent\": ");
+	escape_json(body, m->text);
+	appendStringInfoString(body, ", \"resendSendNo\": ");
+	escape_json(body, courier_nhn_sms_send_no);
+	appendStringInfoChar(body, '}');
 }
 
 /*
@@ -216,13 +264,16 @@ nhn_alimtalk_sign(CourierRequest *req)
 /*
  * nhn_alimtalk_read_answer
  *		The shared reading of NHN answers (courier_read_nhn_answer), with
- *		this dialect's codes.
+ *		this dialect's codes; what it delivered went by AlimTalk.
  */
 static CourierOutcome
 nhn_alimtalk_read_answer(const CourierRequest *req, const CourierHttpResult *res,
 						 CourierMessage *msgs)
 {
-	return courier_read_nhn_answer(req, res, msgs, &shape);
+	CourierOutcome klass = courier_read_nhn_answer(req, res, msgs, &shape);
+
+	courier_mark_delivered_channel(req, msgs, "alimtalk");
+	return klass;
 }
 
 /*
@@ -255,6 +306,13 @@ nhn_alimtalk_unsendable(const CourierMessage *m)
 		return m->variant == 2 ?
 			"courier.alimtalk_template_v2 is not set (a notice of the notice_v2 rollout)" :
 			"courier.alimtalk_template is not set";
+	if (courier_alimtalk_fallback == COURIER_ALIMTALK_FALLBACK_PROVIDER)
+	{
+		if (courier_nhn_sms_send_no == NULL || courier_nhn_sms_send_no[0] == '\0')
+			return "courier.nhn_sms_send_no is not set (the sender of the fallback, courier.alimtalk_fallback = provider)";
+		if (m->text == NULL)
+			return "the tms stage gave the message no text for the fallback";
+	}
 	for (int p = 0; params != NULL && p < params->n; p++)
 	{
 		if (courier_message_field(m, params->items[p].field) == NULL)
@@ -274,4 +332,123 @@ template_code(const CourierMessage *m)
 		courier_alimtalk_template_v2 : courier_alimtalk_template;
 
 	return code ? code : "";
+}
+
+/*
+ * nhn_alimtalk_receipt_query
+ *		The recipients of one request and how each ended: GET
+ *		.../messages?requestId=R (the list answers up to 1,000 a page, as
+ *		many as one request carries), signed like a send.
+ */
+static void
+nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key)
+{
+	if (request_id[0] != '\0')
+		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?requestId=%s&pageSize=1000",
+										courier_nhn_alimtalk_appkey, request_id);
+	else
+	{
+		/*
+		 * Taken under a request courier never learned (-1005): search by
+		 * the key it carried as recipientGroupingKey, over the days a
+		 * receipt is asked for (the dates are the provider's local time:
+		 * a day on either side covers any time zone).
+		 */
+		time_t		now = time(NULL);
+		time_t		t;
+		struct tm	tm;
+		char		from[32];
+		char		to[32];
+
+		t = now - 2 * 86400;
+		strftime(from, sizeof(from), "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
+		t = now + 86400;
+		strftime(to, sizeof(to), "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
+		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?startRequestDate=%s&endRequestDate=%s&recipientGroupingKey=%s&pageSize=1000",
+										courier_nhn_alimtalk_appkey, from, to, key);
+	}
+	nhn_alimtalk_sign(req);
+}
+
+/*
+ * nhn_alimtalk_read_receipts
+ *		messageSearchResultResponse.messages: messageStatus COMPLETED is
+ *		delivered; FAILED is failed with its resultCode, unless the provider
+ *		resends it by SMS/LMS (resendStatus RSC03 under way, RSC04 the
+ *		fallback delivered, RSC05 it failed: the receipt is then the
+ *		fallback's, and the AlimTalk code its reason); anything else
+ *		(READY, ...) is not final yet.
+ */
+static int
+nhn_alimtalk_read_receipts(const CourierHttpResult *res, CourierReceipt *receipts,
+						   int max)
+{
+	Jsonb	   *jb = NULL;
+	JsonbContainer *root = NULL;
+	JsonbContainer *list;
+	char	   *success;
+	int			n = 0;
+
+	if (res->status != 200 || res->body_len == 0)
+		return -1;
+	jb = courier_parse_json_answer(res->body, res->body_len);
+	if (jb != NULL && !JB_ROOT_IS_SCALAR(jb) && JB_ROOT_IS_OBJECT(jb))
+		root = &jb->root;
+	success = courier_json_text(courier_json_key(courier_json_object(courier_json_key(root, "header")),
+												 "isSuccessful"));
+	list = courier_json_array(courier_json_key(courier_json_object(courier_json_key(root, "messageSearchResultResponse")),
+											   "messages"));
+	if (success == NULL || strcmp(success, "true") != 0 || list == NULL)
+		return -1;
+
+	for (uint32 i = 0; i < JsonContainerSize(list) && n < max; i++)
+	{
+		JsonbContainer *e = courier_json_object(getIthJsonbValueFromContainer(list, i));
+		CourierReceipt *r = &receipts[n];
+		char	   *status;
+		char	   *code;
+		char	   *resend;
+		char	   *v;
+
+		if (e == NULL)
+			continue;
+		memset(r, 0, sizeof(CourierReceipt));
+		if ((v = courier_json_text(courier_json_key(e, "recipientGroupingKey"))) != NULL)
+			strlcpy(r->key, v, sizeof(r->key));
+		if ((v = courier_json_text(courier_json_key(e, "requestId"))) != NULL)
+			strlcpy(r->request_id, v, sizeof(r->request_id));
+		if ((v = courier_json_text(courier_json_key(e, "recipientSeq"))) != NULL)
+			strlcpy(r->ref, v, sizeof(r->ref));
+		if ((v = courier_json_text(courier_json_key(e, "recipientNo"))) != NULL)
+			strlcpy(r->to, v, sizeof(r->to));
+		status = courier_json_text(courier_json_key(e, "messageStatus"));
+		code = courier_json_text(courier_json_key(e, "resultCode"));
+		resend = courier_json_text(courier_json_key(e, "resendStatus"));
+
+		r->state = COURIER_RECEIPT_PENDING;
+		if (status != NULL && strcmp(status, "COMPLETED") == 0)
+			r->state = COURIER_RECEIPT_DELIVERED;
+		else if (status != NULL &&
+				 (strcmp(status, "FAILED") == 0 || strcmp(status, "CANCEL") == 0))
+		{
+			r->state = COURIER_RECEIPT_FAILED;
+			if (resend != NULL &&
+				(strcmp(resend, "RSC03") == 0 || strcmp(resend, "RSC04") == 0 ||
+				 strcmp(resend, "RSC05") == 0))
+			{
+				/* the customer's receipt is the fallback's */
+				strlcpy(r->fallback_reason, code ? code : "", sizeof(r->fallback_reason));
+				code = resend;
+				r->state = strcmp(resend, "RSC04") == 0 ? COURIER_RECEIPT_DELIVERED :
+					strcmp(resend, "RSC05") == 0 ? COURIER_RECEIPT_FAILED :
+					COURIER_RECEIPT_PENDING;
+			}
+			else if (code == NULL)
+				code = status;
+		}
+		if (r->state != COURIER_RECEIPT_PENDING && code != NULL)
+			strlcpy(r->code, code, sizeof(r->code));
+		n++;
+	}
+	return n;
 }

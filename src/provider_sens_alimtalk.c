@@ -9,8 +9,8 @@
  * Request:	POST {courier.tms_url}/alimtalk/v2/services/{serviceId}/messages
  *			x-ncp-apigw-timestamp, x-ncp-iam-access-key,
  *			x-ncp-apigw-signature-v2 (computed anew for every attempt)
- *			{"plusFriendId", "templateCode", "messages": [{"to", "content"},
- *			 ...]}, at most 100 messages
+ *			{"plusFriendId", "templateCode", "messages": [{"to", "content",
+ *			 "useSmsFailover", "failoverConfig"}, ...]}, at most 100 messages
  * Answer:	202 {"requestId", "requestTime", "statusCode", "statusName",
  *			 "messages": [{"messageId", "to", "requestStatusCode",
  *			 "requestStatusName", "requestStatusDesc", ...}]};
@@ -20,9 +20,12 @@
  * alimtalk_template_v2 for an order inside the notice_v2 rollout; one
  * request carries one template.  The content is the text rendered from
  * courier.notice_template (or _v2): those must be the approved templates'
- * text with courier's placeholders where the template has #{...}.  No SMS
- * failover is asked (useSmsFailover is left out): courier's fallback is
- * later work.  SENS documents no idempotency key.
+ * text with courier's placeholders where the template has #{...}.  With
+ * courier.alimtalk_fallback = provider each message asks SENS to send the
+ * same text by SMS/LMS when the AlimTalk cannot be delivered
+ * (useSmsFailover, failoverConfig); with none it asks for no failover.  A
+ * delivered message's channel is "alimtalk".  SENS documents no
+ * idempotency key.
  *
  * No transfer and no database here: dispatch.c sends what this builds.
  *
@@ -48,7 +51,12 @@ static CourierOutcome sens_alimtalk_read_answer(const CourierRequest *req,
 static bool sens_alimtalk_joinable(const CourierMessage *first,
 								   const CourierMessage *m);
 static const char *sens_alimtalk_unsendable(const CourierMessage *m);
+static void sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
+								 const char *key);
+static int	sens_alimtalk_read_receipts(const CourierHttpResult *res,
+							 CourierReceipt *receipts, int max);
 static const char *template_code(const CourierMessage *m);
+static void append_failover(StringInfo body, const CourierMessage *m);
 
 const CourierProvider courier_provider_sens_alimtalk = {
 	.name = "sens_alimtalk",
@@ -57,7 +65,9 @@ const CourierProvider courier_provider_sens_alimtalk = {
 	.sign = sens_alimtalk_sign,
 	.read_answer = sens_alimtalk_read_answer,
 	.joinable = sens_alimtalk_joinable,
-	.unsendable = sens_alimtalk_unsendable
+	.unsendable = sens_alimtalk_unsendable,
+	.receipt_query = sens_alimtalk_receipt_query,
+	.read_receipts = sens_alimtalk_read_receipts
 };
 
 /*
@@ -97,11 +107,45 @@ sens_alimtalk_build(CourierRequest *req, const CourierMessage *msgs)
 		escape_json(&req->body, m->to);
 		appendStringInfoString(&req->body, ", \"content\": ");
 		escape_json(&req->body, m->text);
+		append_failover(&req->body, m);
 		appendStringInfoChar(&req->body, '}');
 	}
 	appendStringInfoString(&req->body, "]}");
 
 	req->headers = list_make1(pstrdup("Content-Type: application/json; charset=utf-8"));
+}
+
+/*
+ * append_failover
+ *		m's failover fields: with courier.alimtalk_fallback = provider, SENS
+ *		is to send m's rendered text by SMS or LMS (by its EUC-KR length,
+ *		courier_fallback_type; an LMS with m's subject) from courier.
+ *		sens_sms_from when the AlimTalk cannot be delivered; otherwise
+ *		explicitly no failover.
+ */
+static void
+append_failover(StringInfo body, const CourierMessage *m)
+{
+	const char *type;
+
+	if (courier_alimtalk_fallback != COURIER_ALIMTALK_FALLBACK_PROVIDER)
+	{
+		appendStringInfoString(body, ", \"useSmsFailover\": false");
+		return;
+	}
+	type = courier_fallback_type(m);
+	appendStringInfo(body,
+					 ", \"useSmsFailover\": true, \"failoverConfig\": {\"type\": \"%s\", \"from\": ",
+					 type);
+	escape_json(body, courier_sens_sms_from);
+	if (strcmp(type, "LMS") == 0)
+	{
+		appendStringInfoString(body, ", \"subject\": ");
+		escape_json(body, m->subject ? m->subject : COURIER_LMS_SUBJECT);
+	}
+	appendStringInfoString(body, ", \"content\": ");
+	escape_json(body, m->text);
+	appendStringInfoChar(body, '}');
 }
 
 /*
@@ -116,13 +160,17 @@ sens_alimtalk_sign(CourierRequest *req)
 
 /*
  * sens_alimtalk_read_answer
- *		The shared reading of SENS answers (courier_read_sens_answer).
+ *		The shared reading of SENS answers (courier_read_sens_answer); what
+ *		it delivered went by AlimTalk.
  */
 static CourierOutcome
 sens_alimtalk_read_answer(const CourierRequest *req, const CourierHttpResult *res,
 						  CourierMessage *msgs)
 {
-	return courier_read_sens_answer(req, res, msgs, PROVIDER_NAME, codes);
+	CourierOutcome klass = courier_read_sens_answer(req, res, msgs, PROVIDER_NAME, codes);
+
+	courier_mark_delivered_channel(req, msgs, "alimtalk");
+	return klass;
 }
 
 /*
@@ -156,6 +204,9 @@ sens_alimtalk_unsendable(const CourierMessage *m)
 			"courier.alimtalk_template is not set";
 	if (m->text == NULL)
 		return "the tms stage gave the message no text";
+	if (courier_alimtalk_fallback == COURIER_ALIMTALK_FALLBACK_PROVIDER &&
+		(courier_sens_sms_from == NULL || courier_sens_sms_from[0] == '\0'))
+		return "courier.sens_sms_from is not set (the sender of the failover, courier.alimtalk_fallback = provider)";
 	return NULL;
 }
 
@@ -170,4 +221,24 @@ template_code(const CourierMessage *m)
 		courier_alimtalk_template_v2 : courier_alimtalk_template;
 
 	return code ? code : "";
+}
+
+/*
+ * sens_alimtalk_receipt_query
+ *		The messages of one request and how each ended: GET
+ *		.../messages?requestId=R (a request carries at most 100), signed
+ *		like a send, over the path with its query.
+ */
+static void
+sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key)
+{
+	req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?requestId=%s&pageSize=100", courier_sens_alimtalk_service_id, request_id);
+	sens_alimtalk_sign(req);
+}
+
+/* The query's answer: courier_read_sens_receipts. */
+static int
+sens_alimtalk_read_receipts(const CourierHttpResult *res, CourierReceipt *receipts, int max)
+{
+	return courier_read_sens_receipts(res, receipts, max, true);
 }

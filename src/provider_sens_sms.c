@@ -47,6 +47,10 @@ static CourierOutcome sens_sms_read_answer(const CourierRequest *req,
 static bool sens_sms_joinable(const CourierMessage *first,
 							  const CourierMessage *m);
 static const char *sens_sms_unsendable(const CourierMessage *m);
+static void sens_sms_receipt_query(CourierRequest *req, const char *request_id,
+								 const char *key);
+static int	sens_sms_read_receipts(const CourierHttpResult *res,
+							 CourierReceipt *receipts, int max);
 
 const CourierProvider courier_provider_sens_sms = {
 	.name = "sens_sms",
@@ -55,7 +59,9 @@ const CourierProvider courier_provider_sens_sms = {
 	.sign = sens_sms_sign,
 	.read_answer = sens_sms_read_answer,
 	.joinable = sens_sms_joinable,
-	.unsendable = sens_sms_unsendable
+	.unsendable = sens_sms_unsendable,
+	.receipt_query = sens_sms_receipt_query,
+	.read_receipts = sens_sms_read_receipts
 };
 
 /*
@@ -164,4 +170,24 @@ sens_sms_unsendable(const CourierMessage *m)
 	if (m->text == NULL || m->channel == NULL)
 		return "the tms stage gave the message no text or channel";
 	return NULL;
+}
+
+/*
+ * sens_sms_receipt_query
+ *		The messages of one request and how each ended: GET
+ *		.../messages?requestId=R (a request carries at most 100), signed
+ *		like a send, over the path with its query.
+ */
+static void
+sens_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key)
+{
+	req->url = courier_provider_url("/sms/v2/services/%s/messages?requestId=%s&pageSize=100", courier_sens_sms_service_id, request_id);
+	sens_sms_sign(req);
+}
+
+/* The query's answer: courier_read_sens_receipts. */
+static int
+sens_sms_read_receipts(const CourierHttpResult *res, CourierReceipt *receipts, int max)
+{
+	return courier_read_sens_receipts(res, receipts, max, false);
 }

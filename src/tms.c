@@ -98,6 +98,7 @@ typedef struct TmsBatch
 	CourierMessage *msgs;
 	bool		dry_run;
 	bool		receipts;		/* its provider reports delivery later */
+	const char *provider;		/* its provider's dialect */
 } TmsBatch;
 
 /*
@@ -111,6 +112,7 @@ static int	current = 0;
 static bool prev_unrecorded = false;
 static bool next_leased = false;
 static bool next_tried = false;	/* a lease ahead was tried during this send */
+static TimestampTz last_receipts_round = 0;
 
 static volatile sig_atomic_t *stop_flag = NULL;
 static TmsBatch *sending_batch = NULL;	/* the batch courier_dispatch sends */
@@ -152,7 +154,8 @@ static const CourierDispatchHooks hooks = {
  * ($9 is this sender's pid, $10 the time of recording, $11 the notices'
  * sellers: each notice is reached by its key, (seller_id, order_id,
  * ship_date), docs/citus.md; $12 whether the provider reports delivery
- * later: a notice it accepted then awaits its receipt.)  Charged notices
+ * later: a notice it accepted then awaits its receipt, first asked for
+ * $13 ms later, receipts.c; $14 the provider's dialect.)  Charged notices
  * ('charge') are left alone here: they go through courier_charge (retry.c).
  */
 static const char *const record_sql =
@@ -178,6 +181,9 @@ static const char *const record_sql =
 "       attempts = n.attempts + (r.status IN ('delivered', 'dry_run'))::int,"
 "       receipt_status = CASE WHEN r.status = 'delivered' AND $12 THEN 'awaiting'"
 "                             ELSE n.receipt_status END,"
+"       receipt_due_at = CASE WHEN r.status = 'delivered' AND $12"
+"                             THEN $10 + $13 * interval '1 ms' ELSE n.receipt_due_at END,"
+"       provider = CASE WHEN r.status = 'delivered' THEN $14 ELSE n.provider END,"
 "       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms' END,"
 "       leased_by = NULL"
 "  FROM r"
@@ -218,15 +224,19 @@ courier_tms_worker_batch(volatile sig_atomic_t *stop,
 		courier_begin_transaction();
 		tms_lease(b, false);
 		if (b->n == 0)
-			*sleep_ms = Min(*sleep_ms, courier_next_due_ms(COURIER_STAGE_TMS));
+			*sleep_ms = Min(*sleep_ms,
+							Min(courier_next_due_ms(COURIER_STAGE_TMS),
+								courier_receipts_next_due_ms()));
 		*sending = true;
 		courier_commit_transaction();
 	}
 	next_leased = false;
 	if (b->n == 0)
 	{
+		/* nothing to send: ask for the receipts that are due */
 		*sending = false;
-		return 0;
+		last_receipts_round = GetCurrentTimestamp();
+		return courier_receipts_round(stop);
 	}
 
 	pgstat_report_activity(STATE_RUNNING, "tms: sending");
@@ -240,6 +250,14 @@ courier_tms_worker_batch(volatile sig_atomic_t *stop,
 	if (!next_leased || *stop)
 		courier_tms_release();
 	*sending = next_leased || prev_unrecorded;
+
+	/* a busy sender still asks for receipts, about once a second */
+	if (!next_leased && !*stop &&
+		TimestampDifferenceExceeds(last_receipts_round, GetCurrentTimestamp(), 1000))
+	{
+		last_receipts_round = GetCurrentTimestamp();
+		(void) courier_receipts_round(stop);
+	}
 	return b->n;
 }
 
@@ -455,7 +473,8 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	SPITupleTable *leased;
 
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
-	b->receipts = (courier_tms_provider != COURIER_PROVIDER_generic);
+	b->provider = courier_provider_by_id(courier_tms_provider)->name;
+	b->receipts = courier_provider_by_id(courier_tms_provider)->receipt_query != NULL;
 	b->closes_next = courier_closes_position();
 	b->lease_started = GetCurrentTimestamp();
 	b->lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
@@ -724,11 +743,12 @@ tms_record(TmsBatch *b)
 	CourierCharges charges;
 	int			delivered = 0;
 	bool		unauthorized = false;
+	char		unauthorized_code[64] = "";
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[12] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[14] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID,
-	INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, BOOLOID};
-	Datum		values[12];
+	INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, BOOLOID, INT4OID, TEXTOID};
+	Datum		values[14];
 	CourierStageState *st;
 
 	courier_charges_init(&charges, n, COURIER_STAGE_TMS);
@@ -783,6 +803,9 @@ tms_record(TmsBatch *b)
 					case COURIER_OUT_UNAUTHORIZED:
 						s = "release";
 						release_ms = courier_tms_breaker_cooldown_ms;
+						if (!unauthorized && m->code[0] != '\0' &&
+							strncmp(m->code, "http_", 5) != 0)
+							strlcpy(unauthorized_code, m->code, sizeof(unauthorized_code));
 						unauthorized = true;
 						break;
 					case COURIER_OUT_REJECTED:
@@ -835,19 +858,29 @@ tms_record(TmsBatch *b)
 	values[9] = TimestampTzGetDatum(now);
 	values[10] = courier_int8_array(sellers, n);
 	values[11] = BoolGetDatum(b->receipts);
+	values[12] = Int32GetDatum(courier_receipt_interval_ms);
+	values[13] = CStringGetTextDatum(b->provider);
 	if (record_plan == NULL)
-		record_plan = courier_prepare_kept(record_sql, 12, argtypes, true);
-	courier_execute_kept(&record_plan, record_sql, 12, argtypes, values, NULL,
+		record_plan = courier_prepare_kept(record_sql, 14, argtypes, true);
+	courier_execute_kept(&record_plan, record_sql, 14, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
 	courier_charge(&charges);
 
 	if (unauthorized)
 	{
-		if (SPI_execute("SELECT pg_catalog.pg_notify('courier_alerts',"
-						" '{\"alert\": \"tms_unauthorized\", \"detail\": "
-						"\"the TMS refused courier''s credentials (HTTP 401/403); sending is paused\"}')",
-						false, 0) != SPI_OK_SELECT)
+		Oid			alert_types[1] = {TEXTOID};
+		Datum		alert_values[1];
+
+		/* the payload is JSON built by jsonb: the code is the provider's text */
+		alert_values[0] = CStringGetTextDatum(unauthorized_code[0] != '\0' ?
+											  psprintf("the provider refused courier's configuration (tms:%s: credentials, sender or template); sending is paused",
+													   unauthorized_code) :
+											  "the TMS refused courier's credentials (HTTP 401/403); sending is paused");
+		if (SPI_execute_with_args("SELECT pg_catalog.pg_notify('courier_alerts',"
+								  " pg_catalog.jsonb_build_object('alert', 'tms_unauthorized',"
+								  "                               'detail', $1)::text)",
+								  1, alert_types, alert_values, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "courier: could not raise the alert");
 	}
 

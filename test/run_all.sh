@@ -7,7 +7,9 @@
 #
 # Works as root from a fresh clone, from any cwd.  Steps:
 #   deps     scripts/install_deps.sh (fast no-op when all packages are there)
-#   build    make + make install at the repo top (PGXS), make -C test/mock_tms
+#   build    make + make install at the repo top (PGXS), make -C test/mock_tms,
+#            then the mock's own selftest (test/mock_tms/selftest.sh: every
+#            dialect checked with curl), recorded as the step mock_selftest
 #   layers 1-3 share ONE throwaway cluster (courier + pg_cron preloaded,
 #            courier.database='' so no background workers; the tests drive
 #            stages with courier.run_once):
@@ -198,9 +200,37 @@ step_build() {
       record mock_tms 0 1 0 "make -C test/mock_tms failed"
     else
       echo "mock TMS server built"
+      step_mock_selftest
     fi
   fi
   return 0
+}
+
+# The mock's standalone selftest: its checks count like a layer's, on a
+# line of their own.  Its last line is "N passed, N failed"; a run that
+# ends otherwise (it could not start the mock, curl is missing, it hung)
+# counts as one failure on top of what it reported.
+step_mock_selftest() {
+  local script=$REPO/test/mock_tms/selftest.sh log=$WORK/mock_selftest.log
+  local last p f rc
+  [[ -f $script ]] || return 0
+  banner "mock TMS selftest"
+  timeout -k 10 "$TIMEOUT" bash "$script" >"$log" 2>&1
+  rc=$?
+  last=$(tail -n 1 "$log")
+  if [[ $last =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+    p=${BASH_REMATCH[1]} f=${BASH_REMATCH[2]}
+    ((rc != 0 && f == 0)) && f=1
+  else
+    p=$(grep -c '^ok - ' "$log") f=$(( $(grep -c '^not ok - ' "$log") + 1 ))
+  fi
+  if ((f > 0)); then
+    show_file "mock TMS selftest" "$log"
+    record mock_selftest "$p" "$f" 0 "test/mock_tms/selftest.sh"
+  else
+    echo "mock TMS selftest: $p passed"
+    record mock_selftest "$p" 0 0
+  fi
 }
 
 # The tests run as postgres, which must be able to read the checkout (and cd

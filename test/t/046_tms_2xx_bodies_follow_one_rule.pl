@@ -61,15 +61,6 @@ sub key_of
 	  . query($node, "SELECT to_char(current_date + $days, 'YYYYMMDD')");
 }
 
-# how often the mock received each message id since its last reset
-sub received_counts
-{
-	my %n;
-	$n{ $_->{id} }++
-	  for @{ CourierTms::mock_request($mock, 'GET', '/_received') };
-	return \%n;
-}
-
 # run_case(LABEL, FIRST, LAST, DAYS, CONTROLS...)
 #	Reset the mock, apply CONTROLS, delay FIRST..LAST to today + DAYS and
 #	wait until none of their notices is left in the tms queue.  Returns
@@ -153,7 +144,7 @@ sub failed
 sub received
 {
 	my ($label, $first, $last, $days, $times) = @_;
-	my $got = received_counts();
+	my $got = received_counts($mock);
 	my @keys = map { key_of($_, $days) } $first .. $last;
 	my @wrong = grep { ($got->{$_} // 0) != $times } @keys;
 
@@ -207,7 +198,7 @@ received('{"results": []}', 21, 23, 10, 1);
 		'32:1:TMS rejected the message: blocked / '
 		  . "33:$MAX:TMS answered status \"failed\" for the message: neither accepted nor rejected",
 		"$label: rejected fails at once, \"failed\" after $MAX attempts");
-	my $got = received_counts();
+	my $got = received_counts($mock);
 	is(join(',', map { $got->{ key_of($_, 10) } // 0 } 31 .. 34),
 		"1,1,$MAX,1",
 		"$label: only the message answered \"failed\" was sent again ($MAX times in all)");

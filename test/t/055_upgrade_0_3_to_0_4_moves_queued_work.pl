@@ -24,7 +24,7 @@
 #	ALTER EXTENSION courier UPDATE runs with both stages paused: every
 #	row of the queue, the notices, the failures and the history is as it
 #	was (its columns' values compared as JSON; 0.4 adds the notices'
-#	receipt columns, empty for every old notice); the keys are the new
+#	receipt columns, empty for every old notice, and receipt_checks 0); the keys are the new
 #	ones.  retry_failures
 #	re-opens order 104's notice.  Then the stages resume: every notice
 #	(orders 2-41, 101-104) reaches the provider exactly once; order 102
@@ -113,7 +113,7 @@ is(query($node, "SELECT courier.register_invoice(1, 'INV-1')"), 'none',
 my %before;
 for my $t (qw(work_items notices failures orders requests delay_history))
 {
-	$before{$t} = query($node, "SELECT md5(string_agg(jsonb_strip_nulls(to_jsonb(t))::text, ',' ORDER BY jsonb_strip_nulls(to_jsonb(t))::text)) || ':' || count(*) FROM courier.$t t");
+	$before{$t} = query($node, "SELECT md5(string_agg(jsonb_strip_nulls(to_jsonb(t) - 'receipt_checks')::text, ',' ORDER BY jsonb_strip_nulls(to_jsonb(t) - 'receipt_checks')::text)) || ':' || count(*) FROM courier.$t t");
 }
 my $max_id = query($node, 'SELECT max(item_id) FROM courier.work_items');
 
@@ -132,7 +132,7 @@ is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'")
 
 for my $t (qw(work_items notices failures orders requests delay_history))
 {
-	is(query($node, "SELECT md5(string_agg(jsonb_strip_nulls(to_jsonb(t))::text, ',' ORDER BY jsonb_strip_nulls(to_jsonb(t))::text)) || ':' || count(*) FROM courier.$t t"),
+	is(query($node, "SELECT md5(string_agg(jsonb_strip_nulls(to_jsonb(t) - 'receipt_checks')::text, ',' ORDER BY jsonb_strip_nulls(to_jsonb(t) - 'receipt_checks')::text)) || ':' || count(*) FROM courier.$t t"),
 		$before{$t}, "every row of courier.$t is as it was under 0.3");
 }
 is(query($node, q{

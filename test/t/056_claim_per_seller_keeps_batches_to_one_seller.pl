@@ -113,9 +113,9 @@ like($record, qr/^record:0:\d+$/, "no record wrote notices of two sellers ($reco
 cmp_ok((split /:/, $logic)[2], '>=', 50, 'the logic stage ran one batch per seller at least');
 
 my %hot = (
-	claim => [ q{query LIKE '%FROM courier.work_items%FOR UPDATE SKIP LOCKED%' AND query NOT LIKE '%LIMIT 1 FOR%'},
+	claim => [ q{query LIKE 'SELECT item_id, leased_by, solo, seller_id FROM courier.work_items%'},
 		q{query LIKE '%AND seller_id = $3%'} ],
-	lease => [ q{query LIKE '%n.ctid = ANY (ARRAY(%'},
+	lease => [ q{query LIKE '%n.ctid = ANY (ARRAY(%' AND query NOT LIKE '%receipt_status%'},
 		q{query LIKE '%c.seller_id = $6%' AND query LIKE '%n.seller_id = $6%'} ],
 	apply => [ q{query LIKE '%INSERT INTO courier.delay_history%'},
 		q{query LIKE '%w.seller_id = c.seller_id AND w.item_id = c.item_id%' AND query LIKE '%ON CONFLICT (seller_id, order_id, ship_date)%'} ],

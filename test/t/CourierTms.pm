@@ -5,6 +5,10 @@
 #	its delivered ids), a UTF-8 cluster whose tms stage points at the mock,
 #	orders and delays with chosen phones, products and reasons, and waiting
 #	on conditions that are not SQL (the mock's counters) with a deadline.
+#	For the providers' dialects (test/t/06*_provider_*.pl): a mock that
+#	checks every provider's credentials, the postgresql.conf lines that
+#	point courier at it, its queries (NHN's secret key, SENS's signature)
+#	and its counters of what each customer's handset received.
 #
 # Builds on CourierTest.pm (query, poll_until, poll_log, ...).  The clusters
 # are initialised in UTF-8 whatever the caller's locale, because the tms
@@ -19,12 +23,14 @@ package CourierTms;
 use strict;
 use warnings;
 
+use Digest::SHA qw(hmac_sha256);
 use Encode ();
 use Exporter 'import';
 use FindBin;
 use HTTP::Tiny;
 use IPC::Run;
 use JSON::PP;
+use MIME::Base64 qw(encode_base64);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -46,6 +52,20 @@ our @EXPORT = qw(
   wait_for
   stays_true
   sql_literal
+  provider_creds
+  start_provider_mock
+  provider_conf
+  mock_customers
+  mock_handsets
+  mock_received
+  received_counts
+  handset_mismatches
+  wait_receipts_final
+  nhn_query
+  sens_query
+  phones_of
+  listen_alerts
+  heard_alert
 );
 
 my @mocks;    # every mock started by this process, stopped in END
@@ -178,23 +198,26 @@ courier.tms_url = '$mock->{url}'
 }
 
 # register_tms_orders(NODE, FIRST_ID, LAST_ID, phone_prefix => '0101',
-#                     product => 'corn')
+#                     product => 'corn', phone_sql => EXPR)
 #	Register the orders FIRST_ID..LAST_ID, promised in 3 days, each with
-#	the phone PREFIX followed by the order id, zero-padded to 11 digits.
-#	Returns how many were registered.
+#	the phone PREFIX followed by the order id, zero-padded to 11 digits,
+#	or, with phone_sql, the phone the SQL expression EXPR gives for the
+#	order id g (to choose the mock's number patterns).  Returns how many
+#	were registered.
 sub register_tms_orders
 {
 	my ($node, $first, $last, %opt) = @_;
 	my $prefix = $opt{phone_prefix} // '0101';
 	my $product = sql_literal($opt{product} // 'corn');
 	my $width = 11 - length($prefix);
+	my $phone = $opt{phone_sql} // "'$prefix' || lpad(g::text, $width, '0')";
 
 	return query(
 		$node, qq{
 		SELECT courier.register_orders(jsonb_agg(jsonb_build_object(
 			'order_id', g,
 			'seller_id', g % 50 + 1,
-			'customer_phone', '$prefix' || lpad(g::text, $width, '0'),
+			'customer_phone', $phone,
 			'product_name', $product,
 			'promised_ship_date', to_char(current_date + 3, 'YYYY-MM-DD'))))
 		  FROM generate_series($first, $last) AS g});
@@ -274,6 +297,249 @@ sub sql_literal
 	$s = Encode::encode('UTF-8', $s) if utf8::is_utf8($s);
 	$s =~ s/'/''/g;
 	return "'$s'";
+}
+
+# ---------------------------------------------------------------------------
+# The providers' dialects (docs/providers.md, test/mock_tms/README.md)
+# ---------------------------------------------------------------------------
+
+# provider_creds(): the credentials, ids and sender numbers the provider
+# tests use, as a hash: what start_provider_mock makes the mock check and
+# provider_conf gives courier.
+sub provider_creds
+{
+	return (
+		nhn_appkey => 'courier-test-appkey',
+		nhn_secret => 'nhn-alimtalk-secret',
+		nhn_sms_secret => 'nhn-sms-secret',
+		nhn_sender_key => 'K' x 40,
+		nhn_sms_send_no => '0212345678',
+		sens_access_key => 'sens-access-key',
+		sens_secret => 'sens-secret-key',
+		sens_alimtalk_service_id => 'ncp:kkobizmsg:kr:1:courier',
+		sens_sms_service_id => 'ncp:sms:kr:1:courier',
+		sens_plus_friend_id => '@courier',
+		sens_sms_from => '0298765432');
+}
+
+# start_provider_mock(EXTRA_ARGS...)
+#	A mock that checks the credentials of every provider dialect
+#	(provider_creds: NHN's app key and secret keys, SENS's access key and
+#	signature), with receipts final 50 ms after acceptance (and a
+#	provider's fallback 50 ms later), so that the handset counters settle
+#	fast.  $mock->{creds} holds the credentials.
+sub start_provider_mock
+{
+	my (@args) = @_;
+	my %c = provider_creds();
+	my $mock = start_mock(
+		'--nhn-appkey', $c{nhn_appkey},
+		'--nhn-secret', $c{nhn_secret},
+		'--nhn-sms-secret', $c{nhn_sms_secret},
+		'--sens-access-key', $c{sens_access_key},
+		'--sens-secret', $c{sens_secret}, @args);
+
+	$mock->{creds} = \%c;
+	mock_control($mock, receipt_delay_ms => 50, resend_delay_ms => 50);
+	return $mock;
+}
+
+# provider_conf(MOCK, DIALECT, NAME => VALUE, ...)
+#	postgresql.conf lines that make courier speak DIALECT to MOCK (its base
+#	URL), with the credentials of every dialect (so a switch of
+#	courier.tms_provider alone changes the dialect), the mock's approved
+#	templates COURIER_DELAY and COURIER_DELAY_V2 and their parameters; each
+#	NAME => VALUE pair adds courier.NAME = 'VALUE' after these.
+sub provider_conf
+{
+	my ($mock, $dialect, @extra) = @_;
+	my $c = $mock->{creds};
+	my $conf = qq{
+courier.tms_provider = '$dialect'
+courier.tms_url = '$mock->{base}'
+courier.nhn_alimtalk_appkey = '$c->{nhn_appkey}'
+courier.nhn_alimtalk_secret_key = '$c->{nhn_secret}'
+courier.nhn_alimtalk_sender_key = '$c->{nhn_sender_key}'
+courier.nhn_sms_appkey = '$c->{nhn_appkey}'
+courier.nhn_sms_secret_key = '$c->{nhn_sms_secret}'
+courier.nhn_sms_send_no = '$c->{nhn_sms_send_no}'
+courier.tms_hmac_access_key = '$c->{sens_access_key}'
+courier.tms_hmac_secret = '$c->{sens_secret}'
+courier.sens_alimtalk_service_id = '$c->{sens_alimtalk_service_id}'
+courier.sens_sms_service_id = '$c->{sens_sms_service_id}'
+courier.sens_plus_friend_id = '$c->{sens_plus_friend_id}'
+courier.sens_sms_from = '$c->{sens_sms_from}'
+courier.alimtalk_template = 'COURIER_DELAY'
+courier.alimtalk_template_v2 = 'COURIER_DELAY_V2'
+courier.alimtalk_template_params = 'orderId=order_id, product=product, reason=reason, shipDate=ship_date'
+};
+	while (my ($name, $value) = splice(@extra, 0, 2))
+	{
+		$conf .= "courier.$name = '$value'\n";
+	}
+	return $conf;
+}
+
+# mock_customers(MOCK): GET /_customers (what handsets received, by kind).
+sub mock_customers
+{
+	my ($mock) = @_;
+	return mock_request($mock, 'GET', '/_customers');
+}
+
+# mock_handsets(MOCK)
+#	GET /_handsets summed over days: { NUMBER => { alimtalk, sms, lms,
+#	fallback_sms, fallback_lms, total } }.
+sub mock_handsets
+{
+	my ($mock) = @_;
+	my %h;
+
+	for my $row (@{ mock_request($mock, 'GET', '/_handsets') })
+	{
+		for my $k (qw(alimtalk sms lms fallback_sms fallback_lms total))
+		{
+			$h{ $row->{to} }{$k} += $row->{$k};
+		}
+	}
+	return \%h;
+}
+
+# mock_received(MOCK): GET /_received, every message (or provider's
+# recipient, under its recipientGroupingKey or its number) of every
+# well-formed request, with the HTTP status it was answered.
+sub mock_received
+{
+	my ($mock) = @_;
+	return mock_request($mock, 'GET', '/_received');
+}
+
+# received_counts(MOCK, STATUS): { ID => how many times the mock received
+# it }, counting only answers of HTTP STATUS when STATUS is given.
+sub received_counts
+{
+	my ($mock, $status) = @_;
+	my %n;
+
+	for my $r (@{ mock_received($mock) })
+	{
+		$n{ $r->{id} }++ if !defined $status || $r->{status} == $status;
+	}
+	return \%n;
+}
+
+# handset_mismatches(HANDSETS, PHONES, KIND => N, ...)
+#	The phones of the array PHONES whose handset counters (mock_handsets)
+#	differ from what is expected: N of each KIND named, 0 of every other
+#	kind, and the sum in total.  Returns "PHONE kind=got..." strings, to
+#	be counted (and shown) by the caller.
+sub handset_mismatches
+{
+	my ($handsets, $phones, %expect) = @_;
+	my @bad;
+	my $total = 0;
+
+	$total += $_ for values %expect;
+	for my $p (@$phones)
+	{
+		my $h = $handsets->{$p} // {};
+		my @kinds = qw(alimtalk sms lms fallback_sms fallback_lms);
+
+		my $differs = grep { ($h->{$_} // 0) != ($expect{$_} // 0) } @kinds;
+
+		next if !$differs && ($h->{total} // 0) == $total;
+		push @bad, "$p " . join(' ', map { "$_=" . ($h->{$_} // 0) } @kinds, 'total');
+	}
+	diag("handsets not as expected (first 5): @bad[0 .. ($#bad < 4 ? $#bad : 4)]")
+	  if @bad;
+	return \@bad;
+}
+
+# wait_receipts_final(MOCK, TIMEOUT): wait until every record of the
+# providers' store is final (/_customers pending 0; fallbacks included).
+sub wait_receipts_final
+{
+	my ($mock, $timeout) = @_;
+	return wait_for(sub { mock_customers($mock)->{pending} == 0 },
+		$timeout // 30, 'every provider record final (/_customers pending 0)');
+}
+
+# mock_get(MOCK, PATH, HEADERS): GET PATH with the header hash; the decoded
+# JSON answer, or { _status => S, _body => B } when it is not 2xx.
+sub mock_get
+{
+	my ($mock, $path, $headers) = @_;
+	my $res = $http->request('GET', "$mock->{base}$path", { headers => $headers });
+
+	return { _status => $res->{status}, _body => $res->{content} }
+	  unless $res->{success};
+	return decode_json($res->{content});
+}
+
+# nhn_query(MOCK, PATH): an NHN query API GET (PATH from /alimtalk/ or
+# /sms/ on) with the X-Secret-Key of its product.
+sub nhn_query
+{
+	my ($mock, $path) = @_;
+	my $c = $mock->{creds};
+	my $secret = $path =~ m{^/sms/} ? $c->{nhn_sms_secret} : $c->{nhn_secret};
+
+	return mock_get($mock, $path, { 'X-Secret-Key' => $secret });
+}
+
+# sens_query(MOCK, URI): a SENS query API GET, signed as the API gateway
+# wants (x-ncp-apigw-signature-v2 over "GET URI\nTIMESTAMP\nACCESS_KEY").
+sub sens_query
+{
+	my ($mock, $uri) = @_;
+	my $c = $mock->{creds};
+	my $ts = sprintf('%.0f', time() * 1000);
+	my $sig = encode_base64(
+		hmac_sha256("GET $uri\n$ts\n$c->{sens_access_key}", $c->{sens_secret}), '');
+
+	return mock_get(
+		$mock, $uri,
+		{
+			'x-ncp-apigw-timestamp' => $ts,
+			'x-ncp-iam-access-key' => $c->{sens_access_key},
+			'x-ncp-apigw-signature-v2' => $sig
+		});
+}
+
+# phones_of(NODE, WHERE): the customer phones of the notices matching the
+# SQL condition WHERE, as an array ref (as the dialects send them).
+sub phones_of
+{
+	my ($node, $where) = @_;
+	my $out = query($node,
+		"SELECT customer_phone FROM courier.notices WHERE $where ORDER BY 1");
+	return [ grep { $_ ne '' } split /\n/, $out ];
+}
+
+# listen_alerts(NODE): a background session listening on courier_alerts.
+sub listen_alerts
+{
+	my ($node) = @_;
+	my $listener = $node->background_psql('postgres');
+	$listener->query_safe('LISTEN courier_alerts');
+	return $listener;
+}
+
+# heard_alert(LISTENER, ALERT, TIMEOUT)
+#	Wait until the listening session has been notified on courier_alerts
+#	with a payload naming ALERT ("alert": "ALERT"); returns whether it was.
+sub heard_alert
+{
+	my ($listener, $alert, $timeout) = @_;
+	my $heard = '';
+
+	return wait_for(
+		sub {
+			$heard .= $listener->query('SELECT 1');
+			$heard =~ /courier_alerts" with payload ".*"alert": "\Q$alert\E"/;
+		},
+		$timeout // 30,
+		"a notification on courier_alerts naming $alert");
 }
 
 1;
