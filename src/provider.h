@@ -169,10 +169,11 @@ typedef struct CourierProvider
 	 * request_id ended (req->body stays empty: a GET); when request_id is
 	 * "" (the provider took the message under a request courier never
 	 * learned, COURIER_CODE_TAKEN), of the message whose key is key.
-	 * NULL: the provider reports no delivery (generic).
+	 * channel is the notice's (sms, lms, alimtalk).  NULL: the provider
+	 * reports no delivery (generic).
 	 */
 	void		(*receipt_query) (CourierRequest *req, const char *request_id,
-								  const char *key);
+								  const char *key, const char *channel);
 
 	/*
 	 * Read a query's answer (res->status, res->body) into receipts, one

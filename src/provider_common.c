@@ -1080,12 +1080,19 @@ courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 				{
 					char	   *fname = courier_json_text(courier_json_key(e, "failoverStatusName"));
 
-					strlcpy(r->fallback_reason, code ? code : "", sizeof(r->fallback_reason));
-					code = courier_json_text(courier_json_key(e, "failoverStatusCode"));
-					r->state = fname == NULL || strcmp(fname, "processing") == 0 ?
-						COURIER_RECEIPT_PENDING :
-						strcmp(fname, "success") == 0 ? COURIER_RECEIPT_DELIVERED :
-						COURIER_RECEIPT_FAILED;
+					/*
+					 * A final AlimTalk failure with no failover status: SENS
+					 * is not resending it (an invalid number): failed as it
+					 * is.  Otherwise the failover's outcome is the receipt.
+					 */
+					if (fname != NULL)
+					{
+						strlcpy(r->fallback_reason, code ? code : "", sizeof(r->fallback_reason));
+						code = courier_json_text(courier_json_key(e, "failoverStatusCode"));
+						r->state = strcmp(fname, "processing") == 0 ? COURIER_RECEIPT_PENDING :
+							strcmp(fname, "success") == 0 ? COURIER_RECEIPT_DELIVERED :
+							COURIER_RECEIPT_FAILED;
+					}
 				}
 			}
 		}

@@ -54,7 +54,7 @@ static bool nhn_alimtalk_joinable(const CourierMessage *first,
 static const char *nhn_alimtalk_unsendable(const CourierMessage *m);
 static const char *template_code(const CourierMessage *m);
 static void nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
-								 const char *key);
+								 const char *key, const char *channel);
 static int	nhn_alimtalk_read_receipts(const CourierHttpResult *res,
 									   CourierReceipt *receipts, int max);
 static void append_resend(StringInfo body, const CourierMessage *m);
@@ -341,7 +341,8 @@ template_code(const CourierMessage *m)
  *		many as one request carries), signed like a send.
  */
 static void
-nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key)
+nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key,
+				                            const char *channel)
 {
 	if (request_id[0] != '\0')
 		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?requestId=%s&pageSize=1000",

@@ -50,6 +50,10 @@ static CourierOutcome nhn_sms_read_answer(const CourierRequest *req,
 static bool nhn_sms_joinable(const CourierMessage *first,
 							 const CourierMessage *m);
 static const char *nhn_sms_unsendable(const CourierMessage *m);
+static void nhn_sms_receipt_query(CourierRequest *req, const char *request_id,
+								  const char *key, const char *channel);
+static int	nhn_sms_read_receipts(const CourierHttpResult *res,
+								  CourierReceipt *receipts, int max);
 
 const CourierProvider courier_provider_nhn_sms = {
 	.name = "nhn_sms",
@@ -58,7 +62,9 @@ const CourierProvider courier_provider_nhn_sms = {
 	.sign = nhn_sms_sign,
 	.read_answer = nhn_sms_read_answer,
 	.joinable = nhn_sms_joinable,
-	.unsendable = nhn_sms_unsendable
+	.unsendable = nhn_sms_unsendable,
+	.receipt_query = nhn_sms_receipt_query,
+	.read_receipts = nhn_sms_read_receipts
 };
 
 /*
@@ -210,4 +216,79 @@ nhn_sms_unsendable(const CourierMessage *m)
 	if (m->text == NULL || m->channel == NULL)
 		return "the tms stage gave the message no text or channel";
 	return NULL;
+}
+
+/*
+ * nhn_sms_receipt_query
+ *		The recipients of one request and how each ended: GET
+ *		.../sender/sms?requestId=R, or .../sender/mms for an LMS request
+ *		(NHN lists the two kinds apart), signed like a send.
+ */
+static void
+nhn_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key,
+					  const char *channel)
+{
+	req->url = courier_provider_url("/sms/v3.0/appKeys/%s/sender/%s?requestId=%s&pageSize=1000",
+									courier_nhn_sms_appkey,
+									strcmp(channel, "lms") == 0 ? "mms" : "sms",
+									request_id);
+	nhn_sms_sign(req);
+}
+
+/*
+ * nhn_sms_read_receipts
+ *		body.data: msgStatus 3 is delivered, 0 failed (resultCode), 2 and
+ *		anything else not final yet.
+ */
+static int
+nhn_sms_read_receipts(const CourierHttpResult *res, CourierReceipt *receipts, int max)
+{
+	Jsonb	   *jb = NULL;
+	JsonbContainer *root = NULL;
+	JsonbContainer *list;
+	char	   *success;
+	int			n = 0;
+
+	if (res->status != 200 || res->body_len == 0)
+		return -1;
+	jb = courier_parse_json_answer(res->body, res->body_len);
+	if (jb != NULL && !JB_ROOT_IS_SCALAR(jb) && JB_ROOT_IS_OBJECT(jb))
+		root = &jb->root;
+	success = courier_json_text(courier_json_key(courier_json_object(courier_json_key(root, "header")),
+												 "isSuccessful"));
+	list = courier_json_array(courier_json_key(courier_json_object(courier_json_key(root, "body")),
+											   "data"));
+	if (success == NULL || strcmp(success, "true") != 0 || list == NULL)
+		return -1;
+
+	for (uint32 i = 0; i < JsonContainerSize(list) && n < max; i++)
+	{
+		JsonbContainer *e = courier_json_object(getIthJsonbValueFromContainer(list, i));
+		CourierReceipt *r = &receipts[n];
+		char	   *status;
+		char	   *code;
+		char	   *v;
+
+		if (e == NULL)
+			continue;
+		memset(r, 0, sizeof(CourierReceipt));
+		if ((v = courier_json_text(courier_json_key(e, "recipientGroupingKey"))) != NULL)
+			strlcpy(r->key, v, sizeof(r->key));
+		if ((v = courier_json_text(courier_json_key(e, "requestId"))) != NULL)
+			strlcpy(r->request_id, v, sizeof(r->request_id));
+		if ((v = courier_json_text(courier_json_key(e, "recipientSeq"))) != NULL)
+			strlcpy(r->ref, v, sizeof(r->ref));
+		if ((v = courier_json_text(courier_json_key(e, "recipientNo"))) != NULL)
+			strlcpy(r->to, v, sizeof(r->to));
+		status = courier_json_text(courier_json_key(e, "msgStatus"));
+		code = courier_json_text(courier_json_key(e, "resultCode"));
+		r->state = status == NULL ? COURIER_RECEIPT_PENDING :
+			strcmp(status, "3") == 0 ? COURIER_RECEIPT_DELIVERED :
+			strcmp(status, "0") == 0 ? COURIER_RECEIPT_FAILED :
+			COURIER_RECEIPT_PENDING;
+		if (r->state != COURIER_RECEIPT_PENDING)
+			strlcpy(r->code, code ? code : status, sizeof(r->code));
+		n++;
+	}
+	return n;
 }

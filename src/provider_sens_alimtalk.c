@@ -52,7 +52,7 @@ static bool sens_alimtalk_joinable(const CourierMessage *first,
 								   const CourierMessage *m);
 static const char *sens_alimtalk_unsendable(const CourierMessage *m);
 static void sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
-								 const char *key);
+								 const char *key, const char *channel);
 static int	sens_alimtalk_read_receipts(const CourierHttpResult *res,
 							 CourierReceipt *receipts, int max);
 static const char *template_code(const CourierMessage *m);
@@ -230,7 +230,8 @@ template_code(const CourierMessage *m)
  *		like a send, over the path with its query.
  */
 static void
-sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key)
+sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key,
+				                             const char *channel)
 {
 	req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?requestId=%s&pageSize=100", courier_sens_alimtalk_service_id, request_id);
 	sens_alimtalk_sign(req);

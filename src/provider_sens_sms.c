@@ -48,7 +48,7 @@ static bool sens_sms_joinable(const CourierMessage *first,
 							  const CourierMessage *m);
 static const char *sens_sms_unsendable(const CourierMessage *m);
 static void sens_sms_receipt_query(CourierRequest *req, const char *request_id,
-								 const char *key);
+								 const char *key, const char *channel);
 static int	sens_sms_read_receipts(const CourierHttpResult *res,
 							 CourierReceipt *receipts, int max);
 
@@ -179,7 +179,8 @@ sens_sms_unsendable(const CourierMessage *m)
  *		like a send, over the path with its query.
  */
 static void
-sens_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key)
+sens_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key,
+				                        const char *channel)
 {
 	req->url = courier_provider_url("/sms/v2/services/%s/messages?requestId=%s&pageSize=100", courier_sens_sms_service_id, request_id);
 	sens_sms_sign(req);

@@ -58,6 +58,7 @@ typedef struct ReceiptNotice
 	char	   *request_id;		/* the provider's, from provider_id */
 	char	   *ref;			/* what provider_id has after it, or "" */
 	char	   *to;
+	char	   *channel;		/* sms, lms, alimtalk */
 	int			checks;			/* asked before this round */
 	CourierReceipt *found;		/* what the answer said, or NULL */
 } ReceiptNotice;
@@ -186,7 +187,7 @@ lease_due(ReceiptNotice **notices, TimestampTz now)
 						 "     ORDER BY c.receipt_due_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
 						 "RETURNING n.seller_id, n.order_id, n.ship_date,"
 						 "          coalesce(n.provider_id, ''), n.customer_phone, n.receipt_checks,"
-						 "          n.provider",
+						 "          n.provider, coalesce(n.channel, '')",
 						 3, argtypes, values, NULL, SPI_OK_UPDATE_RETURNING);
 
 	n = (int) SPI_processed;
@@ -210,6 +211,7 @@ lease_due(ReceiptNotice **notices, TimestampTz now)
 		r->to = SPI_getvalue(tup, desc, 5);
 		r->checks = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		r->provider = provider_of(SPI_getvalue(tup, desc, 7));
+		r->channel = SPI_getvalue(tup, desc, 8);
 		j2date(r->ship_date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
 		r->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", r->order_id,
 						  year, month, day);
@@ -290,7 +292,8 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 					continue;
 				}
 				memset(&req, 0, sizeof(req));
-				first->provider->receipt_query(&req, first->request_id, first->key);
+				first->provider->receipt_query(&req, first->request_id, first->key,
+											   first->channel);
 				courier_http_start(req.url, req.headers, NULL, 0, &groups[next]);
 				next++;
 				in_flight++;

@@ -17,6 +17,9 @@
 #	   courier.max_attempts with tms:-2021, 3001 (no subscriber: a receipt,
 #	   accepted at send) is marked delivered but reaches no handset; the
 #	   counts add up, nothing lost, nothing twice;
+#	   The receipt stage then asks NHN how each accepted message ended:
+#	   the ordinary numbers delivered (1000), the 3001 ones failed (3001),
+#	   the LMS ones found under /sender/mms;
 #	3. a wrong secret key (the mock answers -1000): the breaker opens, an
 #	   alert is raised and logged, no attempt is charged; once
 #	   postgresql.conf has the right key again and is reloaded, everything
@@ -35,7 +38,7 @@ use Test::More;
 my $mock = start_provider_mock();
 my $node = tms_node(
 	'nhn_sms', $mock,
-	conf => provider_conf($mock, 'nhn_sms') . q{
+	conf => provider_conf($mock, 'nhn_sms', receipt_interval => '200ms') . q{
 courier.tms_bulk_size = 100
 courier.max_attempts = 3
 courier.tms_breaker_cooldown = '500ms'
@@ -183,6 +186,26 @@ is(($c->{sms} - $before->{sms}) . '|' . ($c->{failed} - $before->{failed})
 	  . '|' . ($c->{refused} - $before->{refused}),
 	'40|20|80',
 	'NHN: 40 delivered, 20 failed (3001), 80 refusals (20 of -2019, 60 of -2021)');
+
+# the receipt stage asks NHN (/sender/sms by request id) how each ended
+ok( poll_until(
+		$node,
+		"SELECT count(*) FROM courier.notices WHERE $d11 AND receipt_status = 'awaiting'",
+		'0', 60),
+	'no notice of them awaits its receipt any more');
+is(query($node, qq{
+	SELECT string_agg(k || ':' || n, ' ' ORDER BY k)
+	  FROM (SELECT CASE WHEN customer_phone ~ '5[0-9]{3}\$' THEN 'other'
+						ELSE right(customer_phone, 4) END || '/' || status || '/'
+				   || coalesce(receipt_status, '-') || '/' || coalesce(receipt_code, '-') AS k,
+				   count(*) AS n
+			  FROM courier.notices WHERE $d11 GROUP BY 1) s}),
+	'2019/failed/-/-:20 3001/delivered/failed/3001:20 9990/failed/-/-:20 other/delivered/delivered/1000:40',
+	'receipts: the 40 ordinary numbers delivered (1000), the 20 accepted 3001 numbers failed with 3001');
+is(query($node, qq{
+	SELECT count(*) FROM courier.notices
+	 WHERE channel = 'lms' AND receipt_status = 'delivered' AND receipt_code = '1000'}),
+	'100', 'the LMS notices of part 1 got their receipts through /sender/mms');
 
 # ---- 3. a wrong secret key
 my $listener = listen_alerts($node);
