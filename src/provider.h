@@ -280,6 +280,10 @@ extern CourierOutcome courier_read_nhn_answer(const CourierRequest *req,
 											  const CourierHttpResult *res,
 											  CourierMessage *msgs,
 											  const CourierNhnShape *shape);
+extern JsonbContainer *courier_nhn_receipt_list(const CourierHttpResult *res,
+												const char *object,
+												const char *array);
+extern void courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e);
 extern int	courier_read_sens_receipts(const CourierHttpResult *res,
 									   CourierReceipt *receipts, int max,
 									   bool alimtalk);

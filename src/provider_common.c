@@ -1102,3 +1102,53 @@ courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 	}
 	return n;
 }
+
+/*
+ * courier_nhn_receipt_list
+ *		The list of an NHN query answer (GET, HTTP 200, header.isSuccessful
+ *		true): the array at object.array of the root (AlimTalk:
+ *		messageSearchResultResponse.messages; SMS: body.data), or NULL when
+ *		the answer is not one.  Allocates in the caller's context.
+ */
+JsonbContainer *
+courier_nhn_receipt_list(const CourierHttpResult *res, const char *object,
+						 const char *array)
+{
+	Jsonb	   *jb;
+	JsonbContainer *root = NULL;
+	char	   *success;
+
+	if (res->status != 200 || res->body_len == 0)
+		return NULL;
+	jb = courier_parse_json_answer(res->body, res->body_len);
+	if (jb != NULL && !JB_ROOT_IS_SCALAR(jb) && JB_ROOT_IS_OBJECT(jb))
+		root = &jb->root;
+	success = courier_json_text(courier_json_key(courier_json_object(courier_json_key(root, "header")),
+												 "isSuccessful"));
+	if (success == NULL || strcmp(success, "true") != 0)
+		return NULL;
+	return courier_json_array(courier_json_key(courier_json_object(courier_json_key(root, object)),
+											   array));
+}
+
+/*
+ * courier_nhn_receipt_ids
+ *		Clear r and fill what names the recipient in an NHN query answer's
+ *		entry e: recipientGroupingKey (courier's key), requestId,
+ *		recipientSeq, recipientNo.
+ */
+void
+courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e)
+{
+	char	   *v;
+
+	memset(r, 0, sizeof(CourierReceipt));
+	if ((v = courier_json_text(courier_json_key(e, "recipientGroupingKey"))) != NULL)
+		strlcpy(r->key, v, sizeof(r->key));
+	if ((v = courier_json_text(courier_json_key(e, "requestId"))) != NULL)
+		strlcpy(r->request_id, v, sizeof(r->request_id));
+	if ((v = courier_json_text(courier_json_key(e, "recipientSeq"))) != NULL)
+		strlcpy(r->ref, v, sizeof(r->ref));
+	if ((v = courier_json_text(courier_json_key(e, "recipientNo"))) != NULL)
+		strlcpy(r->to, v, sizeof(r->to));
+}

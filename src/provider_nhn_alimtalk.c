@@ -384,22 +384,10 @@ static int
 nhn_alimtalk_read_receipts(const CourierHttpResult *res, CourierReceipt *receipts,
 						   int max)
 {
-	Jsonb	   *jb = NULL;
-	JsonbContainer *root = NULL;
-	JsonbContainer *list;
-	char	   *success;
+	JsonbContainer *list = courier_nhn_receipt_list(res, "messageSearchResultResponse", "messages");
 	int			n = 0;
 
-	if (res->status != 200 || res->body_len == 0)
-		return -1;
-	jb = courier_parse_json_answer(res->body, res->body_len);
-	if (jb != NULL && !JB_ROOT_IS_SCALAR(jb) && JB_ROOT_IS_OBJECT(jb))
-		root = &jb->root;
-	success = courier_json_text(courier_json_key(courier_json_object(courier_json_key(root, "header")),
-												 "isSuccessful"));
-	list = courier_json_array(courier_json_key(courier_json_object(courier_json_key(root, "messageSearchResultResponse")),
-											   "messages"));
-	if (success == NULL || strcmp(success, "true") != 0 || list == NULL)
+	if (list == NULL)
 		return -1;
 
 	for (uint32 i = 0; i < JsonContainerSize(list) && n < max; i++)
@@ -409,19 +397,10 @@ nhn_alimtalk_read_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 		char	   *status;
 		char	   *code;
 		char	   *resend;
-		char	   *v;
 
 		if (e == NULL)
 			continue;
-		memset(r, 0, sizeof(CourierReceipt));
-		if ((v = courier_json_text(courier_json_key(e, "recipientGroupingKey"))) != NULL)
-			strlcpy(r->key, v, sizeof(r->key));
-		if ((v = courier_json_text(courier_json_key(e, "requestId"))) != NULL)
-			strlcpy(r->request_id, v, sizeof(r->request_id));
-		if ((v = courier_json_text(courier_json_key(e, "recipientSeq"))) != NULL)
-			strlcpy(r->ref, v, sizeof(r->ref));
-		if ((v = courier_json_text(courier_json_key(e, "recipientNo"))) != NULL)
-			strlcpy(r->to, v, sizeof(r->to));
+		courier_nhn_receipt_ids(r, e);
 		status = courier_json_text(courier_json_key(e, "messageStatus"));
 		code = courier_json_text(courier_json_key(e, "resultCode"));
 		resend = courier_json_text(courier_json_key(e, "resendStatus"));
