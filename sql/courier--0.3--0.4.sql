@@ -235,7 +235,8 @@ $$;
  */
 ALTER TABLE courier.notices
 	ADD COLUMN receipt_status text
-		CHECK (receipt_status IN ('awaiting', 'delivered', 'failed', 'expired')),
+		CHECK (receipt_status IN ('awaiting', 'delivered', 'failed', 'expired',
+								  'unconfirmed')),
 	ADD COLUMN receipt_code text,
 	ADD COLUMN receipt_at timestamptz,
 	ADD COLUMN receipt_due_at timestamptz,
@@ -246,7 +247,7 @@ ALTER TABLE courier.notices
 COMMENT ON COLUMN courier.notices.provider IS
 	'The dialect (courier.tms_provider) that sent the notice: its receipt is asked of that provider, even after a switch to another.';
 COMMENT ON COLUMN courier.notices.receipt_status IS
-	'Through a provider that reports delivery (not generic): awaiting once accepted, then delivered (on the handset, by AlimTalk or by its SMS/LMS fallback) or failed, from the provider''s receipt; expired when courier.receipt_horizon passed without one.';
+	'Through a provider that reports delivery (not generic): awaiting once accepted, then delivered (on the handset, by AlimTalk or by its SMS/LMS fallback) or failed, from the provider''s receipt; expired when courier.receipt_horizon passed without one.  unconfirmed: a pending notice whose last attempt got no answer, through a provider without an idempotency key, looked up there before any resend.';
 COMMENT ON COLUMN courier.notices.receipt_due_at IS
 	'When the receipt stage next asks the provider (back-off between checks; the lease''s end while a sender asks).';
 COMMENT ON COLUMN courier.notices.receipt_checks IS
@@ -265,7 +266,7 @@ CREATE INDEX notices_receipt ON courier.notices (receipt_status)
 	WHERE receipt_status IS NOT NULL;
 /* the receipt stage: notices awaiting a receipt, by when to ask next */
 CREATE INDEX notices_receipt_due ON courier.notices (receipt_due_at)
-	WHERE receipt_status = 'awaiting';
+	WHERE receipt_status IN ('awaiting', 'unconfirmed');
 
 CREATE FUNCTION courier.record_receipts(body jsonb)
 RETURNS integer

@@ -436,7 +436,7 @@ courier_register_orders(PG_FUNCTION_ARGS)
 		if (SPI_execute_with_args(
 				"SELECT 1 FROM courier.orders o"
 				" WHERE o.order_id = ANY ($1)"
-				" ORDER BY o.order_id FOR UPDATE",
+				" ORDER BY o.order_id, o.seller_id FOR UPDATE",
 				1, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "courier: could not lock orders");
 		if (SPI_execute_with_args(

@@ -52,14 +52,16 @@
  * back (applied or not), so the history is made from the UPDATE's result
  * and the items it was not given, without joining two CTEs (whose row
  * estimates are guesses, and a nested loop over a CTE scan costs a batch
- * of n items n^2 row visits).
+ * of n items n^2 row visits).  The window sorts the items by order id
+ * first, so the UPDATE locks the orders in order id order, the order
+ * register_orders locks them in: the two never deadlock.
  */
 static const char *const apply_sql =
 "WITH items AS ("
 "    SELECT w.item_id, w.order_id, w.request_id, w.seller_id,"
 "           r.reason, r.new_ship_date, o.promised_ship_date AS old_date,"
 "           coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open,"
-"           pg_catalog.row_number() OVER (PARTITION BY w.seller_id, w.order_id"
+"           pg_catalog.row_number() OVER (PARTITION BY w.order_id, w.seller_id"
 "                                         ORDER BY w.request_id DESC) AS rn"
 "      FROM unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id)"
 "      JOIN courier.work_items w ON w.seller_id = c.seller_id AND w.item_id = c.item_id"

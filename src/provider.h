@@ -123,6 +123,14 @@ typedef struct CourierProvider
 	int			max_per_request;
 
 	/*
+	 * An attempt whose answer never came may have been taken, and the
+	 * provider has no idempotency key to refuse a resend; but its
+	 * receipt_query finds a message by its key alone.  Such a notice is
+	 * looked up before any resend (receipts.c, 'unconfirmed').
+	 */
+	bool		looks_up_before_resend;
+
+	/*
 	 * Fill req's url, body and headers (its idempotency key among them)
 	 * for its messages.  Called in the dispatch's memory context.
 	 */
@@ -284,6 +292,7 @@ extern JsonbContainer *courier_nhn_receipt_list(const CourierHttpResult *res,
 												const char *object,
 												const char *array);
 extern void courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e);
+extern void courier_nhn_search_window(char *from, char *to, size_t len);
 extern int	courier_read_sens_receipts(const CourierHttpResult *res,
 									   CourierReceipt *receipts, int max,
 									   bool alimtalk);

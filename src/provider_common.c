@@ -18,6 +18,8 @@
  */
 #include "postgres.h"
 
+#include <time.h>
+
 #include "common/base64.h"
 #include "common/hashfn.h"
 #include "common/hmac.h"
@@ -1151,4 +1153,24 @@ courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e)
 		strlcpy(r->ref, v, sizeof(r->ref));
 	if ((v = courier_json_text(courier_json_key(e, "recipientNo"))) != NULL)
 		strlcpy(r->to, v, sizeof(r->to));
+}
+
+/*
+ * courier_nhn_search_window
+ *		startRequestDate and endRequestDate for an NHN search by key (URL
+ *		encoded, "yyyy-MM-dd%20HH:mm"): two days back to one day ahead, so
+ *		that the provider's local time, whatever its zone, covers every
+ *		day a receipt is asked for.
+ */
+void
+courier_nhn_search_window(char *from, char *to, size_t len)
+{
+	time_t		now = time(NULL);
+	time_t		t;
+	struct tm	tm;
+
+	t = now - 2 * 86400;
+	strftime(from, len, "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
+	t = now + 86400;
+	strftime(to, len, "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
 }

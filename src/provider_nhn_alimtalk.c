@@ -35,8 +35,6 @@
  */
 #include "postgres.h"
 
-#include <time.h>
-
 #include "utils/json.h"
 
 #include "courier.h"
@@ -352,19 +350,12 @@ nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const ch
 		/*
 		 * Taken under a request courier never learned (-1005): search by
 		 * the key it carried as recipientGroupingKey, over the days a
-		 * receipt is asked for (the dates are the provider's local time:
-		 * a day on either side covers any time zone).
+		 * receipt is asked for.
 		 */
-		time_t		now = time(NULL);
-		time_t		t;
-		struct tm	tm;
 		char		from[32];
 		char		to[32];
 
-		t = now - 2 * 86400;
-		strftime(from, sizeof(from), "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
-		t = now + 86400;
-		strftime(to, sizeof(to), "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
+		courier_nhn_search_window(from, to, sizeof(from));
 		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?startRequestDate=%s&endRequestDate=%s&recipientGroupingKey=%s&pageSize=1000",
 										courier_nhn_alimtalk_appkey, from, to, key);
 	}

@@ -58,6 +58,7 @@ static int	nhn_sms_read_receipts(const CourierHttpResult *res,
 const CourierProvider courier_provider_nhn_sms = {
 	.name = "nhn_sms",
 	.max_per_request = 1000,
+	.looks_up_before_resend = true,
 	.build = nhn_sms_build,
 	.sign = nhn_sms_sign,
 	.read_answer = nhn_sms_read_answer,
@@ -222,16 +223,28 @@ nhn_sms_unsendable(const CourierMessage *m)
  * nhn_sms_receipt_query
  *		The recipients of one request and how each ended: GET
  *		.../sender/sms?requestId=R, or .../sender/mms for an LMS request
- *		(NHN lists the two kinds apart), signed like a send.
+ *		(NHN lists the two kinds apart), signed like a send; without a
+ *		request id, the message whose key is key (recipientGroupingKey).
  */
 static void
 nhn_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key,
 					  const char *channel)
 {
-	req->url = courier_provider_url("/sms/v3.0/appKeys/%s/sender/%s?requestId=%s&pageSize=1000",
-									courier_nhn_sms_appkey,
-									strcmp(channel, "lms") == 0 ? "mms" : "sms",
-									request_id);
+	const char *kind = strcmp(channel, "lms") == 0 ? "mms" : "sms";
+
+	if (request_id[0] != '\0')
+		req->url = courier_provider_url("/sms/v3.0/appKeys/%s/sender/%s?requestId=%s&pageSize=1000",
+										courier_nhn_sms_appkey, kind, request_id);
+	else
+	{
+		/* an attempt that got no answer: did NHN take it?  By its key. */
+		char		from[32];
+		char		to[32];
+
+		courier_nhn_search_window(from, to, sizeof(from));
+		req->url = courier_provider_url("/sms/v3.0/appKeys/%s/sender/%s?startRequestDate=%s&endRequestDate=%s&recipientGroupingKey=%s&pageSize=1000",
+										courier_nhn_sms_appkey, kind, from, to, key);
+	}
 	nhn_sms_sign(req);
 }
 

@@ -46,6 +46,7 @@
 #define RECEIPT_BATCH		500		/* notices one round asks about */
 #define RECEIPTS_PER_ANSWER	1000	/* most recipients one answer names */
 #define RECEIPT_MAX_STEPS	6		/* back-off: at most 2^6 intervals */
+#define LOOKUPS_BEFORE_RESEND 3	/* answered lookups that found nothing */
 
 /* One notice of a round. */
 typedef struct ReceiptNotice
@@ -60,6 +61,8 @@ typedef struct ReceiptNotice
 	char	   *to;
 	char	   *channel;		/* sms, lms, alimtalk */
 	int			checks;			/* asked before this round */
+	bool		unconfirmed;	/* no answer came to its send: taken? */
+	bool		answered;		/* the query about it was answered */
 	CourierReceipt *found;		/* what the answer said, or NULL */
 } ReceiptNotice;
 
@@ -183,11 +186,13 @@ lease_due(ReceiptNotice **notices, TimestampTz now)
 						 "   SET receipt_due_at = $1 + $2 * interval '1 ms'"
 						 " WHERE n.ctid = ANY (ARRAY("
 						 "    SELECT c.ctid FROM courier.notices c"
-						 "     WHERE c.receipt_status = 'awaiting' AND c.receipt_due_at <= $1"
+						 "     WHERE c.receipt_status IN ('awaiting', 'unconfirmed')"
+						 "       AND c.receipt_due_at <= $1"
 						 "     ORDER BY c.receipt_due_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
 						 "RETURNING n.seller_id, n.order_id, n.ship_date,"
 						 "          coalesce(n.provider_id, ''), n.customer_phone, n.receipt_checks,"
-						 "          n.provider, coalesce(n.channel, '')",
+						 "          n.provider, coalesce(n.channel, ''),"
+						 "          n.receipt_status = 'unconfirmed'",
 						 3, argtypes, values, NULL, SPI_OK_UPDATE_RETURNING);
 
 	n = (int) SPI_processed;
@@ -212,6 +217,7 @@ lease_due(ReceiptNotice **notices, TimestampTz now)
 		r->checks = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		r->provider = provider_of(SPI_getvalue(tup, desc, 7));
 		r->channel = SPI_getvalue(tup, desc, 8);
+		r->unconfirmed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 		j2date(r->ship_date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
 		r->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", r->order_id,
 						  year, month, day);
@@ -309,6 +315,9 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 				int			got = res.completed ?
 					provider->read_receipts(&res, receipts, RECEIPTS_PER_ANSWER) : -1;
 
+				if (got >= 0)
+					for (int i = group->first; i < group->first + group->count; i++)
+						notices[i].answered = true;
 				if (got > 0)
 					match_receipts(notices, group, receipts, got);
 				courier_http_release(&res);
@@ -374,10 +383,11 @@ static void
 record_round(ReceiptNotice *notices, int n, TimestampTz now)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[11] = {TIMESTAMPTZOID, INT4OID, INT8ARRAYOID, INT8ARRAYOID,
+	Oid			argtypes[13] = {TIMESTAMPTZOID, INT4OID, INT8ARRAYOID, INT8ARRAYOID,
 		DATEARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID, TEXTARRAYOID};
-	Datum		values[11];
+	INT4ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT4OID};
+	Datum		values[13];
+	Datum	   *answered = palloc(sizeof(Datum) * n);
 	Datum	   *found_ids = palloc(sizeof(Datum) * n);
 	bool	   *found_nulls = palloc(sizeof(bool) * n);
 	Datum	   *sellers = palloc(sizeof(Datum) * n);
@@ -417,6 +427,7 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now)
 		reasons[i] = reason_nulls[i] ? (Datum) 0 :
 			CStringGetTextDatum(c->fallback_reason);
 		waits[i] = Int32GetDatum(next_wait_ms(r->checks));
+		answered[i] = BoolGetDatum(r->answered);
 		/* a taken notice learns its provider id from its receipt */
 		found_nulls[i] = (c == NULL || c->request_id[0] == '\0');
 		found_ids[i] = found_nulls[i] ? (Datum) 0 :
@@ -438,35 +449,55 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now)
 	values[9] = PointerGetDatum(construct_array(waits, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[10] = PointerGetDatum(construct_md_array(found_ids, found_nulls, 1, dims, lbs,
 													TEXTOID, -1, false, TYPALIGN_INT));
+	values[11] = PointerGetDatum(construct_array(answered, n, BOOLOID, 1, true,
+												 TYPALIGN_CHAR));
+	values[12] = Int32GetDatum(LOOKUPS_BEFORE_RESEND);
 
 	courier_execute_kept(&plan,
 						 "WITH r AS ("
-						 "    SELECT u.*, u.state = 'pending'"
-						 "                AND n0.sent_at < $1 - $2 * interval '1 minute' AS expired"
+						 "    SELECT u.*,"
+						 "           u.state = 'pending'"
+						 "               AND coalesce(n0.sent_at < $1 - $2 * interval '1 minute',"
+						 "                            false) AS expired,"
+						 "           n0.receipt_status = 'unconfirmed' AS unconfirmed,"
+						 "           n0.receipt_status = 'unconfirmed' AND u.found_id IS NULL"
+						 "               AND u.answered AND n0.receipt_checks + 1 >= $13 AS absent"
 						 "      FROM unnest($3::bigint[], $4::bigint[], $5::date[], $6::text[],"
 						 "                  $7::text[], $8::text[], $9::text[], $10::int[],"
-						 "                  $11::text[])"
+						 "                  $11::text[], $12::bool[])"
 						 "           AS u(seller_id, order_id, ship_date, state, code,"
-						 "                fallback_channel, fallback_reason, wait_ms, found_id)"
+						 "                fallback_channel, fallback_reason, wait_ms, found_id,"
+						 "                answered)"
 						 "      JOIN courier.notices n0 ON n0.seller_id = u.seller_id"
 						 "           AND n0.order_id = u.order_id AND n0.ship_date = u.ship_date"
 						 ") "
 						 "UPDATE courier.notices n"
-						 "   SET receipt_status = CASE WHEN r.state <> 'pending' THEN r.state"
+						 "   SET status = CASE WHEN r.unconfirmed AND r.found_id IS NOT NULL"
+						 "                     THEN 'delivered' ELSE n.status END,"
+						 "       sent_at = CASE WHEN r.unconfirmed AND r.found_id IS NOT NULL"
+						 "                      THEN $1 ELSE n.sent_at END,"
+						 "       due_at = CASE WHEN r.absent THEN $1 ELSE n.due_at END,"
+						 "       receipt_status = CASE WHEN r.absent THEN NULL"
+						 "                             WHEN r.unconfirmed AND r.found_id IS NULL"
+						 "                             THEN 'unconfirmed'"
+						 "                             WHEN r.state <> 'pending' THEN r.state"
 						 "                             WHEN r.expired THEN 'expired'"
 						 "                             ELSE 'awaiting' END,"
 						 "       receipt_code = coalesce(r.code, n.receipt_code),"
 						 "       receipt_at = CASE WHEN r.state <> 'pending' OR r.expired THEN $1 END,"
-						 "       receipt_due_at = CASE WHEN r.state = 'pending' AND NOT r.expired"
+						 "       receipt_due_at = CASE WHEN r.absent THEN NULL"
+						 "                             WHEN r.state = 'pending' AND NOT r.expired"
 						 "                             THEN $1 + r.wait_ms * interval '1 ms' END,"
-						 "       receipt_checks = n.receipt_checks + 1,"
+						 "       receipt_checks = CASE WHEN r.absent THEN 0"
+						 "                             ELSE n.receipt_checks + 1 END,"
 						 "       fallback_channel = coalesce(r.fallback_channel, n.fallback_channel),"
 						 "       fallback_reason = coalesce(r.fallback_reason, n.fallback_reason),"
 						 "       provider_id = coalesce(nullif(n.provider_id, ''), r.found_id)"
 						 "  FROM r"
 						 " WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
-						 "   AND n.ship_date = r.ship_date AND n.receipt_status = 'awaiting'",
-						 11, argtypes, values, NULL, SPI_OK_UPDATE);
+						 "   AND n.ship_date = r.ship_date"
+						 "   AND n.receipt_status IN ('awaiting', 'unconfirmed')",
+						 13, argtypes, values, NULL, SPI_OK_UPDATE);
 }
 
 /*

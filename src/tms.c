@@ -98,6 +98,7 @@ typedef struct TmsBatch
 	CourierMessage *msgs;
 	bool		dry_run;
 	bool		receipts;		/* its provider reports delivery later */
+	bool		looks_up;		/* an unanswered attempt is looked up first */
 	const char *provider;		/* its provider's dialect */
 } TmsBatch;
 
@@ -151,6 +152,11 @@ static const CourierDispatchHooks hooks = {
  *						dropped, if this sender still holds it
  *	release				the notice falls due after release_ms, if this
  *						sender still holds it
+ *	unconfirmed			no answer came, and the provider has no
+ *						idempotency key: the attempt is spent, the notice
+ *						is not due again until the receipt stage has looked
+ *						it up at the provider (receipts.c), if this sender
+ *						still holds it
  * ($9 is this sender's pid, $10 the time of recording, $11 the notices'
  * sellers: each notice is reached by its key, (seller_id, order_id,
  * ship_date), docs/citus.md; $12 whether the provider reports delivery
@@ -168,7 +174,8 @@ static const char *const record_sql =
 ") "
 "UPDATE courier.notices n"
 "   SET status = CASE r.status WHEN 'closed' THEN 'dropped'"
-"                              WHEN 'release' THEN n.status ELSE r.status END,"
+"                              WHEN 'release' THEN n.status"
+"                              WHEN 'unconfirmed' THEN n.status ELSE r.status END,"
 "       sent_at = CASE WHEN r.status IN ('delivered', 'dry_run') THEN $10 ELSE n.sent_at END,"
 "       http_status = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.http_status"
 "                          ELSE n.http_status END,"
@@ -178,19 +185,25 @@ static const char *const record_sql =
 "                      ELSE n.channel END,"
 "       latency_ms = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.latency_ms"
 "                         ELSE n.latency_ms END,"
-"       attempts = n.attempts + (r.status IN ('delivered', 'dry_run'))::int,"
+"       attempts = n.attempts + (r.status IN ('delivered', 'dry_run', 'unconfirmed'))::int,"
+"       errors = CASE WHEN r.status = 'unconfirmed' THEN n.errors ||"
+"           pg_catalog.jsonb_build_object('at', $10, 'outcome_unknown', true,"
+"               'error', 'no answer came: looked up at the provider before any resend')"
+"           ELSE n.errors END,"
 "       receipt_status = CASE WHEN r.status = 'delivered' AND $12 THEN 'awaiting'"
+"                             WHEN r.status = 'unconfirmed' THEN 'unconfirmed'"
 "                             ELSE n.receipt_status END,"
-"       receipt_due_at = CASE WHEN r.status = 'delivered' AND $12"
+"       receipt_due_at = CASE WHEN (r.status = 'delivered' AND $12) OR r.status = 'unconfirmed'"
 "                             THEN $10 + $13 * interval '1 ms' ELSE n.receipt_due_at END,"
-"       provider = CASE WHEN r.status = 'delivered' THEN $14 ELSE n.provider END,"
+"       provider = CASE WHEN r.status IN ('delivered', 'unconfirmed') THEN $14"
+"                       ELSE n.provider END,"
 "       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms' END,"
 "       leased_by = NULL"
 "  FROM r"
 " WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
 "   AND n.ship_date = r.ship_date"
 "   AND (r.status IN ('delivered', 'dry_run')"
-"        OR (r.status IN ('closed', 'release')"
+"        OR (r.status IN ('closed', 'release', 'unconfirmed')"
 "            AND n.status = 'pending' AND n.leased_by = $9))";
 
 /*
@@ -475,6 +488,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
 	b->provider = courier_provider_by_id(courier_tms_provider)->name;
 	b->receipts = courier_provider_by_id(courier_tms_provider)->receipt_query != NULL;
+	b->looks_up = courier_provider_by_id(courier_tms_provider)->looks_up_before_resend;
 	b->closes_next = courier_closes_position();
 	b->lease_started = GetCurrentTimestamp();
 	b->lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
@@ -822,6 +836,9 @@ tms_record(TmsBatch *b)
 						permanent = true;
 						break;
 					case COURIER_OUT_RETRY:
+						/* taken or not?  asked before any resend */
+						if (m->unknown && b->looks_up)
+							s = "unconfirmed";
 						break;
 				}
 				break;

@@ -117,6 +117,7 @@ courier_worker_main(Datum main_arg)
 		const char *activity;
 		ErrorData  *batch_error = NULL;
 		bool		runnable;
+		bool		receipts_only = false;
 
 		courier_loop_turn(loop_context);
 
@@ -130,20 +131,25 @@ courier_worker_main(Datum main_arg)
 		else if (my_stage == COURIER_STAGE_TMS &&
 				 (wait = courier_limits_send_wait_ms(&why)) > 0)
 		{
+			/* no send now (breaker, rate); receipts are asked all the same */
 			activity = why;
 			sleep_ms = wait;
 			runnable = false;
+			receipts_only = true;
 		}
 
-		if (runnable || sending)
+		if (runnable || sending || receipts_only)
 		{
 			PG_TRY();
 			{
 				if (!runnable)
 				{
 					/* a sender that waits holds nothing meanwhile */
-					courier_tms_release();
+					if (sending)
+						courier_tms_release();
 					sending = false;
+					if (receipts_only)
+						handled = courier_receipts_round(&got_sigterm);
 				}
 				else if (my_stage == COURIER_STAGE_TMS)
 					handled = courier_tms_worker_batch(&got_sigterm, &sending,
