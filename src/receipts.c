@@ -19,6 +19,14 @@
  * has passed since the send.  The app can also hand courier NHN's webhook
  * bodies (courier.record_receipts); the first final state wins either way.
  *
+ * The same rounds reconcile sends whose answer never came, by the notice's
+ * key (the provider's id of them is unknown): one the provider took under
+ * an idempotency key it then refused to see again (NHN AlimTalk -1005,
+ * recorded sent), and, through a provider without idempotency keys (NHN
+ * SMS), one whose attempt got no answer at all ('unconfirmed', not due):
+ * found, it is recorded sent; answered LOOKUPS_BEFORE_RESEND times
+ * without it, it falls due and is sent again under the same key.
+ *
  * The dialect builds the query and reads its answer (provider.h); this
  * file knows neither HTTP bodies nor a provider's fields.
  *
@@ -92,7 +100,7 @@ static int	next_wait_ms(int checks);
  *		asked about (0: none was due, or the provider has no receipts).
  *		Opens and commits its own transactions; none is open while it waits
  *		on the network.  Stops asking when *stop is set: the notices not
- *		asked about fall due again when their lease ends.
+ *		asked about are asked again after their back-off.
  */
 int
 courier_receipts_round(volatile sig_atomic_t *stop)
