@@ -199,49 +199,10 @@ is(($c->{alimtalk} - $before->{alimtalk}) . '|' . ($c->{failed} - $before->{fail
 	'NHN: 40 delivered, 20 failed (3019), 80 refusals (20 of -5000, 60 of -9999)');
 
 # ---- 3. a wrong secret key
-my $listener = listen_alerts($node);
-my $log = log_offset($node);
-is(register_tms_orders($node, 2101, 2150, phone_prefix => '0102'), 50, 'register 50 orders');
-$node->append_conf('postgresql.conf', "courier.nhn_alimtalk_secret_key = 'not-the-secret'\n");
-$node->reload;
-ok(poll_until($node, 'SHOW courier.nhn_alimtalk_secret_key', 'not-the-secret', 30),
-	'postgresql.conf now has a wrong secret key');
-my $auth0 = mock_stats($mock)->{auth_failures};
-delay_tms($node, 2101, 2150, 12);
-my $d12 = 'ship_date = current_date + 12';
-
-ok(poll_log($node, qr/WARNING:.*TMS configuration error: NHN AlimTalk -1001/, $log, 30),
-	'the log names the code: NHN AlimTalk -1001 (invalid secretKey)');
-ok(poll_log($node, qr/WARNING:.*circuit breaker opened: the TMS refused/, $log, 30),
-	'the breaker opens at once');
-ok(heard_alert($listener, 'tms_unauthorized'), 'an alert tms_unauthorized is raised');
-$listener->quit;
-my $auth1 = mock_stats($mock)->{auth_failures};
-cmp_ok($auth1, '>', $auth0, 'NHN refused the requests (-1001)');
-ok(wait_for(sub { mock_stats($mock)->{auth_failures} > $auth1 }, 30, 'another refused probe'),
-	'after the cooldown a probe is refused again');
-is(query($node, qq{
-	SELECT count(*), coalesce(sum(attempts), 0) FROM courier.notices
-	 WHERE $d12 AND status = 'pending'}),
-	'50|0', 'the 50 notices stay pending and no attempt is charged');
-is(query($node, "SELECT count(*) FROM courier.failures WHERE $d12"), '0', 'none failed');
-is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d12)) },
-	0, 'no customer received anything');
-
-$log = log_offset($node);
-$node->append_conf('postgresql.conf',
-	"courier.nhn_alimtalk_secret_key = '$mock->{creds}{nhn_secret}'\n");
-$node->reload;
-ok(poll_log($node, qr/LOG:.*circuit breaker closed/, $log, 30),
-	'with the right key reloaded the breaker closes');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.notices WHERE $d12 AND status = 'delivered' AND attempts = 1",
-		'50', 60),
-	'all 50 are delivered, each on its first charged attempt');
-ok(wait_receipts_final($mock), 'the AlimTalks reached their final state');
-is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d12), alimtalk => 1) },
-	0, 'each of the 50 customers received exactly one AlimTalk');
+wrong_secret_then_fixed($node, $mock, setting => 'nhn_alimtalk_secret_key',
+	right => $mock->{creds}{nhn_secret}, counter => 'auth_failures',
+	refusal => qr/WARNING:.*TMS configuration error: NHN AlimTalk -1001/,
+	kind => 'alimtalk', first => 2101, last => 2150, days => 12);
 
 # ---- 4. a lost reply, retried under the same key: -1005, not resent
 query($node, 'ALTER SYSTEM SET courier.tms_bulk_size = 1');
@@ -283,8 +244,8 @@ query($node, 'SELECT pg_reload_conf()');
 ok(poll_until($node, 'SHOW courier.tms_bulk_size', '100', 30), 'back to bulk requests');
 
 # ---- 5. a template that is not approved
-$listener = listen_alerts($node);
-$log = log_offset($node);
+my $listener = listen_alerts($node);
+my $log = log_offset($node);
 query($node, "ALTER SYSTEM SET courier.alimtalk_template = 'NOT_APPROVED'");
 query($node, "ALTER SYSTEM SET courier.alimtalk_template_v2 = 'NOT_APPROVED'");
 query($node, 'SELECT pg_reload_conf()');

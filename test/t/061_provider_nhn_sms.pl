@@ -208,49 +208,10 @@ is(query($node, qq{
 	'100', 'the LMS notices of part 1 got their receipts through /sender/mms');
 
 # ---- 3. a wrong secret key
-my $listener = listen_alerts($node);
-my $log = log_offset($node);
-is(register_tms_orders($node, 2101, 2150, phone_prefix => '0102'), 50, 'register 50 orders');
-$node->append_conf('postgresql.conf', "courier.nhn_sms_secret_key = 'not-the-secret'\n");
-$node->reload;
-ok(poll_until($node, 'SHOW courier.nhn_sms_secret_key', 'not-the-secret', 30),
-	'postgresql.conf now has a wrong secret key');
-my $auth0 = mock_stats($mock)->{auth_failures};
-delay_tms($node, 2101, 2150, 12);
-my $d12 = 'ship_date = current_date + 12';
-
-ok(poll_log($node, qr/WARNING:.*TMS configuration error: NHN SMS -1000/, $log, 30),
-	'the log names the code NHN SMS -1000');
-ok(poll_log($node, qr/WARNING:.*circuit breaker opened: the TMS refused/, $log, 30),
-	'the breaker opens at once');
-ok(heard_alert($listener, 'tms_unauthorized'), 'an alert tms_unauthorized is raised');
-$listener->quit;
-my $auth1 = mock_stats($mock)->{auth_failures};
-cmp_ok($auth1, '>', $auth0, 'NHN refused the requests');
-ok(wait_for(sub { mock_stats($mock)->{auth_failures} > $auth1 }, 30, 'another refused probe'),
-	'after the cooldown a probe is refused again');
-is(query($node, qq{
-	SELECT count(*), coalesce(sum(attempts), 0) FROM courier.notices
-	 WHERE $d12 AND status = 'pending'}),
-	'50|0', 'the 50 notices stay pending and no attempt is charged');
-is(query($node, "SELECT count(*) FROM courier.failures WHERE $d12"), '0', 'none failed');
-is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d12)) },
-	0, 'no customer received anything');
-
-$log = log_offset($node);
-$node->append_conf('postgresql.conf',
-	"courier.nhn_sms_secret_key = '$mock->{creds}{nhn_sms_secret}'\n");
-$node->reload;
-ok(poll_log($node, qr/LOG:.*circuit breaker closed/, $log, 30),
-	'with the right key reloaded the breaker closes');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.notices WHERE $d12 AND status = 'delivered' AND attempts = 1",
-		'50', 60),
-	'all 50 are delivered, each on its first charged attempt');
-ok(wait_receipts_final($mock), 'the messages reached their final state');
-is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d12), sms => 1) },
-	0, 'each of the 50 customers received exactly one SMS');
+wrong_secret_then_fixed($node, $mock, setting => 'nhn_sms_secret_key',
+	right => $mock->{creds}{nhn_sms_secret}, counter => 'auth_failures',
+	refusal => qr/WARNING:.*TMS configuration error: NHN SMS -1000/,
+	kind => 'sms', first => 2101, last => 2150, days => 12);
 
 is(scalar(grep { $_->{total} > 1 } values %{ mock_handsets($mock) }),
 	0, 'no handset received more than one message');

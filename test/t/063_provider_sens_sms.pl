@@ -188,49 +188,10 @@ is(scalar @{ handset_mismatches(mock_handsets($mock),
 	0, 'each of the 30 customers received exactly one SMS');
 
 # ---- 3. a wrong secret: the signature does not match
-my $listener = listen_alerts($node);
-my $log = log_offset($node);
-is(register_tms_orders($node, 2101, 2150, phone_prefix => '0102'), 50, 'register 50 orders');
-$node->append_conf('postgresql.conf', "courier.tms_hmac_secret = 'not-the-secret'\n");
-$node->reload;
-ok(poll_until($node, 'SHOW courier.tms_hmac_secret', 'not-the-secret', 30),
-	'postgresql.conf now has a wrong secret');
-my $sig0 = mock_stats($mock)->{sens_signature_failures};
-delay_tms($node, 2101, 2150, 12);
-my $d12 = 'ship_date = current_date + 12';
-
-ok(poll_log($node, qr/WARNING:.*TMS configuration error: SENS SMS http_401/, $log, 30),
-	'the log names the refusal: SENS SMS http_401');
-ok(poll_log($node, qr/WARNING:.*circuit breaker opened: the TMS refused/, $log, 30),
-	'the breaker opens at once');
-ok(heard_alert($listener, 'tms_unauthorized'), 'an alert tms_unauthorized is raised');
-$listener->quit;
-my $sig1 = mock_stats($mock)->{sens_signature_failures};
-cmp_ok($sig1, '>', $sig0, 'SENS refused the signature');
-ok(wait_for(sub { mock_stats($mock)->{sens_signature_failures} > $sig1 }, 30, 'another refused probe'),
-	'after the cooldown a probe is refused again');
-is(query($node, qq{
-	SELECT count(*), coalesce(sum(attempts), 0) FROM courier.notices
-	 WHERE $d12 AND status = 'pending'}),
-	'50|0', 'the 50 notices stay pending and no attempt is charged');
-is(query($node, "SELECT count(*) FROM courier.failures WHERE $d12"), '0', 'none failed');
-is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d12)) },
-	0, 'no customer received anything');
-
-$log = log_offset($node);
-$node->append_conf('postgresql.conf',
-	"courier.tms_hmac_secret = '$mock->{creds}{sens_secret}'\n");
-$node->reload;
-ok(poll_log($node, qr/LOG:.*circuit breaker closed/, $log, 30),
-	'with the right secret reloaded the breaker closes');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.notices WHERE $d12 AND status = 'delivered' AND attempts = 1",
-		'50', 60),
-	'all 50 are delivered, each on its first charged attempt');
-ok(wait_receipts_final($mock), 'the messages reached their final state');
-is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d12), sms => 1) },
-	0, 'each of the 50 customers received exactly one SMS');
+wrong_secret_then_fixed($node, $mock, setting => 'tms_hmac_secret',
+	right => $mock->{creds}{sens_secret}, counter => 'sens_signature_failures',
+	refusal => qr/WARNING:.*TMS configuration error: SENS SMS http_401/,
+	kind => 'sms', first => 2101, last => 2150, days => 12);
 
 is(scalar(grep { $_->{total} > 1 } values %{ mock_handsets($mock) }),
 	0, 'no handset received more than one message');

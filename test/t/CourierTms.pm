@@ -66,6 +66,7 @@ our @EXPORT = qw(
   phones_of
   listen_alerts
   heard_alert
+  wrong_secret_then_fixed
 );
 
 my @mocks;    # every mock started by this process, stopped in END
@@ -540,6 +541,72 @@ sub heard_alert
 		},
 		$timeout // 30,
 		"a notification on courier_alerts naming $alert");
+}
+
+# wrong_secret_then_fixed(NODE, MOCK, setting => GUC, right => VALUE,
+#                         refusal => REGEXP, counter => MOCK_STAT,
+#                         kind => HANDSET_KIND, first => ID, last => ID,
+#                         days => N)
+#	The provider tests' configuration case: orders FIRST..LAST are delayed
+#	while postgresql.conf has a wrong value of courier.SETTING.  The log
+#	names the provider's refusal (REFUSAL), the breaker opens at once, an
+#	alert is raised, the mock counts the refusals (its stat COUNTER) and a
+#	probe after the cooldown is refused again; the notices stay pending,
+#	no attempt is charged, none fails, no customer receives anything.
+#	Once RIGHT is back in postgresql.conf and reloaded, the breaker closes
+#	and every notice is delivered on its first charged attempt: each
+#	customer receives exactly one message of KIND.
+sub wrong_secret_then_fixed
+{
+	my ($node, $mock, %a) = @_;
+	my $listener = listen_alerts($node);
+	my $log = log_offset($node);
+	my $n = $a{last} - $a{first} + 1;
+	my $when = "ship_date = current_date + $a{days}";
+
+	is(register_tms_orders($node, $a{first}, $a{last}, phone_prefix => '0102'), $n,
+		"register $n orders");
+	$node->append_conf('postgresql.conf', "courier.$a{setting} = 'not-the-secret'\n");
+	$node->reload;
+	ok(poll_until($node, "SHOW courier.$a{setting}", 'not-the-secret', 30),
+		"postgresql.conf now has a wrong courier.$a{setting}");
+	my $refused0 = mock_stats($mock)->{ $a{counter} };
+	delay_tms($node, $a{first}, $a{last}, $a{days});
+
+	ok(poll_log($node, $a{refusal}, $log, 30), "the log names the provider's refusal");
+	ok(poll_log($node, qr/WARNING:.*circuit breaker opened: the TMS refused/, $log, 30),
+		'the breaker opens at once');
+	ok(heard_alert($listener, 'tms_unauthorized'), 'an alert tms_unauthorized is raised');
+	$listener->quit;
+	my $refused1 = mock_stats($mock)->{ $a{counter} };
+	cmp_ok($refused1, '>', $refused0, "the provider refused the requests ($a{counter})");
+	ok(wait_for(sub { mock_stats($mock)->{ $a{counter} } > $refused1 }, 30,
+			'another refused probe'),
+		'after the cooldown a probe is refused again');
+	is(query($node, qq{
+		SELECT count(*), coalesce(sum(attempts), 0) FROM courier.notices
+		 WHERE $when AND status = 'pending'}),
+		"$n|0", "the $n notices stay pending and no attempt is charged");
+	is(query($node, "SELECT count(*) FROM courier.failures WHERE $when"), '0', 'none failed');
+	is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $when)) },
+		0, 'no customer received anything');
+
+	$log = log_offset($node);
+	$node->append_conf('postgresql.conf', "courier.$a{setting} = '$a{right}'\n");
+	$node->reload;
+	ok(poll_log($node, qr/LOG:.*circuit breaker closed/, $log, 30),
+		'with the right value reloaded the breaker closes');
+	ok( poll_until(
+			$node,
+			"SELECT count(*) FROM courier.notices WHERE $when AND status = 'delivered'"
+			  . ' AND attempts = 1',
+			$n, 60),
+		"all $n are delivered, each on its first charged attempt");
+	ok(wait_receipts_final($mock), 'the messages reached their final state');
+	is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $when),
+				$a{kind} => 1) },
+		0, "each of the $n customers received exactly one message ($a{kind})");
+	return;
 }
 
 1;
