@@ -293,6 +293,8 @@ extern JsonbContainer *courier_nhn_receipt_list(const CourierHttpResult *res,
 												const char *array);
 extern void courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e);
 extern void courier_nhn_search_window(char *from, char *to, size_t len);
+extern const char *courier_template_code(const CourierMessage *m);
+extern const char *courier_template_code_unset(const CourierMessage *m);
 extern int	courier_read_sens_receipts(const CourierHttpResult *res,
 									   CourierReceipt *receipts, int max,
 									   bool alimtalk);

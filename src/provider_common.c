@@ -1174,3 +1174,33 @@ courier_nhn_search_window(char *from, char *to, size_t len)
 	t = now + 86400;
 	strftime(to, len, "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
 }
+
+/*
+ * courier_template_code
+ *		The AlimTalk template code for m's variant (courier.alimtalk_template,
+ *		or courier.alimtalk_template_v2 inside the notice_v2 rollout); ""
+ *		when unset.  Shared by the AlimTalk dialects.
+ */
+const char *
+courier_template_code(const CourierMessage *m)
+{
+	const char *code = (m->variant == 2) ?
+		courier_alimtalk_template_v2 : courier_alimtalk_template;
+
+	return code ? code : "";
+}
+
+/*
+ * courier_template_code_unset
+ *		Why m has no template code to be sent with (for a dialect's
+ *		unsendable hook), or NULL when it has one.
+ */
+const char *
+courier_template_code_unset(const CourierMessage *m)
+{
+	if (courier_template_code(m)[0] != '\0')
+		return NULL;
+	return m->variant == 2 ?
+		"courier.alimtalk_template_v2 is not set (a notice of the notice_v2 rollout)" :
+		"courier.alimtalk_template is not set";
+}

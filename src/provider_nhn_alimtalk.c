@@ -50,7 +50,6 @@ static CourierOutcome nhn_alimtalk_read_answer(const CourierRequest *req,
 static bool nhn_alimtalk_joinable(const CourierMessage *first,
 								  const CourierMessage *m);
 static const char *nhn_alimtalk_unsendable(const CourierMessage *m);
-static const char *template_code(const CourierMessage *m);
 static void nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
 								 const char *key, const char *channel);
 static int	nhn_alimtalk_read_receipts(const CourierHttpResult *res,
@@ -178,7 +177,7 @@ nhn_alimtalk_build(CourierRequest *req, const CourierMessage *msgs)
 	appendStringInfoString(&req->body, "{\"senderKey\": ");
 	escape_json(&req->body, courier_nhn_alimtalk_sender_key);
 	appendStringInfoString(&req->body, ", \"templateCode\": ");
-	escape_json(&req->body, template_code(&msgs[req->idx[0]]));
+	escape_json(&req->body, courier_template_code(&msgs[req->idx[0]]));
 	appendStringInfoString(&req->body, ", \"senderGroupingKey\": ");
 	escape_json(&req->body, key);
 	appendStringInfoString(&req->body, ", \"recipientList\": [");
@@ -293,6 +292,7 @@ static const char *
 nhn_alimtalk_unsendable(const CourierMessage *m)
 {
 	const CourierTemplateParams *params = courier_alimtalk_params;
+	const char *why;
 
 	if (courier_nhn_alimtalk_appkey == NULL || courier_nhn_alimtalk_appkey[0] == '\0')
 		return "courier.nhn_alimtalk_appkey is not set";
@@ -300,10 +300,8 @@ nhn_alimtalk_unsendable(const CourierMessage *m)
 		return "courier.nhn_alimtalk_secret_key is not set";
 	if (courier_nhn_alimtalk_sender_key == NULL || courier_nhn_alimtalk_sender_key[0] == '\0')
 		return "courier.nhn_alimtalk_sender_key is not set";
-	if (template_code(m)[0] == '\0')
-		return m->variant == 2 ?
-			"courier.alimtalk_template_v2 is not set (a notice of the notice_v2 rollout)" :
-			"courier.alimtalk_template is not set";
+	if ((why = courier_template_code_unset(m)) != NULL)
+		return why;
 	if (courier_alimtalk_fallback == COURIER_ALIMTALK_FALLBACK_PROVIDER)
 	{
 		if (courier_nhn_sms_send_no == NULL || courier_nhn_sms_send_no[0] == '\0')
@@ -320,27 +318,14 @@ nhn_alimtalk_unsendable(const CourierMessage *m)
 }
 
 /*
- * template_code
- *		The template code for m's variant; "" when unset.
- */
-static const char *
-template_code(const CourierMessage *m)
-{
-	const char *code = (m->variant == 2) ?
-		courier_alimtalk_template_v2 : courier_alimtalk_template;
-
-	return code ? code : "";
-}
-
-/*
  * nhn_alimtalk_receipt_query
  *		The recipients of one request and how each ended: GET
  *		.../messages?requestId=R (the list answers up to 1,000 a page, as
  *		many as one request carries), signed like a send.
  */
 static void
-nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key,
-				                            const char *channel)
+nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
+						   const char *key, const char *channel)
 {
 	if (request_id[0] != '\0')
 		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?requestId=%s&pageSize=1000",

@@ -55,7 +55,6 @@ static void sens_alimtalk_receipt_query(CourierRequest *req, const char *request
 								 const char *key, const char *channel);
 static int	sens_alimtalk_read_receipts(const CourierHttpResult *res,
 							 CourierReceipt *receipts, int max);
-static const char *template_code(const CourierMessage *m);
 static void append_failover(StringInfo body, const CourierMessage *m);
 
 const CourierProvider courier_provider_sens_alimtalk = {
@@ -95,7 +94,7 @@ sens_alimtalk_build(CourierRequest *req, const CourierMessage *msgs)
 	appendStringInfoString(&req->body, "{\"plusFriendId\": ");
 	escape_json(&req->body, courier_sens_plus_friend_id);
 	appendStringInfoString(&req->body, ", \"templateCode\": ");
-	escape_json(&req->body, template_code(&msgs[req->idx[0]]));
+	escape_json(&req->body, courier_template_code(&msgs[req->idx[0]]));
 	appendStringInfoString(&req->body, ", \"messages\": [");
 	for (int k = 0; k < req->count; k++)
 	{
@@ -190,6 +189,8 @@ sens_alimtalk_joinable(const CourierMessage *first, const CourierMessage *m)
 static const char *
 sens_alimtalk_unsendable(const CourierMessage *m)
 {
+	const char *why;
+
 	if (courier_tms_hmac_access_key == NULL || courier_tms_hmac_access_key[0] == '\0')
 		return "courier.tms_hmac_access_key is not set";
 	if (courier_tms_hmac_secret == NULL || courier_tms_hmac_secret[0] == '\0')
@@ -198,10 +199,8 @@ sens_alimtalk_unsendable(const CourierMessage *m)
 		return "courier.sens_alimtalk_service_id is not set";
 	if (courier_sens_plus_friend_id == NULL || courier_sens_plus_friend_id[0] == '\0')
 		return "courier.sens_plus_friend_id is not set";
-	if (template_code(m)[0] == '\0')
-		return m->variant == 2 ?
-			"courier.alimtalk_template_v2 is not set (a notice of the notice_v2 rollout)" :
-			"courier.alimtalk_template is not set";
+	if ((why = courier_template_code_unset(m)) != NULL)
+		return why;
 	if (m->text == NULL)
 		return "the tms stage gave the message no text";
 	if (courier_alimtalk_fallback == COURIER_ALIMTALK_FALLBACK_PROVIDER &&
@@ -211,29 +210,17 @@ sens_alimtalk_unsendable(const CourierMessage *m)
 }
 
 /*
- * template_code
- *		The template code for m's variant; "" when unset.
- */
-static const char *
-template_code(const CourierMessage *m)
-{
-	const char *code = (m->variant == 2) ?
-		courier_alimtalk_template_v2 : courier_alimtalk_template;
-
-	return code ? code : "";
-}
-
-/*
  * sens_alimtalk_receipt_query
  *		The messages of one request and how each ended: GET
  *		.../messages?requestId=R (a request carries at most 100), signed
  *		like a send, over the path with its query.
  */
 static void
-sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id, const char *key,
-				                             const char *channel)
+sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
+							const char *key, const char *channel)
 {
-	req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?requestId=%s&pageSize=100", courier_sens_alimtalk_service_id, request_id);
+	req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?requestId=%s&pageSize=100",
+									courier_sens_alimtalk_service_id, request_id);
 	sens_alimtalk_sign(req);
 }
 

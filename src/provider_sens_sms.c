@@ -179,10 +179,11 @@ sens_sms_unsendable(const CourierMessage *m)
  *		like a send, over the path with its query.
  */
 static void
-sens_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key,
-				                        const char *channel)
+sens_sms_receipt_query(CourierRequest *req, const char *request_id,
+					   const char *key, const char *channel)
 {
-	req->url = courier_provider_url("/sms/v2/services/%s/messages?requestId=%s&pageSize=100", courier_sens_sms_service_id, request_id);
+	req->url = courier_provider_url("/sms/v2/services/%s/messages?requestId=%s&pageSize=100",
+									courier_sens_sms_service_id, request_id);
 	sens_sms_sign(req);
 }
 
