@@ -46,6 +46,10 @@ SELECT order_id, receipt_status, receipt_code FROM courier.notices ORDER BY orde
 SELECT line FROM regexp_split_to_table(courier.metrics(), E'\n') AS line
  WHERE line LIKE 'courier_notices_receipts%' ORDER BY line;
 
+-- queue_stats_counts_receipts: the tms stage's row, none on the logic's
+SELECT stage, receipts_awaiting, receipts_delivered, receipts_failed, receipts_expired
+  FROM courier.queue_stats ORDER BY stage;
+
 -- record_receipts_refuses_other_bodies
 SELECT courier.record_receipts('{"event": "SOMETHING_ELSE", "hooks": []}');
 SELECT courier.record_receipts('[1, 2]');

@@ -220,7 +220,10 @@ courier_last_claim(CourierClaim *claim)
  * The result (SPI_tuptable) has the columns order_id, ship_date, attempts,
  * customer_phone, product_name, reason, variant, expired (older than
  * max_age_min minutes), open (the order is still open in this statement's
- * snapshot, which the close ring then covers, closes.c) and seller_id.
+ * snapshot, which the close ring then covers, closes.c), seller_id and
+ * fallback (an AlimTalk that could not reach the customer: courier sends
+ * its SMS/LMS fallback now; receipts.c and tms.c leave such a notice
+ * pending with its fallback_reason set).
  * The caller must commit before doing anything slow with the notices.
  */
 int
@@ -270,7 +273,7 @@ courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 			"          coalesce((SELECT o.status IN ('paid', 'shipping_requested')"
 			"                      FROM courier.orders o"
 			"                     WHERE o.seller_id = n.seller_id AND o.order_id = n.order_id), false),"
-			"          n.seller_id",
+			"          n.seller_id, n.fallback_reason IS NOT NULL",
 			one ? " AND c.seller_id = $6" : "",
 			one ? " AND n.seller_id = $6" : ""),
 			5 + one, argtypes, false);

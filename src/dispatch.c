@@ -2,8 +2,8 @@
  *
  * dispatch.c
  *		Sends a batch of TMS messages and gives each one outcome: groups the
- *		messages into requests in the dialect courier.tms_provider names
- *		(provider.h), as many as the dialect lets share a request, keeps
+ *		messages into requests in the dialect the caller names (provider.h),
+ *		as many as the dialect lets share a request, keeps
  *		up to courier.tms_concurrency of them in flight through the HTTP
  *		transport (http.c), and asks the shared limits before each request
  *		and tells them after.
@@ -67,7 +67,8 @@ static void finish_request(const CourierProvider *provider,
 /*
  * courier_dispatch
  *		Send the messages of msgs[0..n) not marked skip, and give each an
- *		outcome, in the dialect courier.tms_provider names.  Returns when
+ *		outcome, in the dialect provider (the one courier.tms_provider
+ *		names, or its fallback_dialect for courier's own SMS fallbacks).  Returns when
  *		every message has one, or (after hooks->should_stop, a refusal of
  *		hooks->admit, or a configuration reload pending in a worker) when
  *		every request started has finished; messages never sent stay
@@ -80,17 +81,15 @@ static void finish_request(const CourierProvider *provider,
  * a backend's run_once) drops the requests in flight before going on.
  */
 void
-courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
+courier_dispatch(const CourierProvider *provider, CourierMessage *msgs, int n,
+				 const CourierDispatchHooks *hooks)
 {
-	const CourierProvider *provider = courier_provider_by_id(courier_tms_provider);
 	int			next;
 	int			in_flight = 0;
 	bool		stopping = false;
 	int			bulk;
 	int			concurrency;
 
-	if (provider == NULL)
-		elog(ERROR, "courier: no TMS provider of number %d", courier_tms_provider);
 	bulk = Min(Max(courier_tms_bulk_size, 1), provider->max_per_request);
 	concurrency = courier_http_prepare(courier_tms_concurrency);
 
@@ -101,9 +100,10 @@ courier_dispatch(CourierMessage *msgs, int n, const CourierDispatchHooks *hooks)
 
 	for (int i = 0; i < n; i++)
 	{
+		if (msgs[i].skip)
+			continue;
 		msgs[i].started = false;
-		if (!msgs[i].skip)
-			courier_set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
+		courier_set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
 	}
 	if (hold_unsendable(provider, msgs, n) > 0)
 		hooks->request_done(COURIER_OUT_UNAUTHORIZED, 0);

@@ -68,6 +68,9 @@ typedef struct CourierMessage
 	const char *subject;		/* NULL for none */
 	const char *text;			/* rendered: what SMS sends, what the DBA sees */
 	bool		skip;			/* not to be sent at all */
+	bool		fallback;		/* courier's own SMS/LMS fallback of an
+								 * AlimTalk that could not reach the
+								 * customer: sent by the SMS dialect */
 
 	/*
 	 * Input for the template dialects (AlimTalk): the notice as a template
@@ -125,7 +128,10 @@ typedef struct CourierDispatchHooks
 	void		(*while_waiting) (bool all_started);
 } CourierDispatchHooks;
 
-extern void courier_dispatch(CourierMessage *msgs, int n,
+struct CourierProvider;
+
+extern void courier_dispatch(const struct CourierProvider *provider,
+							 CourierMessage *msgs, int n,
 							 const CourierDispatchHooks *hooks);
 
 /* limits.c: the shared limits behind the hooks */

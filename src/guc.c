@@ -100,6 +100,7 @@ static const struct config_enum_entry tms_provider_options[] = {
 static const struct config_enum_entry alimtalk_fallback_options[] = {
 	{"none", COURIER_ALIMTALK_FALLBACK_NONE, false},
 	{"provider", COURIER_ALIMTALK_FALLBACK_PROVIDER, false},
+	{"courier", COURIER_ALIMTALK_FALLBACK_COURIER, false},
 	{NULL, 0, false}
 };
 
@@ -581,8 +582,8 @@ courier_define_gucs(void)
 							   0,
 							   check_template_params, assign_template_params, NULL);
 	DefineCustomEnumVariable("courier.alimtalk_fallback",
-							 "Who resends a notice by SMS/LMS when AlimTalk cannot reach the customer: none or provider (nhn_alimtalk, sens_alimtalk).",
-							 "provider: each AlimTalk recipient asks the provider to resend the rendered text itself, from courier.nhn_sms_send_no or courier.sens_sms_from; none: it asks for no fallback, whatever the provider's console sets.",
+							 "Who resends a notice by SMS/LMS when AlimTalk cannot reach the customer: none, provider or courier (nhn_alimtalk, sens_alimtalk).",
+							 "provider: each AlimTalk recipient asks the provider to resend the rendered text itself, from courier.nhn_sms_send_no or courier.sens_sms_from; courier: courier sends it itself through the provider's SMS dialect (nhn_sms, sens_sms) once AlimTalk reports 3018, 3019 or 3020; none: no fallback, whatever the provider's console sets.",
 							 &courier_alimtalk_fallback,
 							 COURIER_ALIMTALK_FALLBACK_NONE,
 							 alimtalk_fallback_options,

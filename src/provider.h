@@ -49,12 +49,20 @@ typedef enum CourierProviderId
  * courier.alimtalk_fallback (guc.c): who sends the SMS/LMS when AlimTalk
  * cannot reach a customer.  NONE: the AlimTalk dialects ask the provider
  * for no fallback (whatever its console says); PROVIDER: each recipient
- * asks the provider to resend the rendered text by SMS/LMS itself.
+ * asks the provider to resend the rendered text by SMS/LMS itself;
+ * COURIER: the provider is asked for none, and courier sends the rendered
+ * text itself through the SMS dialect of the same provider (the dialect's
+ * fallback_dialect) once the AlimTalk's answer or receipt says it cannot
+ * reach the customer (tms.c, receipts.c).
  */
+/* what a notice's history says when courier sends its SMS/LMS fallback */
+#define COURIER_FALLBACK_NOTE "AlimTalk cannot reach the customer: courier sends the SMS/LMS instead"
+
 typedef enum CourierAlimtalkFallback
 {
 	COURIER_ALIMTALK_FALLBACK_NONE,
-	COURIER_ALIMTALK_FALLBACK_PROVIDER
+	COURIER_ALIMTALK_FALLBACK_PROVIDER,
+	COURIER_ALIMTALK_FALLBACK_COURIER
 } CourierAlimtalkFallback;
 
 /*
@@ -112,6 +120,11 @@ typedef struct CourierReceipt
 	char		code[64];		/* the provider's final code */
 	char		fallback_channel[8];	/* "sms"/"lms": the provider resent it */
 	char		fallback_reason[64];	/* the AlimTalk code that called for it */
+	bool		fallback_due;	/* failed with a code that calls for SMS/LMS
+								 * (courier_alimtalk_fallback_code), and the
+								 * provider resends nothing: courier's own
+								 * fallback is due, under courier.
+								 * alimtalk_fallback = courier */
 } CourierReceipt;
 
 typedef struct CourierProvider
@@ -129,6 +142,14 @@ typedef struct CourierProvider
 	 * looked up before any resend (receipts.c, 'unconfirmed').
 	 */
 	bool		looks_up_before_resend;
+
+	/*
+	 * An AlimTalk dialect: the SMS dialect of the same provider, which
+	 * sends courier's own SMS/LMS fallback (courier.alimtalk_fallback =
+	 * courier).  NULL for the others: a fallback pending when one of them
+	 * is chosen goes out through it.
+	 */
+	const char *fallback_dialect;
 
 	/*
 	 * Fill req's url, body and headers (its idempotency key among them)
@@ -259,6 +280,7 @@ extern const char *courier_message_field(const CourierMessage *m,
 										 CourierField field);
 extern bool courier_same_text(const char *a, const char *b);
 extern const char *courier_fallback_type(const CourierMessage *m);
+extern bool courier_alimtalk_fallback_code(const char *code);
 extern void courier_mark_delivered_channel(const CourierRequest *req,
 										   CourierMessage *msgs,
 										   const char *channel);

@@ -323,6 +323,23 @@ courier_fallback_type(const CourierMessage *m)
 }
 
 /*
+ * courier_alimtalk_fallback_code
+ *		Does a final AlimTalk code say that AlimTalk cannot reach the
+ *		customer, so that the notice is to go out by SMS/LMS instead?
+ *		Kakao's delivery codes 3018 (cannot send: inactive user, ...), 3019
+ *		(not a KakaoTalk user) and 3020 (AlimTalk blocked), as NHN passes
+ *		them and as SENS does (messageStatusCode, zero-padded to four
+ *		digits either way).
+ */
+bool
+courier_alimtalk_fallback_code(const char *code)
+{
+	return code != NULL &&
+		(strcmp(code, "3018") == 0 || strcmp(code, "3019") == 0 ||
+		 strcmp(code, "3020") == 0);
+}
+
+/*
  * courier_mark_delivered_channel
  *		For a dialect that delivers by another channel than the SMS/LMS the
  *		tms stage routed to (AlimTalk): the channel each delivered message
@@ -1019,8 +1036,9 @@ courier_read_sens_answer(const CourierRequest *req, const CourierHttpResult *res
  *		(alimtalk): messageStatusName success or fail with
  *		messageStatusCode; a failed one that SENS resends by SMS/LMS
  *		(useSmsFailover) ends as its failover does (failoverStatusName
- *		success or fail), with the AlimTalk code as the fallback's reason.
- *		Matched by messageId (AlimTalk: courier's provider_id ends in it)
+ *		success or fail), with the AlimTalk code as the fallback's reason;
+ *		one it does not resend, whose code calls for SMS/LMS, is marked
+ *		fallback_due.  Matched by messageId (AlimTalk: courier's provider_id ends in it)
  *		or by number (SMS: SENS gives a request's messages no place).
  */
 int
@@ -1096,6 +1114,8 @@ courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 							COURIER_RECEIPT_FAILED;
 					}
 				}
+				if (r->state == COURIER_RECEIPT_FAILED && r->fallback_reason[0] == '\0')
+					r->fallback_due = courier_alimtalk_fallback_code(code);
 			}
 		}
 		if (r->state != COURIER_RECEIPT_PENDING && code != NULL)

@@ -59,6 +59,7 @@ static void append_resend(StringInfo body, const CourierMessage *m);
 const CourierProvider courier_provider_nhn_alimtalk = {
 	.name = "nhn_alimtalk",
 	.max_per_request = 1000,
+	.fallback_dialect = "nhn_sms",
 	.build = nhn_alimtalk_build,
 	.sign = nhn_alimtalk_sign,
 	.read_answer = nhn_alimtalk_read_answer,
@@ -354,7 +355,8 @@ nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
  *		resends it by SMS/LMS (resendStatus RSC03 under way, RSC04 the
  *		fallback delivered, RSC05 it failed: the receipt is then the
  *		fallback's, and the AlimTalk code its reason); anything else
- *		(READY, ...) is not final yet.
+ *		(READY, ...) is not final yet.  A failure NHN does not resend
+ *		whose code calls for SMS/LMS is marked fallback_due.
  */
 static int
 nhn_alimtalk_read_receipts(const CourierHttpResult *res, CourierReceipt *receipts,
@@ -401,6 +403,8 @@ nhn_alimtalk_read_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 			}
 			else if (code == NULL)
 				code = status;
+			else
+				r->fallback_due = courier_alimtalk_fallback_code(code);
 		}
 		if (r->state != COURIER_RECEIPT_PENDING && code != NULL)
 			strlcpy(r->code, code, sizeof(r->code));

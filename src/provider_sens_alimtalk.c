@@ -60,6 +60,7 @@ static void append_failover(StringInfo body, const CourierMessage *m);
 const CourierProvider courier_provider_sens_alimtalk = {
 	.name = "sens_alimtalk",
 	.max_per_request = 100,
+	.fallback_dialect = "sens_sms",
 	.build = sens_alimtalk_build,
 	.sign = sens_alimtalk_sign,
 	.read_answer = sens_alimtalk_read_answer,

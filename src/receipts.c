@@ -83,14 +83,16 @@ typedef struct ReceiptGroup
 
 static MemoryContext round_context = NULL;
 
-static int	lease_due(ReceiptNotice **notices, TimestampTz now);
+static int	lease_due(ReceiptNotice **notices, TimestampTz now,
+					  TimestampTz lease_end);
 static int	compare_by_request(const void *a, const void *b);
 static const CourierProvider *provider_of(const char *name);
 static void ask_provider(ReceiptNotice *notices, ReceiptGroup *groups,
 						 int ngroups, volatile sig_atomic_t *stop);
 static void match_receipts(ReceiptNotice *notices, const ReceiptGroup *group,
 						   CourierReceipt *receipts, int n);
-static void record_round(ReceiptNotice *notices, int n, TimestampTz now);
+static void record_round(ReceiptNotice *notices, int n, TimestampTz now,
+						 TimestampTz lease_end);
 static int	next_wait_ms(int checks);
 
 /*
@@ -110,6 +112,11 @@ courier_receipts_round(volatile sig_atomic_t *stop)
 	int			n;
 	int			ngroups = 0;
 	MemoryContext old;
+	TimestampTz now = GetCurrentTimestamp();
+
+	/* past the time a round's queries may take */
+	TimestampTz lease_end = TimestampTzPlusMilliseconds(now,
+														2 * (courier_tms_timeout_ms + 1000) + 1000);
 
 	if (round_context == NULL)
 		round_context = AllocSetContextCreate(TopMemoryContext, "courier receipts",
@@ -117,7 +124,7 @@ courier_receipts_round(volatile sig_atomic_t *stop)
 	MemoryContextReset(round_context);
 
 	courier_begin_transaction();
-	n = lease_due(&notices, GetCurrentTimestamp());
+	n = lease_due(&notices, now, lease_end);
 	courier_commit_transaction();
 	if (n == 0)
 		return 0;
@@ -140,7 +147,7 @@ courier_receipts_round(volatile sig_atomic_t *stop)
 	MemoryContextSwitchTo(old);
 
 	courier_begin_transaction();
-	record_round(notices, n, GetCurrentTimestamp());
+	record_round(notices, n, GetCurrentTimestamp(), lease_end);
 	courier_commit_transaction();
 	return n;
 }
@@ -178,20 +185,20 @@ courier_receipts_next_due_ms(void)
  *		claim's ctids, reached by a TID scan.
  */
 static int
-lease_due(ReceiptNotice **notices, TimestampTz now)
+lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[3] = {TIMESTAMPTZOID, INT4OID, INT4OID};
+	Oid			argtypes[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID};
 	Datum		values[3];
 	MemoryContext old;
 	int			n;
 
 	values[0] = TimestampTzGetDatum(now);
-	values[1] = Int32GetDatum(2 * (courier_tms_timeout_ms + 1000) + 1000);
+	values[1] = TimestampTzGetDatum(lease_end);
 	values[2] = Int32GetDatum(RECEIPT_BATCH);
 	courier_execute_kept(&plan,
 						 "UPDATE courier.notices n"
-						 "   SET receipt_due_at = $1 + $2 * interval '1 ms'"
+						 "   SET receipt_due_at = $2"
 						 " WHERE n.ctid = ANY (ARRAY("
 						 "    SELECT c.ctid FROM courier.notices c"
 						 "     WHERE c.receipt_status IN ('awaiting', 'unconfirmed')"
@@ -383,19 +390,31 @@ match_receipts(ReceiptNotice *notices, const ReceiptGroup *group,
  *		Write what the round learned, in one statement: a final state with
  *		its code (and how the provider fell back), or the next check after
  *		the back-off, or 'expired' once courier.receipt_horizon has passed
- *		since the send.  A notice whose receipt came by another way
- *		meanwhile (a webhook) is left as it is.  The time ($1) and the
+ *		since the send.  Only the notices the round still holds are written:
+ *		their receipt_due_at is still its lease's end ($16).  A receipt
+ *		that came by another way meanwhile (a webhook, final or a fallback)
+ *		cleared it, a round that took a notice over after this one's lease
+ *		ran out moved it.  (A guard on receipt_status, as the lease has,
+ *		would match the partial index notices_receipt_due, and a plan made
+ *		on statistics that saw no receipt awaited nested-looped the whole of
+ *		that index per notice, t/048.)  An AlimTalk that cannot reach its customer
+ *		(fallback_due), under courier.alimtalk_fallback = courier, goes back
+ *		to pending, due now, with the code as its fallback_reason: the tms
+ *		stage sends its SMS/LMS next (once: a notice with a fallback_reason
+ *		never falls back again).  The time ($1) and the
  *		horizon ($2) come in as parameters (docs/citus.md, rule 3).
  */
 static void
-record_round(ReceiptNotice *notices, int n, TimestampTz now)
+record_round(ReceiptNotice *notices, int n, TimestampTz now, TimestampTz lease_end)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[13] = {TIMESTAMPTZOID, INT4OID, INT8ARRAYOID, INT8ARRAYOID,
+	Oid			argtypes[16] = {TIMESTAMPTZOID, INT4OID, INT8ARRAYOID, INT8ARRAYOID,
 		DATEARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT4OID};
-	Datum		values[13];
+		INT4ARRAYOID, TEXTARRAYOID, BOOLARRAYOID, INT4OID, BOOLARRAYOID, BOOLOID,
+	TIMESTAMPTZOID};
+	Datum		values[16];
 	Datum	   *answered = palloc(sizeof(Datum) * n);
+	Datum	   *fallback_due = palloc(sizeof(Datum) * n);
 	Datum	   *found_ids = palloc(sizeof(Datum) * n);
 	bool	   *found_nulls = palloc(sizeof(bool) * n);
 	Datum	   *sellers = palloc(sizeof(Datum) * n);
@@ -436,6 +455,7 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now)
 			CStringGetTextDatum(c->fallback_reason);
 		waits[i] = Int32GetDatum(next_wait_ms(r->checks));
 		answered[i] = BoolGetDatum(r->answered);
+		fallback_due[i] = BoolGetDatum(c != NULL && c->fallback_due);
 		/* a taken notice learns its provider id from its receipt */
 		found_nulls[i] = (c == NULL || c->request_id[0] == '\0');
 		found_ids[i] = found_nulls[i] ? (Datum) 0 :
@@ -460,6 +480,10 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now)
 	values[11] = PointerGetDatum(construct_array(answered, n, BOOLOID, 1, true,
 												 TYPALIGN_CHAR));
 	values[12] = Int32GetDatum(LOOKUPS_BEFORE_RESEND);
+	values[13] = PointerGetDatum(construct_array(fallback_due, n, BOOLOID, 1, true,
+												 TYPALIGN_CHAR));
+	values[14] = BoolGetDatum(courier_alimtalk_fallback == COURIER_ALIMTALK_FALLBACK_COURIER);
+	values[15] = TimestampTzGetDatum(lease_end);
 
 	courier_execute_kept(&plan,
 						 "WITH r AS ("
@@ -469,43 +493,52 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now)
 						 "                            false) AS expired,"
 						 "           n0.receipt_status = 'unconfirmed' AS unconfirmed,"
 						 "           n0.receipt_status = 'unconfirmed' AND u.found_id IS NULL"
-						 "               AND u.answered AND n0.receipt_checks + 1 >= $13 AS absent"
+						 "               AND u.answered AND n0.receipt_checks + 1 >= $13 AS absent,"
+						 "           u.fallback_due AND $15 AND n0.fallback_reason IS NULL"
+						 "               AS fallback"
 						 "      FROM unnest($3::bigint[], $4::bigint[], $5::date[], $6::text[],"
 						 "                  $7::text[], $8::text[], $9::text[], $10::int[],"
-						 "                  $11::text[], $12::bool[])"
+						 "                  $11::text[], $12::bool[], $14::bool[])"
 						 "           AS u(seller_id, order_id, ship_date, state, code,"
 						 "                fallback_channel, fallback_reason, wait_ms, found_id,"
-						 "                answered)"
+						 "                answered, fallback_due)"
 						 "      JOIN courier.notices n0 ON n0.seller_id = u.seller_id"
 						 "           AND n0.order_id = u.order_id AND n0.ship_date = u.ship_date"
 						 ") "
 						 "UPDATE courier.notices n"
-						 "   SET status = CASE WHEN r.unconfirmed AND r.found_id IS NOT NULL"
+						 "   SET status = CASE WHEN r.fallback THEN 'pending'"
+						 "                     WHEN r.unconfirmed AND r.found_id IS NOT NULL"
 						 "                     THEN 'delivered' ELSE n.status END,"
 						 "       sent_at = CASE WHEN r.unconfirmed AND r.found_id IS NOT NULL"
 						 "                      THEN $1 ELSE n.sent_at END,"
-						 "       due_at = CASE WHEN r.absent THEN $1 ELSE n.due_at END,"
-						 "       receipt_status = CASE WHEN r.absent THEN NULL"
+						 "       due_at = CASE WHEN r.absent OR r.fallback THEN $1 ELSE n.due_at END,"
+						 "       receipt_status = CASE WHEN r.absent OR r.fallback THEN NULL"
 						 "                             WHEN r.unconfirmed AND r.found_id IS NULL"
 						 "                             THEN 'unconfirmed'"
 						 "                             WHEN r.state <> 'pending' THEN r.state"
 						 "                             WHEN r.expired THEN 'expired'"
 						 "                             ELSE 'awaiting' END,"
 						 "       receipt_code = coalesce(r.code, n.receipt_code),"
-						 "       receipt_at = CASE WHEN r.state <> 'pending' OR r.expired THEN $1 END,"
-						 "       receipt_due_at = CASE WHEN r.absent THEN NULL"
+						 "       receipt_at = CASE WHEN (r.state <> 'pending' OR r.expired) AND NOT r.fallback"
+						 "                         THEN $1 END,"
+						 "       receipt_due_at = CASE WHEN r.absent OR r.fallback THEN NULL"
 						 "                             WHEN r.state = 'pending' AND NOT r.expired"
 						 "                             THEN $1 + r.wait_ms * interval '1 ms' END,"
-						 "       receipt_checks = CASE WHEN r.absent THEN 0"
+						 "       errors = CASE WHEN r.fallback THEN n.errors ||"
+						 "           pg_catalog.jsonb_build_object('at', $1, 'code', 'tms:' || r.code,"
+						 "               'error', '" COURIER_FALLBACK_NOTE "')"
+						 "           ELSE n.errors END,"
+						 "       receipt_checks = CASE WHEN r.absent OR r.fallback THEN 0"
 						 "                             ELSE n.receipt_checks + 1 END,"
 						 "       fallback_channel = coalesce(r.fallback_channel, n.fallback_channel),"
-						 "       fallback_reason = coalesce(r.fallback_reason, n.fallback_reason),"
+						 "       fallback_reason = CASE WHEN r.fallback THEN r.code"
+						 "                              ELSE coalesce(r.fallback_reason, n.fallback_reason) END,"
 						 "       provider_id = coalesce(nullif(n.provider_id, ''), r.found_id)"
 						 "  FROM r"
 						 " WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
 						 "   AND n.ship_date = r.ship_date"
-						 "   AND n.receipt_status IN ('awaiting', 'unconfirmed')",
-						 13, argtypes, values, NULL, SPI_OK_UPDATE);
+						 "   AND n.receipt_due_at = $16",
+						 16, argtypes, values, NULL, SPI_OK_UPDATE);
 }
 
 /*

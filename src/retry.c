@@ -21,6 +21,7 @@
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -75,7 +76,12 @@ static const char *const charge_sql =
  * themselves (keys order_id, ship_date): a notice either falls due again
  * after its back-off or fails, and its failure row names it.  $8 is the
  * time of the charge; $10-$12 the back-off's jitter, base and cap, as in
- * charge_sql.
+ * charge_sql.  Only the notices this process still holds ($14, its pid)
+ * are charged: a sender whose lease ran out must not charge a notice
+ * another one took over.  (That is also what keeps the statement on the
+ * primary key: a guard on status = 'pending' matched the partial index
+ * notices_due, and a plan made on statistics that said "no notices"
+ * nested-looped the whole of that index per charged notice, t/048.)
  */
 static const char *const charge_notices_sql =
 "WITH r AS ("
@@ -98,7 +104,7 @@ static const char *const charge_notices_sql =
 "           errors = n.errors || r.e"
 "      FROM r"
 "     WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
-"       AND n.ship_date = r.ship_date AND n.status = 'pending'"
+"       AND n.ship_date = r.ship_date AND n.leased_by = $14"
 "    RETURNING n.seller_id, n.order_id, n.ship_date, n.attempts, n.errors,"
 "              n.created_at, n.status, r.error, r.sqlstate, r.http_status"
 ") "
@@ -237,10 +243,10 @@ courier_charge(CourierCharges *c)
 	 * tms: $1-$2 keys, $3-$7 why, $8 now, $9 max attempts, $10 jitter,
 	 * $11-$12 back-off, $13 sellers
 	 */
-	Oid			notice_types[13] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+	Oid			notice_types[14] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, INT4ARRAYOID, BOOLARRAYOID, BOOLARRAYOID, TIMESTAMPTZOID,
-	INT4OID, FLOAT8ARRAYOID, INT4OID, INT4OID, INT8ARRAYOID};
-	Datum		values[13];
+	INT4OID, FLOAT8ARRAYOID, INT4OID, INT4OID, INT8ARRAYOID, INT4OID};
+	Datum		values[14];
 	int			dims[1] = {c->n};
 	int			lbs[1] = {1};
 	Datum		ids,
@@ -289,10 +295,11 @@ courier_charge(CourierCharges *c)
 		values[10] = Int32GetDatum(courier_retry_base_ms);
 		values[11] = Int32GetDatum(courier_retry_cap_ms);
 		values[12] = sellers;
+		values[13] = Int32GetDatum(MyProcPid);
 		if (charge_notices_plan == NULL)
-			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 13,
+			charge_notices_plan = courier_prepare_kept(charge_notices_sql, 14,
 													   notice_types, true);
-		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 13,
+		courier_execute_kept(&charge_notices_plan, charge_notices_sql, 14,
 							 notice_types, values, NULL, SPI_OK_INSERT);
 		return;
 	}

@@ -97,9 +97,11 @@ typedef struct TmsBatch
 	Verdict    *verdict;
 	CourierMessage *msgs;
 	bool		dry_run;
-	bool		receipts;		/* its provider reports delivery later */
-	bool		looks_up;		/* an unanswered attempt is looked up first */
-	const char *provider;		/* its provider's dialect */
+	const CourierProvider *provider;	/* courier.tms_provider's dialect */
+	const CourierProvider *fallback_provider;	/* the one that sends
+												 * courier's own SMS/LMS
+												 * fallbacks (msgs[i].
+												 * fallback) */
 } TmsBatch;
 
 /*
@@ -129,6 +131,7 @@ static void index_orders(TmsBatch *b);
 static bool admit_requests(void);
 static void drop_closed_order(int64 order_id, void *arg);
 static void tms_send(TmsBatch *b);
+static const CourierProvider *provider_of_message(const TmsBatch *b, int i);
 static void tms_record(TmsBatch *b);
 static void tms_record_retrying(TmsBatch *b);
 static bool stop_requested(void);
@@ -157,25 +160,34 @@ static const CourierDispatchHooks hooks = {
  *						is not due again until the receipt stage has looked
  *						it up at the provider (receipts.c), if this sender
  *						still holds it
+ *	fallback			AlimTalk cannot reach the customer, and courier
+ *						sends the SMS/LMS itself (courier.alimtalk_fallback
+ *						= courier): the attempt is spent, the code becomes
+ *						the notice's fallback_reason and the notice is due
+ *						again at once, to go out by the SMS dialect; once
+ *						only, if this sender still holds it
  * ($9 is this sender's pid, $10 the time of recording, $11 the notices'
  * sellers: each notice is reached by its key, (seller_id, order_id,
- * ship_date), docs/citus.md; $12 whether the provider reports delivery
- * later: a notice it accepted then awaits its receipt, first asked for
- * $13 ms later, receipts.c; $14 the provider's dialect.)  Charged notices
+ * ship_date), docs/citus.md; $12 whether each one's provider reports
+ * delivery later: a notice it accepted then awaits its receipt, first
+ * asked for $13 ms later, receipts.c; $14 the dialect each went through,
+ * $15 the provider's code for it.)  A fallback that is delivered records
+ * its channel as the notice's fallback_channel.  Charged notices
  * ('charge') are left alone here: they go through courier_charge (retry.c).
  */
 static const char *const record_sql =
 "WITH r AS ("
 "    SELECT * FROM unnest($1::bigint[], $2::date[], $3::text[], $4::int[],"
 "                         $5::text[], $6::text[], $7::float8[], $8::int[],"
-"                         $11::bigint[])"
+"                         $11::bigint[], $12::bool[], $14::text[], $15::text[])"
 "           AS r(order_id, ship_date, status, http_status, provider_id, channel,"
-"                latency_ms, release_ms, seller_id)"
+"                latency_ms, release_ms, seller_id, receipts, provider, code)"
 ") "
 "UPDATE courier.notices n"
 "   SET status = CASE r.status WHEN 'closed' THEN 'dropped'"
 "                              WHEN 'release' THEN n.status"
-"                              WHEN 'unconfirmed' THEN n.status ELSE r.status END,"
+"                              WHEN 'unconfirmed' THEN n.status"
+"                              WHEN 'fallback' THEN n.status ELSE r.status END,"
 "       sent_at = CASE WHEN r.status IN ('delivered', 'dry_run') THEN $10 ELSE n.sent_at END,"
 "       http_status = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.http_status"
 "                          ELSE n.http_status END,"
@@ -185,26 +197,39 @@ static const char *const record_sql =
 "                      ELSE n.channel END,"
 "       latency_ms = CASE WHEN r.status IN ('delivered', 'dry_run') THEN r.latency_ms"
 "                         ELSE n.latency_ms END,"
-"       attempts = n.attempts + (r.status IN ('delivered', 'dry_run', 'unconfirmed'))::int,"
+"       attempts = n.attempts"
+"                  + (r.status IN ('delivered', 'dry_run', 'unconfirmed', 'fallback'))::int,"
 "       errors = CASE WHEN r.status = 'unconfirmed' THEN n.errors ||"
 "           pg_catalog.jsonb_build_object('at', $10, 'outcome_unknown', true,"
 "               'error', 'no answer came: looked up at the provider before any resend')"
+"                     WHEN r.status = 'fallback' THEN n.errors ||"
+"           pg_catalog.jsonb_build_object('at', $10, 'code', 'tms:' || r.code,"
+"               'http_status', r.http_status,"
+"               'error', '" COURIER_FALLBACK_NOTE "')"
 "           ELSE n.errors END,"
-"       receipt_status = CASE WHEN r.status = 'delivered' AND $12 THEN 'awaiting'"
+"       receipt_status = CASE WHEN r.status = 'delivered' AND r.receipts THEN 'awaiting'"
 "                             WHEN r.status = 'unconfirmed' THEN 'unconfirmed'"
 "                             ELSE n.receipt_status END,"
-"       receipt_due_at = CASE WHEN (r.status = 'delivered' AND $12) OR r.status = 'unconfirmed'"
+"       receipt_due_at = CASE WHEN (r.status = 'delivered' AND r.receipts)"
+"                                  OR r.status = 'unconfirmed'"
 "                             THEN $10 + $13 * interval '1 ms' ELSE n.receipt_due_at END,"
-"       provider = CASE WHEN r.status IN ('delivered', 'unconfirmed') THEN $14"
-"                       ELSE n.provider END,"
-"       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms' END,"
+"       provider = CASE WHEN r.status IN ('delivered', 'unconfirmed', 'fallback')"
+"                       THEN r.provider ELSE n.provider END,"
+"       fallback_reason = CASE WHEN r.status = 'fallback' THEN r.code"
+"                              ELSE n.fallback_reason END,"
+"       fallback_channel = CASE WHEN r.status = 'delivered' AND n.fallback_reason IS NOT NULL"
+"                               THEN r.channel ELSE n.fallback_channel END,"
+"       due_at = CASE WHEN r.status = 'release' THEN $10 + r.release_ms * interval '1 ms'"
+"                     WHEN r.status = 'fallback' THEN $10 END,"
 "       leased_by = NULL"
 "  FROM r"
 " WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
 "   AND n.ship_date = r.ship_date"
 "   AND (r.status IN ('delivered', 'dry_run')"
 "        OR (r.status IN ('closed', 'release', 'unconfirmed')"
-"            AND n.status = 'pending' AND n.leased_by = $9))";
+"            AND n.status = 'pending' AND n.leased_by = $9)"
+"        OR (r.status = 'fallback' AND n.status = 'pending' AND n.leased_by = $9"
+"            AND n.fallback_reason IS NULL))";
 
 /*
  * courier_tms_worker_batch
@@ -486,9 +511,12 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	SPITupleTable *leased;
 
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
-	b->provider = courier_provider_by_id(courier_tms_provider)->name;
-	b->receipts = courier_provider_by_id(courier_tms_provider)->receipt_query != NULL;
-	b->looks_up = courier_provider_by_id(courier_tms_provider)->looks_up_before_resend;
+	b->provider = courier_provider_by_id(courier_tms_provider);
+	if (b->provider == NULL)
+		elog(ERROR, "courier: no TMS provider of number %d", courier_tms_provider);
+	b->fallback_provider = b->provider->fallback_dialect != NULL ?
+		courier_provider_lookup(b->provider->fallback_dialect) : b->provider;
+	Assert(b->fallback_provider != NULL);
 	b->closes_next = courier_closes_position();
 	b->lease_started = GetCurrentTimestamp();
 	b->lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
@@ -554,6 +582,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 			b->verdict[i] = VERDICT_UNSUPPORTED;
 		else if (bytes > COURIER_LMS_MAX_BYTES)
 			b->verdict[i] = VERDICT_TOO_LONG;
+		m->fallback = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
 		m->channel = (bytes >= 0 && bytes <= COURIER_SMS_MAX_BYTES) ? "sms" : "lms";
 		m->subject = (strcmp(m->channel, "lms") == 0) ? COURIER_LMS_SUBJECT : NULL;
 	}
@@ -635,9 +664,23 @@ index_orders(TmsBatch *b)
 }
 
 /*
+ * provider_of_message
+ *		The dialect that sends b's message i: courier.tms_provider's, or
+ *		for courier's own SMS/LMS fallback of an AlimTalk its SMS dialect.
+ */
+static const CourierProvider *
+provider_of_message(const TmsBatch *b, int i)
+{
+	return b->msgs[i].fallback ? b->fallback_provider : b->provider;
+}
+
+/*
  * tms_send
  *		Send every message with verdict SEND; in dry_run render and log only.
- *		Runs with no transaction open in a worker.
+ *		Courier's own SMS/LMS fallbacks go out after the rest, through the
+ *		SMS dialect (a dispatch of their own: one dialect per dispatch),
+ *		unless the sender is stopping by then.  Runs with no transaction
+ *		open in a worker.
  */
 static void
 tms_send(TmsBatch *b)
@@ -679,7 +722,23 @@ tms_send(TmsBatch *b)
 		sending_batch = b;
 		PG_TRY();
 		{
-			courier_dispatch(b->msgs, b->n, &hooks);
+			for (int pass = 0; pass < 2; pass++)
+			{
+				const CourierProvider *provider = pass == 0 ? b->provider :
+					b->fallback_provider;
+				int			mine = 0;
+
+				if (pass == 1 && (provider == b->provider || stop_requested()))
+					break;
+				for (int i = 0; i < b->n; i++)
+				{
+					b->msgs[i].skip = (b->verdict[i] != VERDICT_SEND ||
+									   provider_of_message(b, i) != provider);
+					mine += b->msgs[i].skip ? 0 : 1;
+				}
+				if (mine > 0)
+					courier_dispatch(provider, b->msgs, b->n, &hooks);
+			}
 		}
 		PG_FINALLY();
 		{
@@ -754,21 +813,26 @@ tms_record(TmsBatch *b)
 	Datum	   *channel = palloc(sizeof(Datum) * n);
 	Datum	   *latency = palloc(sizeof(Datum) * n);
 	Datum	   *release = palloc(sizeof(Datum) * n);
+	Datum	   *receipts = palloc(sizeof(Datum) * n);
+	Datum	   *dialect = palloc(sizeof(Datum) * n);
+	Datum	   *code = palloc(sizeof(Datum) * n);
 	CourierCharges charges;
 	int			delivered = 0;
 	bool		unauthorized = false;
 	char		unauthorized_code[64] = "";
 	TimestampTz now = GetCurrentTimestamp();
-	Oid			argtypes[14] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[15] = {INT8ARRAYOID, DATEARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID,
-	INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, BOOLOID, INT4OID, TEXTOID};
-	Datum		values[14];
+		INT4OID, TIMESTAMPTZOID, INT8ARRAYOID, BOOLARRAYOID, INT4OID,
+	TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[15];
 	CourierStageState *st;
 
 	courier_charges_init(&charges, n, COURIER_STAGE_TMS);
 	for (int i = 0; i < n; i++)
 	{
 		CourierMessage *m = &b->msgs[i];
+		const CourierProvider *provider = provider_of_message(b, i);
 		const char *s = "charge";
 		int			release_ms = 0;
 		bool		permanent = false;
@@ -829,15 +893,20 @@ tms_record(TmsBatch *b)
 
 						/*
 						 * AlimTalk cannot reach the customer: never again
-						 * by AlimTalk.  Until courier sends the SMS/LMS
-						 * fallback itself, the notice fails with the
-						 * provider's code.
+						 * by AlimTalk.  courier sends the SMS/LMS itself
+						 * when so configured (once: a fallback is sent by
+						 * an SMS dialect, which never answers so); else
+						 * the notice fails with the provider's code.
 						 */
-						permanent = true;
+						if (courier_alimtalk_fallback == COURIER_ALIMTALK_FALLBACK_COURIER &&
+							!m->fallback)
+							s = "fallback";
+						else
+							permanent = true;
 						break;
 					case COURIER_OUT_RETRY:
 						/* taken or not?  asked before any resend */
-						if (m->unknown && b->looks_up)
+						if (m->unknown && provider->looks_up_before_resend)
 							s = "unconfirmed";
 						break;
 				}
@@ -853,6 +922,9 @@ tms_record(TmsBatch *b)
 		channel[i] = CStringGetTextDatum(m->channel);
 		latency[i] = Float8GetDatum(m->latency_ms);
 		release[i] = Int32GetDatum(release_ms);
+		receipts[i] = BoolGetDatum(provider->receipt_query != NULL);
+		dialect[i] = CStringGetTextDatum(provider->name);
+		code[i] = CStringGetTextDatum(m->code);
 		if (strcmp(s, "charge") == 0)
 		{
 			courier_charges_add(&charges, b->seller_ids[i], b->order_ids[i],
@@ -874,12 +946,13 @@ tms_record(TmsBatch *b)
 	values[8] = Int32GetDatum(MyProcPid);
 	values[9] = TimestampTzGetDatum(now);
 	values[10] = courier_int8_array(sellers, n);
-	values[11] = BoolGetDatum(b->receipts);
+	values[11] = PointerGetDatum(construct_array(receipts, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 	values[12] = Int32GetDatum(courier_receipt_interval_ms);
-	values[13] = CStringGetTextDatum(b->provider);
+	values[13] = PointerGetDatum(construct_array(dialect, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[14] = PointerGetDatum(construct_array(code, n, TEXTOID, -1, false, TYPALIGN_INT));
 	if (record_plan == NULL)
-		record_plan = courier_prepare_kept(record_sql, 14, argtypes, true);
-	courier_execute_kept(&record_plan, record_sql, 14, argtypes, values, NULL,
+		record_plan = courier_prepare_kept(record_sql, 15, argtypes, true);
+	courier_execute_kept(&record_plan, record_sql, 15, argtypes, values, NULL,
 						 SPI_OK_UPDATE);
 
 	courier_charge(&charges);

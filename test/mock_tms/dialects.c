@@ -344,6 +344,7 @@ static void out_sens_sms_message(OutBuf *o, const DRec *r, const DBatch *b,
 static void out_sens_at_message(OutBuf *o, const DRec *r, const DBatch *b,
 								uint64_t now);
 static const char *at_code_name(int code);
+static bool send_fallback_code(const Outcome *oc);
 static const char *sms_code_name(int code);
 
 /* the counters of what handsets received */
@@ -1354,6 +1355,11 @@ answer_send(Request *req, const SendReq *sr, const DBatch *b,
 				code = at ? -9999 : -2021;
 				msg = at ? "System error." : "System error. Failed insert queue.";
 			}
+			else if (at && send_fallback_code(oc))
+			{
+				code = oc->at_code;
+				msg = at_code_name(code);
+			}
 			if (i > 0)
 				OUT_LIT(&o, ",");
 			if (at)
@@ -1572,6 +1578,11 @@ process_send(const JDoc *doc, const SendReq *sr, const DialectRoute *route,
 				{
 					r.refused = true;
 					r.send_code = !oc->valid ? -5000 : -9999;
+				}
+				else if (send_fallback_code(oc))
+				{
+					r.refused = true;
+					r.send_code = oc->at_code;
 				}
 				break;
 			case D_NHN_SMS:
@@ -2411,6 +2422,19 @@ at_code_name(int code)
 			return "System problem, unknown error";
 	}
 	return "Failure";
+}
+
+/*
+ * send_fallback_code: with send_fallback_codes set, NHN AlimTalk answers a
+ * recipient whose delivery would end 3018, 3019 or 3020 with that code at
+ * send time already (whether NHN ever does is not documented; courier
+ * handles both).
+ */
+static bool
+send_fallback_code(const Outcome *oc)
+{
+	return atomic_load(&faults.send_fallback_codes) != 0 &&
+		(oc->at_code == 3018 || oc->at_code == 3019 || oc->at_code == 3020);
 }
 
 static const char *

@@ -300,6 +300,7 @@ static const Setting settings[] = {
 	{"resend_delay_ms", SET_INT, 0, 86400000, &faults.resend_delay_ms, NULL},
 	{"idempotency_window_s", SET_INT, 0, 86400, &faults.idempotency_window_s, NULL},
 	{"nhn_auth_status", SET_INT, 200, 599, &faults.nhn_auth_status, NULL},
+	{"send_fallback_codes", SET_INT, 0, 1, &faults.send_fallback_codes, NULL},
 	{"templates", SET_TEMPLATES, 0, 0, NULL, NULL},
 };
 
@@ -1615,6 +1616,7 @@ faults_reset(void)
 	atomic_store(&faults.receipt_delay_ms, DEFAULT_RECEIPT_DELAY_MS);
 	atomic_store(&faults.resend_delay_ms, DEFAULT_RESEND_DELAY_MS);
 	atomic_store(&faults.idempotency_window_s, DEFAULT_IDEMPOTENCY_WINDOW_S);
+	atomic_store(&faults.send_fallback_codes, 0);
 	atomic_store(&faults.nhn_auth_status, MHD_HTTP_OK);
 	dialect_set_templates(NULL, false, NULL, 0);
 }
@@ -1653,12 +1655,14 @@ faults_json(OutBuf *out)
 	snprintf(buf, sizeof(buf),
 			 ",\"lost_reply_rate\":%g,\"receipt_delay_ms\":%" PRId64
 			 ",\"resend_delay_ms\":%" PRId64 ",\"idempotency_window_s\":%" PRId64
-			 ",\"nhn_auth_status\":%" PRId64 ",\"templates\":",
+			 ",\"nhn_auth_status\":%" PRId64 ",\"send_fallback_codes\":%" PRId64
+			 ",\"templates\":",
 			 atomic_load(&faults.lost_reply_rate),
 			 atomic_load(&faults.receipt_delay_ms),
 			 atomic_load(&faults.resend_delay_ms),
 			 atomic_load(&faults.idempotency_window_s),
-			 atomic_load(&faults.nhn_auth_status));
+			 atomic_load(&faults.nhn_auth_status),
+			 atomic_load(&faults.send_fallback_codes));
 	out_str(out, buf);
 	dialect_templates_json(out);
 	OUT_LIT(out, "}");

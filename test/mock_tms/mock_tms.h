@@ -169,6 +169,8 @@ typedef struct Faults
 	_Atomic int64_t resend_delay_ms;
 	_Atomic int64_t idempotency_window_s;
 	_Atomic int64_t nhn_auth_status;
+	_Atomic int64_t send_fallback_codes;	/* 1: NHN AlimTalk answers 3018-3020
+											 * at send time */
 } Faults;
 
 typedef struct Stats

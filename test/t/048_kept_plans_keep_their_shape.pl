@@ -1,7 +1,10 @@
 
 # 048_kept_plans_keep_their_shape.pl
 #	The statements courier's workers keep (claim, apply, lease (which also
-#	reads what the messages are made of), record) reach its tables through
+#	reads what the messages are made of), record, the charge of failed
+#	sends (one request in twenty fails), and the receipt stage's lease and
+#	record (the notices go through NHN AlimTalk, and each is waited for
+#	until its receipt says delivered)) reach its tables through
 #	indexes, whatever the
 #	statistics said when the plan was made: prepared while the queue was
 #	empty and never analyzed, executed on a queue of 20,000, again after an
@@ -36,16 +39,33 @@ use Test::More;
 my $N = 20000;
 my $tables = 'work_items(?:_\d)?|orders|notices|requests|delay_history|failures';
 
-my $mock = start_mock();
+# Through NHN AlimTalk, so that the receipt stage's statements run too.
+my $mock = start_provider_mock();
 my $node = tms_node(
-	'kept_plans', $mock, conf => q{
+	'kept_plans', $mock, conf => provider_conf($mock, 'nhn_alimtalk') . q{
 shared_preload_libraries = 'courier,auto_explain'
 auto_explain.log_min_duration = 0
 auto_explain.log_nested_statements = on
 log_line_prefix = '%m [%p] %b '
 courier.tms_bulk_size = 100
 courier.max_attempts = 100
+courier.receipt_interval = '100ms'
 });
+
+# numbers ending in 1: none of the mock's special patterns (docs/providers.md)
+my $phones = q{'0105' || lpad((g * 10 + 1)::text, 7, '0')};
+
+# delivered(DAYS): every notice of the new date in DAYS days is on its
+# customer's handset (the provider's receipt says so).
+sub delivered
+{
+	my ($days) = @_;
+	return poll_until(
+		$node,
+		"SELECT count(*) FROM courier.notices WHERE ship_date = current_date + $days"
+		  . " AND status = 'delivered' AND receipt_status = 'delivered'",
+		"$N", 180);
+}
 
 # worker_plans(OFFSET): the plans courier's workers logged from OFFSET on,
 # one string each.
@@ -71,8 +91,12 @@ sub check_round
 		$seen{apply} = 1 if $p =~ /INSERT INTO courier\.delay_history/;
 		$seen{lease} = 1 if $p =~ /WHERE n\.ctid = ANY \(ARRAY\(/;
 		$seen{record} = 1 if $p =~ /SET status = CASE r\.status WHEN 'closed'/;
+		$seen{charge} = 1 if $p =~ /charged AS \(\s*UPDATE courier\.notices n/;
+		$seen{receipt_lease} = 1 if $p =~ /c\.receipt_status IN \('awaiting'/;
+		$seen{receipt_record} = 1 if $p =~ /receipt_checks = CASE WHEN r\.absent/;
 	}
-	is(join(',', sort keys %seen), 'apply,claim,lease,record',
+	is(join(',', sort keys %seen),
+		'apply,charge,claim,lease,receipt_lease,receipt_record,record',
 		"$label: the workers ran every hot statement (" . scalar(@plans) . ' plans logged)');
 	my @seq = grep { /Seq Scan on (?:$tables)\b/ } @plans;
 	is(scalar(@seq), 0, "$label: no plan of a worker scans a courier table sequentially")
@@ -116,19 +140,20 @@ sub pause_both
 	return;
 }
 
+# One request in twenty fails (HTTP 500), so that every round charges
+# attempts to notices (the charge statement) besides recording deliveries.
+mock_control($mock, error_rate => 0.05, error_status => 500);
+
 # Round 1: plans made on an empty, never analyzed queue.
 is(query($node, "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'courier' AND last_analyze IS NULL AND last_autoanalyze IS NULL"),
 	query($node, "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'courier'"),
 	'no courier table has been analyzed when the workers make their plans');
 my $offset = log_offset($node);
-is(register_tms_orders($node, 1, $N), $N, "register_orders registers $N orders");
+is(register_tms_orders($node, 1, $N, phone_sql => $phones), $N,
+	"register_orders registers $N orders");
 delay_tms($node, 1, $N, 10);
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.notices WHERE ship_date = current_date + 10"
-		  . " AND status = 'delivered'",
-		"$N", 120),
-	"round 1: all $N notices are delivered");
+ok(delivered(10),
+	"round 1: all $N notices are delivered, their receipts say so");
 check_round('round 1 (plans made on an empty queue)', $offset);
 
 # Round 2: an ANALYZE of a full queue invalidates the plans; the new ones
@@ -140,12 +165,8 @@ $offset = log_offset($node);
 query($node, 'ALTER SYSTEM RESET courier.pause_logic');
 query($node, 'ALTER SYSTEM RESET courier.pause_tms');
 query($node, 'SELECT pg_reload_conf()');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.notices WHERE ship_date = current_date + 11"
-		  . " AND status = 'delivered'",
-		"$N", 120),
-	"round 2: all $N notices are delivered");
+ok(delivered(11),
+	"round 2: all $N notices are delivered, their receipts say so");
 check_round('round 2 (plans remade after ANALYZE of a full queue)', $offset);
 
 # Round 3: the tables emptied and analyzed while empty (a fresh install, a
@@ -171,12 +192,8 @@ ok( poll_until(
 delay_tms($node, 1, $N, 12);
 query($node, 'ALTER SYSTEM RESET courier.pause_logic');
 query($node, 'SELECT pg_reload_conf()');
-ok( poll_until(
-		$node,
-		"SELECT count(*) FROM courier.notices WHERE ship_date = current_date + 12"
-		  . " AND status = 'delivered'",
-		"$N", 120),
-	"round 3: all $N notices are delivered");
+ok(delivered(12),
+	"round 3: all $N notices are delivered, their receipts say so");
 check_round('round 3 (plans made after ANALYZE of empty tables)', $offset);
 
 $node->stop;

@@ -45,23 +45,6 @@ my $long = 'the harvest is late because of heavy rain in the valley, sorry ' x 2
 my $phones = q{'010' || lpad(g::text, 4, '0') ||
 	CASE g % 2 WHEN 1 THEN '3019' ELSE '5' || lpad((g % 1000)::text, 3, '0') END};
 
-# set_conf(NAME => VALUE, ...): ALTER SYSTEM and a reload, waited for.
-sub set_conf
-{
-	my (%set) = @_;
-	for my $name (sort keys %set)
-	{
-		query($node, "ALTER SYSTEM SET courier.$name = '$set{$name}'");
-	}
-	query($node, 'SELECT pg_reload_conf()');
-	for my $name (sort keys %set)
-	{
-		poll_until($node, "SHOW courier.$name", $set{$name}, 30)
-		  or die "courier.$name did not become $set{$name}";
-	}
-	return;
-}
-
 # round(DIALECT, FIRST): orders FIRST..FIRST+19 with a short text and
 # FIRST+20..FIRST+39 with a long one, with courier.alimtalk_fallback =
 # provider; then FIRST+40..FIRST+49, short, with none.  Checks what each
@@ -74,7 +57,7 @@ sub round
 	my $longer = $range->($first + 20, $first + 39);
 	my $none = $range->($first + 40, $first + 49);
 
-	set_conf(tms_provider => $dialect, alimtalk_fallback => 'provider');
+	set_conf($node, tms_provider => $dialect, alimtalk_fallback => 'provider');
 	is(register_tms_orders($node, $first, $first + 49, phone_sql => $phones),
 		50, "$dialect: register 50 orders, half of them not KakaoTalk users");
 	delay_tms($node, $first, $first + 19, 10);
@@ -103,7 +86,7 @@ sub round
 				alimtalk => 1) },
 		0, "$dialect: each ordinary customer received exactly one AlimTalk, no SMS");
 
-	set_conf(alimtalk_fallback => 'none');
+	set_conf($node, alimtalk_fallback => 'none');
 	delay_tms($node, $first + 40, $first + 49, 10);
 	ok( poll_until(
 			$node,

@@ -50,6 +50,7 @@ our @EXPORT = qw(
   delay_tms
   notice_keys
   wait_for
+  set_conf
   stays_true
   sql_literal
   provider_creds
@@ -379,6 +380,25 @@ courier.alimtalk_template_params = 'orderId=order_id, product=product, reason=re
 		$conf .= "courier.$name = '$value'\n";
 	}
 	return $conf;
+}
+
+# set_conf(NODE, NAME => VALUE, ...)
+#	courier.NAME = 'VALUE' for each pair by ALTER SYSTEM and a reload,
+#	waited for until the backend sees every one.
+sub set_conf
+{
+	my ($node, %set) = @_;
+	for my $name (sort keys %set)
+	{
+		query($node, "ALTER SYSTEM SET courier.$name = '$set{$name}'");
+	}
+	query($node, 'SELECT pg_reload_conf()');
+	for my $name (sort keys %set)
+	{
+		poll_until($node, "SHOW courier.$name", $set{$name}, 30)
+		  or die "courier.$name did not become $set{$name}";
+	}
+	return;
 }
 
 # mock_customers(MOCK): GET /_customers (what handsets received, by kind).
