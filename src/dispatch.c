@@ -288,8 +288,10 @@ start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
 	provider->build(req, msgs);
 	if (provider->sign)
 		provider->sign(req);
+	/* without an idempotency key, libcurl must not resend it by itself */
 	(void) courier_http_start(req->url, req->headers, req->body.data,
-							  (size_t) req->body.len, req);
+							  (size_t) req->body.len,
+							  provider->looks_up_before_resend, req);
 	MemoryContextSwitchTo(old);
 }
 

@@ -276,12 +276,19 @@ courier_http_prepare(int max_in_flight)
  *		until the request is released.  arg comes back in the request's
  *		result.  Returns the request's handle.
  *
+ * at_most_once: the request must reach the server at most once (a send
+ * to a provider without an idempotency key).  libcurl resends a request
+ * by itself when a reused connection closes before any byte of the
+ * answer, which is also what a server that took the request and died
+ * looks like; such a request therefore goes over a connection of its own,
+ * closed after it.  The rest reuse connections.
+ *
  * At most courier_http_prepare's bound of requests are in flight; asking
  * for more is an internal error.
  */
 int
 courier_http_start(const char *url, List *headers, const char *body,
-				   size_t len, void *arg)
+				   size_t len, bool at_most_once, void *arg)
 {
 	Transfer   *t = NULL;
 
@@ -322,6 +329,11 @@ courier_http_start(const char *url, List *headers, const char *body,
 	}
 	else
 		curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+	if (at_most_once)
+	{
+		curl_easy_setopt(t->easy, CURLOPT_FRESH_CONNECT, 1L);
+		curl_easy_setopt(t->easy, CURLOPT_FORBID_REUSE, 1L);
+	}
 	curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, header_cb);

@@ -315,7 +315,7 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 				memset(&req, 0, sizeof(req));
 				first->provider->receipt_query(&req, first->request_id, first->key,
 											   first->channel);
-				courier_http_start(req.url, req.headers, NULL, 0, &groups[next]);
+				courier_http_start(req.url, req.headers, NULL, 0, false, &groups[next]);
 				next++;
 				in_flight++;
 			}
