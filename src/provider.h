@@ -116,10 +116,15 @@ typedef struct CourierReceipt
 								 * (NHN: the recipient's seq; SENS AlimTalk:
 								 * its messageId), or "" */
 	char		to[32];			/* the recipient's number, or "" */
+	char		message[64];	/* the provider's id of this one message, to
+								 * ask it alone (message_query), or "" */
 	CourierReceiptState state;	/* the customer's: AlimTalk or its fallback */
 	char		code[64];		/* the provider's final code */
 	char		fallback_channel[8];	/* "sms"/"lms": the provider resent it */
 	char		fallback_reason[64];	/* the AlimTalk code that called for it */
+	uint32		text_hash;		/* hash_bytes of the message's text as the
+								 * provider holds it, 0 when not given: a
+								 * look-up by number matches by text too */
 	bool		fallback_due;	/* failed with a code that calls for SMS/LMS
 								 * (courier_alimtalk_fallback_code), and the
 								 * provider resends nothing: courier's own
@@ -138,8 +143,10 @@ typedef struct CourierProvider
 	/*
 	 * An attempt whose answer never came may have been taken, and the
 	 * provider has no idempotency key to refuse a resend; but its
-	 * receipt_query finds a message by its key alone.  Such a notice is
-	 * looked up before any resend (receipts.c, 'unconfirmed').
+	 * receipt_query finds a message without its request id (NHN SMS by
+	 * its key, SENS by its number and text).  Such a notice is looked up
+	 * before any resend (receipts.c, 'unconfirmed'), and its sends go over
+	 * connections of their own (http.c: libcurl resends nothing).
 	 */
 	bool		looks_up_before_resend;
 
@@ -197,12 +204,25 @@ typedef struct CourierProvider
 	 * for a query of how the recipients of the provider's request
 	 * request_id ended (req->body stays empty: a GET); when request_id is
 	 * "" (the provider took the message under a request courier never
-	 * learned, COURIER_CODE_TAKEN), of the message whose key is key.
-	 * channel is the notice's (sms, lms, alimtalk).  NULL: the provider
-	 * reports no delivery (generic).
+	 * learned, COURIER_CODE_TAKEN, or an unanswered attempt is looked
+	 * up), of the message whose key is key, sent to the number to (a
+	 * provider without keys: its messages to that number lately, matched
+	 * by their text).  channel is the notice's (sms, lms, alimtalk).
+	 * NULL: the provider reports no delivery (generic).
 	 */
 	void		(*receipt_query) (CourierRequest *req, const char *request_id,
-								  const char *key, const char *channel);
+								  const char *key, const char *channel,
+								  const char *to);
+
+	/*
+	 * For a dialect whose list of a number's messages (a look-up, above)
+	 * does not give their text: fill req for a query of the one message
+	 * the provider's id message names (CourierReceipt.message), whose answer read_receipts reads as a
+	 * list of one with its text.  receipts.c asks it of each message the
+	 * look-up found for the number, to tell the notice's by its text.
+	 * NULL: the look-up gives the text (or a key) already.
+	 */
+	void		(*message_query) (CourierRequest *req, const char *message);
 
 	/*
 	 * Read a query's answer (res->status, res->body) into receipts, one
@@ -281,6 +301,7 @@ extern const char *courier_message_field(const CourierMessage *m,
 extern bool courier_same_text(const char *a, const char *b);
 extern const char *courier_fallback_type(const CourierMessage *m);
 extern bool courier_alimtalk_fallback_code(const char *code);
+extern uint32 courier_text_hash(const char *text);
 extern void courier_mark_delivered_channel(const CourierRequest *req,
 										   CourierMessage *msgs,
 										   const char *channel);
@@ -314,7 +335,9 @@ extern JsonbContainer *courier_nhn_receipt_list(const CourierHttpResult *res,
 												const char *object,
 												const char *array);
 extern void courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e);
-extern void courier_nhn_search_window(char *from, char *to, size_t len);
+extern void courier_search_window(char *from, char *to, size_t len,
+								  const char *format);
+extern char *courier_url_escape(const char *s);
 extern const char *courier_template_code(const CourierMessage *m);
 extern const char *courier_template_code_unset(const CourierMessage *m);
 extern int	courier_read_sens_receipts(const CourierHttpResult *res,

@@ -323,6 +323,20 @@ courier_fallback_type(const CourierMessage *m)
 }
 
 /*
+ * courier_text_hash
+ *		A message's text as a number, to match a message a provider lists
+ *		to the notice it was rendered from without keeping either text
+ *		(CourierReceipt.text_hash; never 0, which means "not given").
+ */
+uint32
+courier_text_hash(const char *text)
+{
+	uint32		h = hash_bytes((const unsigned char *) text, (int) strlen(text));
+
+	return h != 0 ? h : 1;
+}
+
+/*
  * courier_alimtalk_fallback_code
  *		Does a final AlimTalk code say that AlimTalk cannot reach the
  *		customer, so that the notice is to go out by SMS/LMS instead?
@@ -1038,8 +1052,12 @@ courier_read_sens_answer(const CourierRequest *req, const CourierHttpResult *res
  *		(useSmsFailover) ends as its failover does (failoverStatusName
  *		success or fail), with the AlimTalk code as the fallback's reason;
  *		one it does not resend, whose code calls for SMS/LMS, is marked
- *		fallback_due.  Matched by messageId (AlimTalk: courier's provider_id ends in it)
- *		or by number (SMS: SENS gives a request's messages no place).
+ *		fallback_due.  Each carries its requestId, its messageId (and as
+ *		its ref for AlimTalk, whose provider_id ends in it; an SMS's ends in
+ *		its position in courier's request, SENS answering an SMS send with
+ *		no messageId: matched by number) and, when the answer gives it, a
+ *		hash of its text.  Reads the answer of one message (GET
+ *		.../messages/{messageId}) too: SMS as a list of one.
  */
 int
 courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipts,
@@ -1072,7 +1090,18 @@ courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 		memset(r, 0, sizeof(CourierReceipt));
 		if ((v = courier_json_text(courier_json_key(e, "to"))) != NULL)
 			strlcpy(r->to, v, sizeof(r->to));
+		if ((v = courier_json_text(courier_json_key(e, "requestId"))) != NULL)
+			strlcpy(r->request_id, v, sizeof(r->request_id));
+		if ((v = courier_json_text(courier_json_key(e, "content"))) != NULL)
+			r->text_hash = courier_text_hash(v);
 		r->state = COURIER_RECEIPT_PENDING;
+		if ((v = courier_json_text(courier_json_key(e, "messageId"))) != NULL)
+		{
+			strlcpy(r->message, v, sizeof(r->message));
+			/* AlimTalk's provider_id ends in it; an SMS's in its position */
+			if (alimtalk)
+				strlcpy(r->ref, v, sizeof(r->ref));
+		}
 		if (!alimtalk)
 		{
 			char	   *status = courier_json_text(courier_json_key(e, "status"));
@@ -1087,8 +1116,6 @@ courier_read_sens_receipts(const CourierHttpResult *res, CourierReceipt *receipt
 		{
 			char	   *failover = courier_json_text(courier_json_key(e, "useSmsFailover"));
 
-			if ((v = courier_json_text(courier_json_key(e, "messageId"))) != NULL)
-				strlcpy(r->ref, v, sizeof(r->ref));
 			name = courier_json_text(courier_json_key(e, "messageStatusName"));
 			code = courier_json_text(courier_json_key(e, "messageStatusCode"));
 			if (name != NULL && strcmp(name, "success") == 0)
@@ -1176,23 +1203,47 @@ courier_nhn_receipt_ids(CourierReceipt *r, JsonbContainer *e)
 }
 
 /*
- * courier_nhn_search_window
- *		startRequestDate and endRequestDate for an NHN search by key (URL
- *		encoded, "yyyy-MM-dd%20HH:mm"): two days back to one day ahead, so
- *		that the provider's local time, whatever its zone, covers every
- *		day a receipt is asked for.
+ * courier_search_window
+ *		The two ends of a provider's search by time for a look-up by key or
+ *		number (URL encoded, strftime format: NHN "%Y-%m-%d%%20%H:%M", SENS
+ *		"%Y-%m-%d%%20%H:%M:%S"): two days back to one day ahead, so that
+ *		the provider's local time, whatever its zone, covers every day a
+ *		look-up is made for.
  */
 void
-courier_nhn_search_window(char *from, char *to, size_t len)
+courier_search_window(char *from, char *to, size_t len, const char *format)
 {
 	time_t		now = time(NULL);
 	time_t		t;
 	struct tm	tm;
 
 	t = now - 2 * 86400;
-	strftime(from, len, "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
+	strftime(from, len, format, gmtime_r(&t, &tm));
 	t = now + 86400;
-	strftime(to, len, "%Y-%m-%d%%20%H:%M", gmtime_r(&t, &tm));
+	strftime(to, len, format, gmtime_r(&t, &tm));
+}
+
+/*
+ * courier_url_escape
+ *		s percent-encoded for a URL's query (every byte but the unreserved
+ *		A-Z a-z 0-9 - . _ ~), palloc'd.  For values from configuration or
+ *		a notice (a channel id, a number) put into a provider's query.
+ */
+char *
+courier_url_escape(const char *s)
+{
+	StringInfoData out;
+
+	initStringInfo(&out);
+	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+	{
+		if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+			(*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_' || *p == '~')
+			appendStringInfoChar(&out, (char) *p);
+		else
+			appendStringInfo(&out, "%%%02X", *p);
+	}
+	return out.data;
 }
 
 /*

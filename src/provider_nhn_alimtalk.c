@@ -51,7 +51,8 @@ static bool nhn_alimtalk_joinable(const CourierMessage *first,
 								  const CourierMessage *m);
 static const char *nhn_alimtalk_unsendable(const CourierMessage *m);
 static void nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
-								 const char *key, const char *channel);
+								 const char *key, const char *channel,
+								 const char *to);
 static int	nhn_alimtalk_read_receipts(const CourierHttpResult *res,
 									   CourierReceipt *receipts, int max);
 static void append_resend(StringInfo body, const CourierMessage *m);
@@ -326,7 +327,7 @@ nhn_alimtalk_unsendable(const CourierMessage *m)
  */
 static void
 nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
-						   const char *key, const char *channel)
+						   const char *key, const char *channel, const char *to)
 {
 	if (request_id[0] != '\0')
 		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?requestId=%s&pageSize=1000",
@@ -339,11 +340,11 @@ nhn_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
 		 * receipt is asked for.
 		 */
 		char		from[32];
-		char		to[32];
+		char		until[32];
 
-		courier_nhn_search_window(from, to, sizeof(from));
+		courier_search_window(from, until, sizeof(from), "%Y-%m-%d%%20%H:%M");
 		req->url = courier_provider_url("/alimtalk/v2.3/appkeys/%s/messages?startRequestDate=%s&endRequestDate=%s&recipientGroupingKey=%s&pageSize=1000",
-										courier_nhn_alimtalk_appkey, from, to, key);
+										courier_nhn_alimtalk_appkey, from, until, key);
 	}
 	nhn_alimtalk_sign(req);
 }

@@ -51,7 +51,8 @@ static bool nhn_sms_joinable(const CourierMessage *first,
 							 const CourierMessage *m);
 static const char *nhn_sms_unsendable(const CourierMessage *m);
 static void nhn_sms_receipt_query(CourierRequest *req, const char *request_id,
-								  const char *key, const char *channel);
+								  const char *key, const char *channel,
+								  const char *to);
 static int	nhn_sms_read_receipts(const CourierHttpResult *res,
 								  CourierReceipt *receipts, int max);
 
@@ -228,7 +229,7 @@ nhn_sms_unsendable(const CourierMessage *m)
  */
 static void
 nhn_sms_receipt_query(CourierRequest *req, const char *request_id, const char *key,
-					  const char *channel)
+					  const char *channel, const char *to)
 {
 	const char *kind = strcmp(channel, "lms") == 0 ? "mms" : "sms";
 
@@ -239,11 +240,11 @@ nhn_sms_receipt_query(CourierRequest *req, const char *request_id, const char *k
 	{
 		/* an attempt that got no answer: did NHN take it?  By its key. */
 		char		from[32];
-		char		to[32];
+		char		until[32];
 
-		courier_nhn_search_window(from, to, sizeof(from));
+		courier_search_window(from, until, sizeof(from), "%Y-%m-%d%%20%H:%M");
 		req->url = courier_provider_url("/sms/v3.0/appKeys/%s/sender/%s?startRequestDate=%s&endRequestDate=%s&recipientGroupingKey=%s&pageSize=1000",
-										courier_nhn_sms_appkey, kind, from, to, key);
+										courier_nhn_sms_appkey, kind, from, until, key);
 	}
 	nhn_sms_sign(req);
 }

@@ -52,7 +52,8 @@ static bool sens_alimtalk_joinable(const CourierMessage *first,
 								   const CourierMessage *m);
 static const char *sens_alimtalk_unsendable(const CourierMessage *m);
 static void sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
-								 const char *key, const char *channel);
+								 const char *key, const char *channel,
+								 const char *to);
 static int	sens_alimtalk_read_receipts(const CourierHttpResult *res,
 							 CourierReceipt *receipts, int max);
 static void append_failover(StringInfo body, const CourierMessage *m);
@@ -60,6 +61,7 @@ static void append_failover(StringInfo body, const CourierMessage *m);
 const CourierProvider courier_provider_sens_alimtalk = {
 	.name = "sens_alimtalk",
 	.max_per_request = 100,
+	.looks_up_before_resend = true,
 	.fallback_dialect = "sens_sms",
 	.build = sens_alimtalk_build,
 	.sign = sens_alimtalk_sign,
@@ -214,14 +216,29 @@ sens_alimtalk_unsendable(const CourierMessage *m)
  * sens_alimtalk_receipt_query
  *		The messages of one request and how each ended: GET
  *		.../messages?requestId=R (a request carries at most 100), signed
- *		like a send, over the path with its query.
+ *		like a send, over the path with its query.  Without a request id
+ *		(an attempt that got no answer: did SENS take it?), the channel's
+ *		messages to the number to over the days a look-up is made for;
+ *		receipts.c picks the notice's by its text.
  */
 static void
 sens_alimtalk_receipt_query(CourierRequest *req, const char *request_id,
-							const char *key, const char *channel)
+							const char *key, const char *channel, const char *to)
 {
-	req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?requestId=%s&pageSize=100",
-									courier_sens_alimtalk_service_id, request_id);
+	if (request_id[0] != '\0')
+		req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?requestId=%s&pageSize=100",
+										courier_sens_alimtalk_service_id, request_id);
+	else
+	{
+		char		from[32];
+		char		until[32];
+
+		courier_search_window(from, until, sizeof(from), "%Y-%m-%d%%20%H:%M:%S");
+		req->url = courier_provider_url("/alimtalk/v2/services/%s/messages?plusFriendId=%s&requestStartTime=%s&requestEndTime=%s&to=%s&pageSize=100",
+										courier_sens_alimtalk_service_id,
+										courier_url_escape(courier_sens_plus_friend_id),
+										from, until, courier_url_escape(to));
+	}
 	sens_alimtalk_sign(req);
 }
 

@@ -48,19 +48,23 @@ static bool sens_sms_joinable(const CourierMessage *first,
 							  const CourierMessage *m);
 static const char *sens_sms_unsendable(const CourierMessage *m);
 static void sens_sms_receipt_query(CourierRequest *req, const char *request_id,
-								 const char *key, const char *channel);
+								 const char *key, const char *channel,
+								 const char *to);
+static void sens_sms_message_query(CourierRequest *req, const char *message);
 static int	sens_sms_read_receipts(const CourierHttpResult *res,
 							 CourierReceipt *receipts, int max);
 
 const CourierProvider courier_provider_sens_sms = {
 	.name = "sens_sms",
 	.max_per_request = 100,
+	.looks_up_before_resend = true,
 	.build = sens_sms_build,
 	.sign = sens_sms_sign,
 	.read_answer = sens_sms_read_answer,
 	.joinable = sens_sms_joinable,
 	.unsendable = sens_sms_unsendable,
 	.receipt_query = sens_sms_receipt_query,
+	.message_query = sens_sms_message_query,
 	.read_receipts = sens_sms_read_receipts
 };
 
@@ -176,14 +180,42 @@ sens_sms_unsendable(const CourierMessage *m)
  * sens_sms_receipt_query
  *		The messages of one request and how each ended: GET
  *		.../messages?requestId=R (a request carries at most 100), signed
- *		like a send, over the path with its query.
+ *		like a send, over the path with its query.  Without a request id
+ *		(an attempt that got no answer: did SENS take it?), the messages to
+ *		the number to over the days a look-up is made for; receipts.c
+ *		asks each of them for its text (sens_sms_message_query) and picks
+ *		the notice's.
  */
 static void
 sens_sms_receipt_query(CourierRequest *req, const char *request_id,
-					   const char *key, const char *channel)
+					   const char *key, const char *channel, const char *to)
 {
-	req->url = courier_provider_url("/sms/v2/services/%s/messages?requestId=%s&pageSize=100",
-									courier_sens_sms_service_id, request_id);
+	if (request_id[0] != '\0')
+		req->url = courier_provider_url("/sms/v2/services/%s/messages?requestId=%s&pageSize=100",
+										courier_sens_sms_service_id, request_id);
+	else
+	{
+		char		from[32];
+		char		until[32];
+
+		courier_search_window(from, until, sizeof(from), "%Y-%m-%d%%20%H:%M:%S");
+		req->url = courier_provider_url("/sms/v2/services/%s/messages?requestStartTime=%s&requestEndTime=%s&to=%s&pageSize=100",
+										courier_sens_sms_service_id, from, until,
+										courier_url_escape(to));
+	}
+	sens_sms_sign(req);
+}
+
+/*
+ * sens_sms_message_query
+ *		One message and how it ended, with its text (the list does not
+ *		give it): GET .../messages/{messageId}, signed.
+ */
+static void
+sens_sms_message_query(CourierRequest *req, const char *message)
+{
+	req->url = courier_provider_url("/sms/v2/services/%s/messages/%s",
+									courier_sens_sms_service_id, courier_url_escape(message));
 	sens_sms_sign(req);
 }
 

@@ -23,9 +23,10 @@
  * key (the provider's id of them is unknown): one the provider took under
  * an idempotency key it then refused to see again (NHN AlimTalk -1005,
  * recorded sent), and, through a provider without idempotency keys (NHN
- * SMS), one whose attempt got no answer at all ('unconfirmed', not due):
- * found, it is recorded sent; answered LOOKUPS_BEFORE_RESEND times
- * without it, it falls due and is sent again under the same key.
+ * SMS, found by its key; SENS, by its number and its text), one whose
+ * attempt got no answer at all ('unconfirmed', not due): found, it is
+ * recorded sent; answered LOOKUPS_BEFORE_RESEND times without it, it
+ * falls due and is sent again under the same key.
  *
  * The dialect builds the query and reads its answer (provider.h); this
  * file knows neither HTTP bodies nor a provider's fields.
@@ -70,6 +71,9 @@ typedef struct ReceiptNotice
 	char	   *channel;		/* sms, lms, alimtalk */
 	int			checks;			/* asked before this round */
 	bool		unconfirmed;	/* no answer came to its send: taken? */
+	uint32		text_hash;		/* unconfirmed: courier_text_hash of its
+								 * text, rendered again (a look-up by
+								 * number matches by text) */
 	bool		answered;		/* the query about it was answered */
 	CourierReceipt *found;		/* what the answer said, or NULL */
 } ReceiptNotice;
@@ -79,7 +83,18 @@ typedef struct ReceiptGroup
 {
 	int			first;			/* index of its first notice (sorted) */
 	int			count;
+	bool		unanswered;		/* a query about it got no usable answer */
 } ReceiptGroup;
+
+/*
+ * One query in flight: about a group's notices, or (message set) about one
+ * message a look-up listed, for its text (CourierProvider.message_query).
+ */
+typedef struct ReceiptAsk
+{
+	ReceiptGroup *group;
+	char		message[64];	/* "" for the group's own query */
+} ReceiptAsk;
 
 static MemoryContext round_context = NULL;
 
@@ -207,7 +222,8 @@ lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 						 "RETURNING n.seller_id, n.order_id, n.ship_date,"
 						 "          coalesce(n.provider_id, ''), n.customer_phone, n.receipt_checks,"
 						 "          n.provider, coalesce(n.channel, ''),"
-						 "          n.receipt_status = 'unconfirmed'",
+						 "          n.receipt_status = 'unconfirmed',"
+						 "          n.product_name, n.reason, n.variant",
 						 3, argtypes, values, NULL, SPI_OK_UPDATE_RETURNING);
 
 	n = (int) SPI_processed;
@@ -233,6 +249,12 @@ lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 		r->provider = provider_of(SPI_getvalue(tup, desc, 7));
 		r->channel = SPI_getvalue(tup, desc, 8);
 		r->unconfirmed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+		if (r->unconfirmed)
+			r->text_hash = courier_text_hash(courier_render_notice(
+				strcmp(SPI_getvalue(tup, desc, 12), "v2") == 0 ?
+				courier_notice_template_v2 : courier_notice_template,
+				r->order_id, r->ship_date, SPI_getvalue(tup, desc, 10),
+				SPI_getvalue(tup, desc, 11)));
 		j2date(r->ship_date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
 		r->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", r->order_id,
 						  year, month, day);
@@ -286,6 +308,9 @@ provider_of(const char *name)
  *		once; each answer's receipts are matched to the group's notices.
  *		An answer that is not one (an error, a refusal, no answer) leaves
  *		the group's notices as they were: asked again after their back-off.
+ *		A look-up whose dialect lists a number's messages without their
+ *		text (message_query) asks each listed message to that number for
+ *		its text before the notice is matched, or counted as not found.
  */
 static void
 ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
@@ -295,28 +320,46 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 	int			next = 0;
 	int			in_flight = 0;
 	CourierReceipt *receipts = palloc(sizeof(CourierReceipt) * RECEIPTS_PER_ANSWER);
+	List	   *follow_ups = NIL;	/* ReceiptAsks about one message, to start */
+	ListCell   *lc;
 
 	PG_TRY();
 	{
-		while (next < ngroups || in_flight > 0)
+		while (next < ngroups || follow_ups != NIL || in_flight > 0)
 		{
 			CourierHttpResult res;
 
-			while (!*stop && next < ngroups && in_flight < concurrency)
+			while (!*stop && in_flight < concurrency &&
+				   (follow_ups != NIL || next < ngroups))
 			{
-				ReceiptNotice *first = &notices[groups[next].first];
+				ReceiptAsk *ask;
+				ReceiptNotice *first;
 				CourierRequest req;
 
+				if (follow_ups != NIL)
+				{
+					ask = linitial(follow_ups);
+					follow_ups = list_delete_first(follow_ups);
+				}
+				else
+				{
+					ask = palloc0(sizeof(ReceiptAsk));
+					ask->group = &groups[next++];
+				}
+				first = &notices[ask->group->first];
 				if (first->provider->receipt_query == NULL)
 				{
-					next++;		/* a dialect without receipts: expires */
+					/* a dialect without receipts: expires */
+					ask->group->unanswered = true;
 					continue;
 				}
 				memset(&req, 0, sizeof(req));
-				first->provider->receipt_query(&req, first->request_id, first->key,
-											   first->channel);
-				courier_http_start(req.url, req.headers, NULL, 0, false, &groups[next]);
-				next++;
+				if (ask->message[0] != '\0')
+					first->provider->message_query(&req, ask->message);
+				else
+					first->provider->receipt_query(&req, first->request_id, first->key,
+												   first->channel, first->to);
+				courier_http_start(req.url, req.headers, NULL, 0, false, ask);
 				in_flight++;
 			}
 			if (in_flight == 0)
@@ -325,20 +368,45 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 			CHECK_FOR_INTERRUPTS();
 			while (courier_http_next_done(&res))
 			{
-				ReceiptGroup *group = (ReceiptGroup *) res.arg;
-				const CourierProvider *provider = notices[group->first].provider;
+				ReceiptAsk *ask = (ReceiptAsk *) res.arg;
+				ReceiptNotice *first = &notices[ask->group->first];
 				int			got = res.completed ?
-					provider->read_receipts(&res, receipts, RECEIPTS_PER_ANSWER) : -1;
+					first->provider->read_receipts(&res, receipts, RECEIPTS_PER_ANSWER) : -1;
 
-				if (got >= 0)
-					for (int i = group->first; i < group->first + group->count; i++)
-						notices[i].answered = true;
+				if (got < 0)
+					ask->group->unanswered = true;
+				else if (ask->message[0] == '\0' && first->request_id[0] == '\0' &&
+						 first->provider->message_query != NULL)
+				{
+					/* a look-up's list: ask each message to the number for its text */
+					for (int k = 0; k < got; k++)
+					{
+						ReceiptAsk *one;
+
+						if (receipts[k].message[0] == '\0' ||
+							strcmp(receipts[k].to, first->to) != 0)
+							continue;
+						one = palloc0(sizeof(ReceiptAsk));
+						one->group = ask->group;
+						strlcpy(one->message, receipts[k].message, sizeof(one->message));
+						follow_ups = lappend(follow_ups, one);
+					}
+					got = 0;
+				}
 				if (got > 0)
-					match_receipts(notices, group, receipts, got);
+					match_receipts(notices, ask->group, receipts, got);
 				courier_http_release(&res);
 				in_flight--;
 			}
 		}
+		/* stopped early: what was not asked is not answered */
+		for (int g = next; g < ngroups; g++)
+			groups[g].unanswered = true;
+		foreach(lc, follow_ups)
+			((ReceiptAsk *) lfirst(lc))->group->unanswered = true;
+		for (int g = 0; g < ngroups; g++)
+			for (int i = groups[g].first; i < groups[g].first + groups[g].count; i++)
+				notices[i].answered = !groups[g].unanswered;
 	}
 	PG_CATCH();
 	{
@@ -353,8 +421,11 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
  *		Give each notice of the group the receipt that names it: by the key
  *		courier sent as the recipient's grouping key, else by what the
  *		provider's id of it has after the request id (a seq, a message id),
- *		else by its number.  Copies the receipt (the buffer is
- *		reused for the next answer).
+ *		else by its number.  A notice looked up without a request id (its
+ *		attempt got no answer) has no such id: the receipt must carry its
+ *		key, or its number and its text (a provider without keys lists
+ *		every message to that number, another notice's among them).
+ *		Copies the receipt (the buffer is reused for the next answer).
  */
 static void
 match_receipts(ReceiptNotice *notices, const ReceiptGroup *group,
@@ -371,7 +442,10 @@ match_receipts(ReceiptNotice *notices, const ReceiptGroup *group,
 
 			if (c->key[0] != '\0')
 				same = strcmp(c->key, r->key) == 0;
-			else if (c->ref[0] != '\0')
+			else if (r->request_id[0] == '\0')
+				same = r->text_hash != 0 && c->text_hash == r->text_hash &&
+					strcmp(c->to, r->to) == 0;
+			else if (c->ref[0] != '\0' && r->ref[0] != '\0')
 				same = strcmp(c->ref, r->ref) == 0;
 			else
 				same = c->to[0] != '\0' && strcmp(c->to, r->to) == 0;
@@ -459,7 +533,9 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now, TimestampTz lease_e
 		/* a taken notice learns its provider id from its receipt */
 		found_nulls[i] = (c == NULL || c->request_id[0] == '\0');
 		found_ids[i] = found_nulls[i] ? (Datum) 0 :
-			CStringGetTextDatum(psprintf("%s/%s", c->request_id, c->ref));
+			CStringGetTextDatum(c->ref[0] != '\0' ?
+								psprintf("%s/%s", c->request_id, c->ref) :
+								c->request_id);
 	}
 
 	values[0] = TimestampTzGetDatum(now);

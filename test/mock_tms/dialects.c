@@ -2015,7 +2015,8 @@ dialect_query(Request *req, struct MHD_Connection *conn, const char *method)
 
 /*
  * parse_query: the list filters of each dialect.  A request id, or a time
- * range (both ends), is required.  NHN pages are 1-based pageNum of
+ * range (both ends), is required (SENS AlimTalk: with a plusFriendId);
+ * the recipient's number filters (NHN recipientNo, SENS to).  NHN pages are 1-based pageNum of
  * pageSize (15 by default, at most 1,000); SENS pages are 0-based pageIndex
  * of pageSize (20 by default, at most 100).
  */
@@ -2059,6 +2060,12 @@ parse_query(struct MHD_Connection *conn, Dialect d, Query *q, const char **err)
 	{
 		start = ARG("requestStartTime");
 		end = ARG("requestEndTime");
+		q->recipient_no = ARG("to");
+		if (d == D_SENS_AT && q->request_id == NULL && ARG("plusFriendId") == NULL)
+		{
+			*err = "plusFriendId is required without a requestId";
+			return false;
+		}
 		v = ARG("pageIndex");
 		q->page = v != NULL ? strtol(v, NULL, 10) : 0;
 		v = ARG("pageSize");
