@@ -120,7 +120,9 @@ typedef struct CourierReceipt
 								 * ask it alone (message_query), or "" */
 	CourierReceiptState state;	/* the customer's: AlimTalk or its fallback */
 	char		code[64];		/* the provider's final code */
-	char		fallback_channel[8];	/* "sms"/"lms": the provider resent it */
+	char		fallback_channel[8];	/* "sms"/"lms": the provider resent it so,
+										 * when it says (else receipts.c has it
+										 * from the text's length) */
 	char		fallback_reason[64];	/* the AlimTalk code that called for it */
 	uint32		text_hash;		/* hash_bytes of the message's text as the
 								 * provider holds it, 0 when not given: a

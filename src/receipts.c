@@ -74,6 +74,9 @@ typedef struct ReceiptNotice
 	uint32		text_hash;		/* unconfirmed: courier_text_hash of its
 								 * text, rendered again (a look-up by
 								 * number matches by text) */
+	char	   *product;		/* what its text is rendered from */
+	char	   *reason;
+	bool		v2;				/* courier.notice_template_v2's */
 	bool		answered;		/* the query about it was answered */
 	CourierReceipt *found;		/* what the answer said, or NULL */
 } ReceiptNotice;
@@ -109,6 +112,7 @@ static void match_receipts(ReceiptNotice *notices, const ReceiptGroup *group,
 static void record_round(ReceiptNotice *notices, int n, TimestampTz now,
 						 TimestampTz lease_end);
 static int	next_wait_ms(int checks);
+static char *notice_text(const ReceiptNotice *r);
 
 /*
  * courier_receipts_round
@@ -249,12 +253,11 @@ lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 		r->provider = provider_of(SPI_getvalue(tup, desc, 7));
 		r->channel = SPI_getvalue(tup, desc, 8);
 		r->unconfirmed = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+		r->product = SPI_getvalue(tup, desc, 10);
+		r->reason = SPI_getvalue(tup, desc, 11);
+		r->v2 = strcmp(SPI_getvalue(tup, desc, 12), "v2") == 0;
 		if (r->unconfirmed)
-			r->text_hash = courier_text_hash(courier_render_notice(
-				strcmp(SPI_getvalue(tup, desc, 12), "v2") == 0 ?
-				courier_notice_template_v2 : courier_notice_template,
-				r->order_id, r->ship_date, SPI_getvalue(tup, desc, 10),
-				SPI_getvalue(tup, desc, 11)));
+			r->text_hash = courier_text_hash(notice_text(r));
 		j2date(r->ship_date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
 		r->key = psprintf("dn-" INT64_FORMAT "-%04d%02d%02d", r->order_id,
 						  year, month, day);
@@ -521,7 +524,19 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now, TimestampTz lease_e
 		states[i] = CStringGetTextDatum(state);
 		code_nulls[i] = (c == NULL || c->code[0] == '\0');
 		codes[i] = code_nulls[i] ? (Datum) 0 : CStringGetTextDatum(c->code);
-		channel_nulls[i] = (c == NULL || c->fallback_channel[0] == '\0');
+		channel_nulls[i] = (c == NULL || c->fallback_reason[0] == '\0');
+		if (!channel_nulls[i] && c->fallback_channel[0] == '\0')
+		{
+			/*
+			 * The provider resent it and does not say how: as courier asked,
+			 * by SMS or LMS as the text's length in EUC-KR routed it (tms.c).
+			 */
+			int			bytes = courier_euckr_length(notice_text(r));
+
+			strlcpy(c->fallback_channel,
+					bytes >= 0 && bytes <= COURIER_SMS_MAX_BYTES ? "sms" : "lms",
+					sizeof(c->fallback_channel));
+		}
 		channels[i] = channel_nulls[i] ? (Datum) 0 :
 			CStringGetTextDatum(c->fallback_channel);
 		reason_nulls[i] = (c == NULL || c->fallback_reason[0] == '\0');
@@ -615,6 +630,19 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now, TimestampTz lease_e
 						 "   AND n.ship_date = r.ship_date"
 						 "   AND n.receipt_due_at = $16",
 						 16, argtypes, values, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * notice_text
+ *		r's text rendered again from the notice's parts and the current
+ *		courier.notice_template (or _v2): what was sent, unless the
+ *		template changed since.  In round_context's caller's context.
+ */
+static char *
+notice_text(const ReceiptNotice *r)
+{
+	return courier_render_notice(r->v2 ? courier_notice_template_v2 : courier_notice_template,
+								 r->order_id, r->ship_date, r->product, r->reason);
 }
 
 /*

@@ -16,7 +16,8 @@
 #	a final receipt: 15 delivered by AlimTalk (NHN code 1000, SENS 0000), 5
 #	delivered by their fallback (NHN RSC04, SENS 0; the AlimTalk code as
 #	the fallback's reason), 1 failed (NHN RSC05, SENS 3001; reason 3019);
-#	each notice names the provider that sent it; the mock's handset
+#	each fallback records its channel (the provider resent the short text
+#	by SMS); each notice names the provider that sent it; the mock's handset
 #	counters agree;
 #	metrics() counts them; nothing is left awaiting, and each notice was
 #	asked about a bounded number of times.
@@ -82,6 +83,11 @@ for my $case (
 		 WHERE fallback_reason IS NOT NULL
 		   AND right(customer_phone, 4) NOT IN (fallback_reason, '3119')}),
 		'0', "$dialect: each fallback's reason is its number's AlimTalk code");
+	is(query($node, q{
+		SELECT count(*) FILTER (WHERE fallback_channel = 'sms') || '|'
+			   || count(*) FILTER (WHERE fallback_reason IS NULL AND fallback_channel IS NOT NULL)
+		  FROM courier.notices WHERE fallback_reason IS NOT NULL OR fallback_channel IS NOT NULL}),
+		'6|0', "$dialect: each of the 6 fallbacks records its channel (SMS: a short text), no other notice one");
 	is(query($node, 'SELECT string_agg(DISTINCT provider, \',\') FROM courier.notices'),
 		$dialect, "$dialect: each notice names the provider that sent it");
 
