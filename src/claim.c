@@ -71,6 +71,8 @@ static int	last_claim_size = 0;
 
 static void execute_claim(SPIPlanPtr plan, Datum *values, int expected);
 static bool pick_seller(CourierStage stage, TimestampTz now, Datum *seller);
+static SPIPlanPtr prepare_pick(const char *sql);
+static bool execute_pick(SPIPlanPtr plan, TimestampTz now, Datum *seller);
 
 /*
  * execute_claim
@@ -97,22 +99,55 @@ static bool
 pick_seller(CourierStage stage, TimestampTz now, Datum *seller)
 {
 	static SPIPlanPtr plans[COURIER_NUM_STAGES];
+
+	if (plans[stage] == NULL)
+		plans[stage] = prepare_pick(stage == COURIER_STAGE_TMS ?
+									"SELECT seller_id FROM courier.notices"
+									" WHERE status = 'pending' AND due_at <= $1"
+									" ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED" :
+									psprintf("SELECT seller_id FROM courier.work_items"
+											 " WHERE stage = '%s' AND not_before <= $1"
+											 " ORDER BY not_before, item_id"
+											 " LIMIT 1 FOR UPDATE SKIP LOCKED",
+											 courier_stage_name(stage)));
+	return execute_pick(plans[stage], now, seller);
+}
+
+/*
+ * courier_pick_receipt_seller
+ *		The same for the receipt stage (receipts.c): the seller of the
+ *		notice whose receipt has been due longest.
+ */
+bool
+courier_pick_receipt_seller(TimestampTz now, Datum *seller)
+{
+	static SPIPlanPtr plan = NULL;
+
+	if (plan == NULL)
+		plan = prepare_pick("SELECT seller_id FROM courier.notices"
+							" WHERE receipt_status IN ('awaiting', 'unconfirmed')"
+							"   AND receipt_due_at <= $1"
+							" ORDER BY receipt_due_at LIMIT 1 FOR UPDATE SKIP LOCKED");
+	return execute_pick(plan, now, seller);
+}
+
+/* A pick statement, kept: $1 is the time. */
+static SPIPlanPtr
+prepare_pick(const char *sql)
+{
 	Oid			argtypes[1] = {TIMESTAMPTZOID};
+
+	return courier_prepare_kept(sql, 1, argtypes, false);
+}
+
+/* Run a pick statement: false when it found nothing due. */
+static bool
+execute_pick(SPIPlanPtr plan, TimestampTz now, Datum *seller)
+{
 	Datum		values[1] = {TimestampTzGetDatum(now)};
 	bool		isnull;
 
-	if (plans[stage] == NULL)
-		plans[stage] = courier_prepare_kept(stage == COURIER_STAGE_TMS ?
-											"SELECT seller_id FROM courier.notices"
-											" WHERE status = 'pending' AND due_at <= $1"
-											" ORDER BY due_at LIMIT 1 FOR UPDATE SKIP LOCKED" :
-											psprintf("SELECT seller_id FROM courier.work_items"
-													 " WHERE stage = '%s' AND not_before <= $1"
-													 " ORDER BY not_before, item_id"
-													 " LIMIT 1 FOR UPDATE SKIP LOCKED",
-													 courier_stage_name(stage)),
-											1, argtypes, false);
-	execute_claim(plans[stage], values, SPI_OK_SELECT);
+	execute_claim(plan, values, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return false;
 	*seller = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,

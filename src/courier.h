@@ -301,6 +301,7 @@ extern void courier_remember_claim(const CourierClaim *claim);
 extern int	courier_lease_notices(int limit, int lease_ms, TimestampTz now,
 								  int max_age_min);
 extern long courier_next_due_ms(CourierStage stage);
+extern bool courier_pick_receipt_seller(TimestampTz now, Datum *seller);
 extern void courier_charge_attempt(const CourierClaim *items, const char *error,
 								   const char *sqlstate, int http_status,
 								   bool permanent);

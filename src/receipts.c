@@ -201,34 +201,44 @@ courier_receipts_next_due_ms(void)
  *		receipt_due_at moves past the time a round's queries may take, so
  *		no other sender asks about them meanwhile.  *notices gets them (in
  *		round_context).  The same shape as the tms lease (claim.c): the
- *		claim's ctids, reached by a TID scan.
+ *		claim's ctids, reached by a TID scan; with courier.claim_per_seller,
+ *		the notices of one seller (docs/citus.md, rule 2), named in both
+ *		halves.
  */
 static int
 lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[3] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID};
-	Datum		values[3];
+	static SPIPlanPtr plans[2];
+	static char *sql[2];
+	Oid			argtypes[4] = {TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INT8OID};
+	Datum		values[4];
 	MemoryContext old;
 	int			n;
+	int			one = courier_claim_per_seller ? 1 : 0;
 
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = TimestampTzGetDatum(lease_end);
 	values[2] = Int32GetDatum(RECEIPT_BATCH);
-	courier_execute_kept(&plan,
-						 "UPDATE courier.notices n"
-						 "   SET receipt_due_at = $2"
-						 " WHERE n.ctid = ANY (ARRAY("
-						 "    SELECT c.ctid FROM courier.notices c"
-						 "     WHERE c.receipt_status IN ('awaiting', 'unconfirmed')"
-						 "       AND c.receipt_due_at <= $1"
-						 "     ORDER BY c.receipt_due_at LIMIT $3 FOR UPDATE SKIP LOCKED)) "
-						 "RETURNING n.seller_id, n.order_id, n.ship_date,"
-						 "          coalesce(n.provider_id, ''), n.customer_phone, n.receipt_checks,"
-						 "          n.provider, coalesce(n.channel, ''),"
-						 "          n.receipt_status = 'unconfirmed',"
-						 "          n.product_name, n.reason, n.variant",
-						 3, argtypes, values, NULL, SPI_OK_UPDATE_RETURNING);
+	if (one && !courier_pick_receipt_seller(now, &values[3]))
+		return 0;
+	if (sql[one] == NULL)
+		sql[one] = MemoryContextStrdup(TopMemoryContext, psprintf(
+			"UPDATE courier.notices n"
+			"   SET receipt_due_at = $2"
+			" WHERE n.ctid = ANY (ARRAY("
+			"    SELECT c.ctid FROM courier.notices c"
+			"     WHERE c.receipt_status IN ('awaiting', 'unconfirmed')"
+			"       AND c.receipt_due_at <= $1%s"
+			"     ORDER BY c.receipt_due_at LIMIT $3 FOR UPDATE SKIP LOCKED))%s "
+			"RETURNING n.seller_id, n.order_id, n.ship_date,"
+			"          coalesce(n.provider_id, ''), n.customer_phone, n.receipt_checks,"
+			"          n.provider, coalesce(n.channel, ''),"
+			"          n.receipt_status = 'unconfirmed',"
+			"          n.product_name, n.reason, n.variant",
+			one ? " AND c.seller_id = $4" : "",
+			one ? " AND n.seller_id = $4" : ""));
+	courier_execute_kept(&plans[one], sql[one], 3 + one, argtypes, values, NULL,
+						 SPI_OK_UPDATE_RETURNING);
 
 	n = (int) SPI_processed;
 	old = MemoryContextSwitchTo(round_context);

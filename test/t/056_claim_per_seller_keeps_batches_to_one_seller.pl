@@ -19,6 +19,9 @@
 #	seller parameter and the other hot statements joining on seller_id.
 #	Then the switch is turned off live and 600 more orders show batches
 #	of many sellers: the notes would see a mix if the mode did nothing.
+#	Last, with the switch on again and NHN AlimTalk chosen live, 300
+#	orders show the receipt stage's leases one seller's each (the notes
+#	see each lease of awaited receipts).
 
 use strict;
 use warnings;
@@ -30,9 +33,11 @@ use CourierTms;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $mock = start_mock();
+my $mock = start_provider_mock();
 my $node = tms_node(
-	'perseller', $mock, conf => q{
+	'perseller', $mock, conf => provider_conf($mock, 'generic') . qq{
+courier.tms_url = '$mock->{url}'
+} . q{
 shared_preload_libraries = 'courier,pg_stat_statements'
 pg_stat_statements.track = all
 pg_stat_statements.max = 5000
@@ -58,6 +63,11 @@ BEGIN
 		INSERT INTO public.batch_sellers VALUES ('lease', pg_catalog.txid_current(), NEW.seller_id);
 	ELSIF NEW.status = 'delivered' AND OLD.status = 'pending' THEN
 		INSERT INTO public.batch_sellers VALUES ('record', pg_catalog.txid_current(), NEW.seller_id);
+	ELSIF OLD.receipt_status IN ('awaiting', 'unconfirmed')
+		  AND NEW.receipt_status = OLD.receipt_status
+		  AND NEW.receipt_checks = OLD.receipt_checks
+		  AND NEW.receipt_due_at IS DISTINCT FROM OLD.receipt_due_at THEN
+		INSERT INTO public.batch_sellers VALUES ('receipt_lease', pg_catalog.txid_current(), NEW.seller_id);
 	END IF;
 	RETURN NULL;
 END $$;
@@ -151,6 +161,31 @@ ok( poll_until(
 like(query($node, "SELECT string_agg(x, ' ') FROM ($mixed) m(x)"),
 	qr/^lease:[1-9]\d*:\d+ logic:[1-9]\d*:\d+ record:[1-9]\d*:\d+$/,
 	'with the switch off, logic batches, leases and records mix sellers');
+
+# Through NHN AlimTalk, with the switch on again: the receipt stage's
+# lease takes one seller's awaited receipts (its other statements join on
+# the notice's key).
+query($node, 'TRUNCATE public.batch_sellers');
+set_conf($node, claim_per_seller => 'on', tms_provider => 'nhn_alimtalk',
+	tms_url => $mock->{base}, receipt_interval => '100ms');
+query($node, 'SELECT pg_stat_statements_reset()');
+# numbers ending in 1: none of the mock's special patterns
+is(register_tms_orders($node, 2001, 2300, phone_sql => q{'0105' || lpad((g * 10 + 1)::text, 7, '0')}),
+	300, 'register 300 orders of 50 sellers');
+delay_tms($node, 2001, 2300, 10);
+ok( poll_until(
+		$node,
+		q{SELECT count(*) FROM courier.notices
+		   WHERE order_id BETWEEN 2001 AND 2300 AND receipt_status = 'delivered'},
+		'300', 120),
+	'through NHN AlimTalk, the 300 notices are delivered and their receipts say so');
+like(query($node, "SELECT string_agg(x, ' ') FROM ($mixed) m(x) WHERE x LIKE 'receipt%'"),
+	qr/^receipt_lease:0:[1-9]\d*$/,
+	'no lease of the receipt stage took notices of two sellers');
+is(query($node, q{
+	SELECT count(*) > 0, bool_and(query LIKE '%c.seller_id = $4%' AND query LIKE '%n.seller_id = $4%')
+	  FROM pg_stat_statements WHERE query LIKE '%SET receipt_due_at = $2%'}),
+	't|t', 'the receipt lease ran, restricted to one seller in both halves');
 
 $node->stop;
 done_testing();
