@@ -16,7 +16,8 @@
 # the default, or nhn_alimtalk, nhn_sms, sens_alimtalk, sens_sms; the mock
 # then plays that provider, and some customers' numbers are set up to
 # fail: 1 in 100 has no KakaoTalk (AlimTalk 3019, so it gets an SMS
-# instead when the provider falls back), 1 in 250 is not a valid number),
+# instead), 1 in 250 is not a valid number), DEMO_FALLBACK (who sends that
+# SMS for an AlimTalk provider: provider, the default, courier or none),
 # COURIER_SKIP_DEPS=1 to skip the apt step.
 set -euo pipefail
 
@@ -24,6 +25,14 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ORDERS=${DEMO_ORDERS:-30000}
 BULK=${DEMO_BULK:-100}
 PROVIDER=${DEMO_PROVIDER:-generic}
+FALLBACK=${DEMO_FALLBACK:-provider}
+case $FALLBACK in
+	provider | courier | none) ;;
+	*)
+		echo "DEMO_FALLBACK must be provider, courier or none" >&2
+		exit 2
+		;;
+esac
 case $PROVIDER in
 	generic | nhn_alimtalk | nhn_sms | sens_alimtalk | sens_sms) ;;
 	*)
@@ -96,10 +105,10 @@ courier.tms_hmac_secret = 'demo-sens-secret'
 courier.alimtalk_template = 'COURIER_DELAY'
 courier.alimtalk_template_v2 = 'COURIER_DELAY_V2'
 courier.alimtalk_template_params = 'orderId=order_id, product=product, reason=reason, shipDate=ship_date'
-courier.alimtalk_fallback = 'provider'
+courier.alimtalk_fallback = '$FALLBACK'
 courier.receipt_interval = '100ms'" ;;
 esac
-echo "provider: $PROVIDER"
+echo "provider: $PROVIDER$([[ $PROVIDER == *alimtalk ]] && echo ", AlimTalk fallback by: $FALLBACK")"
 
 say "starting a throwaway PostgreSQL 15 cluster"
 cluster_init "$WORK/data" "$WORK/initdb.log"
@@ -186,15 +195,17 @@ sql -c "SELECT '    ' || count(*) || ' failed with ' || last_sqlstate || ': ' ||
 if [[ $PROVIDER != generic ]]; then
 	echo "  what the customers' handsets received (the mock's count):"
 	printf '    %-40s %s\n' "AlimTalk" "$(customers alimtalk)" \
-		"SMS / LMS sent as such" "$(customers sms) / $(customers lms)" \
+		"SMS / LMS by the SMS API (courier's fallback too)" "$(customers sms) / $(customers lms)" \
 		"SMS / LMS after an AlimTalk fallback" "$(customers fallback_sms) / $(customers fallback_lms)" \
 		"received nothing" "$(( ORDERS - $(customers total) ))" \
 		"  of them refused at send (in courier.failures)" "$(customers refused)"
 	echo "  what courier learned from the provider's receipts:"
 	sql -c "SELECT '    ' || coalesce(receipt_status, 'no receipt') || ' '
 	               || coalesce(receipt_code, '') || coalesce(' after AlimTalk ' || fallback_reason, '')
+	               || coalesce(' (' || fallback_channel || ' via ' || provider || ')', '')
 	               || ': ' || count(*)
-	          FROM courier.notices GROUP BY receipt_status, receipt_code, fallback_reason
+	          FROM courier.notices
+	         GROUP BY receipt_status, receipt_code, fallback_reason, fallback_channel, provider
 	         ORDER BY count(*) DESC"
 fi
 sql -c "SELECT '  still queued: ' || (SELECT count(*) FROM courier.work_items) || ' logic items, '
