@@ -50,14 +50,7 @@ my $workers = "SELECT count(*) FROM pg_stat_activity"
   . " WHERE backend_type IN ('courier logic worker', 'courier tms worker')";
 
 my $offset = log_offset($node);
-query($node, "CREATE EXTENSION courier VERSION '0.1'");
-is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
-	'0.1', 'the extension is created at version 0.1');
-ok( poll_log(
-		$node,
-		qr/courier launcher: extension courier is at version 0\.1, the library needs \Q$current\E; no worker is started/,
-		$offset, 30),
-	'the launcher warns that the extension is at 0.1 and starts no worker');
+create_at_version($node, '0.1');
 
 is(register_tms_orders($node, 1, 80), 80, 'register_orders registers 80 orders under 0.1');
 my $req1 = delay_tms($node, 1, 40, 10);

@@ -53,15 +53,7 @@ my $node = tms_node('upgrade03', $mock, create => 0);
 my $workers = "SELECT count(*) FROM pg_stat_activity"
   . " WHERE backend_type IN ('courier logic worker', 'courier tms worker')";
 
-my $offset = log_offset($node);
-query($node, "CREATE EXTENSION courier VERSION '0.3'");
-is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
-	'0.3', 'the extension is created at version 0.3');
-ok( poll_log(
-		$node,
-		qr/courier launcher: extension courier is at version 0\.3, the library needs \Q$current\E; no worker is started/,
-		$offset, 30),
-	'the launcher warns that the extension is at 0.3 and starts no worker');
+create_at_version($node, '0.3');
 
 # The app API works over the 0.3 schema, re-registrations included.
 is(register_tms_orders($node, 1, 40), 40, 'register_orders registers 40 orders under 0.3');

@@ -48,15 +48,7 @@ courier.idle_wakeup = '500ms'
 my $workers = "SELECT count(*) FROM pg_stat_activity"
   . " WHERE backend_type IN ('courier logic worker', 'courier tms worker')";
 
-my $offset = log_offset($node);
-query($node, "CREATE EXTENSION courier VERSION '0.4'");
-is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
-	'0.4', 'the extension is created at version 0.4');
-ok( poll_log(
-		$node,
-		qr/courier launcher: extension courier is at version 0\.4, the library needs \Q$current\E; no worker is started/,
-		$offset, 30),
-	'the launcher warns that the extension is at 0.4 and starts no worker');
+create_at_version($node, '0.4');
 
 # The app API works over the 0.4 schema.
 is(register_tms_orders($node, 1, 20), 20, 'register_orders registers 20 orders under 0.4');

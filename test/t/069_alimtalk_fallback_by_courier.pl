@@ -169,6 +169,21 @@ mock_control($mock, send_fallback_codes => 0);
 # (all 40 fall back) and holds its transaction open, so that the poller's
 # record of the same 3019 receipts waits on the rows' locks; then the app
 # commits.  The poller must not send a second fallback.
+# webhook_3019(WHERE): the SQL that hands courier NHN's webhook saying
+# 3019 (not a KakaoTalk user) for each notice matching WHERE.
+sub webhook_3019
+{
+	my ($where) = @_;
+	return qq{
+	SELECT courier.record_receipts(jsonb_build_object(
+		'event', 'MESSAGE_RESULT_UPDATE',
+		'hooks', (SELECT jsonb_agg(jsonb_build_object(
+					'recipientGroupingKey',
+					'dn-' || order_id || '-' || to_char(ship_date, 'YYYYMMDD'),
+					'resultCode', '3019'))
+					FROM courier.notices WHERE $where)))};
+}
+
 set_conf($node, receipt_interval => '2s');
 is(register_tms_orders($node, 401, 440, phone_sql => q{'010' || lpad(g::text, 4, '0') || '3019'}),
 	40, 'register 40 orders of 3019 numbers');
@@ -187,14 +202,7 @@ ok( poll_until($node, sprintf($sender, "count(*) FILTER (WHERE query = 'tms: ask
 	'the sender is asking the provider for their receipts');
 my $app = $node->background_psql('postgres');
 $app->query_safe('BEGIN');
-is($app->query_safe(qq{
-	SELECT courier.record_receipts(jsonb_build_object(
-		'event', 'MESSAGE_RESULT_UPDATE',
-		'hooks', (SELECT jsonb_agg(jsonb_build_object(
-					'recipientGroupingKey',
-					'dn-' || order_id || '-' || to_char(ship_date, 'YYYYMMDD'),
-					'resultCode', '3019'))
-					FROM courier.notices WHERE $race)))}),
+is($app->query_safe(webhook_3019($race)),
 	'40', 'meanwhile the app records the webhook: the 40 notices fall back (not committed yet)');
 ok( poll_until($node, sprintf($sender, "count(*) FILTER (WHERE wait_event_type = 'Lock')"),
 		'1', 30),
@@ -213,14 +221,7 @@ is(query($node, qq{
 	   AND fallback_channel = 'sms' AND receipt_status = 'delivered' AND attempts = 2
 	   AND jsonb_array_length(errors) = 1}),
 	'40', 'each raced notice fell back once: one SMS attempt, one entry in its history');
-is(query($node, qq{
-	SELECT courier.record_receipts(jsonb_build_object(
-		'event', 'MESSAGE_RESULT_UPDATE',
-		'hooks', (SELECT jsonb_agg(jsonb_build_object(
-					'recipientGroupingKey',
-					'dn-' || order_id || '-' || to_char(ship_date, 'YYYYMMDD'),
-					'resultCode', '3019'))
-					FROM courier.notices WHERE $race)))}),
+is(query($node, webhook_3019($race)),
 	'0', 'the same webhook again changes nothing');
 ok(wait_receipts_final($mock), 'the provider\'s records are final');
 is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $race), sms => 1) },

@@ -35,6 +35,7 @@ our @EXPORT = qw(
   log_offset
   poll_log
   library_version
+  create_at_version
 );
 
 # The settings every courier test cluster runs with; a test adds its own
@@ -297,6 +298,27 @@ sub library_version
 		return $1 if /^default_version\s*=\s*'([^']+)'/;
 	}
 	die "no default_version in courier.control";
+}
+
+# create_at_version(NODE, VERSION)
+#	The upgrade tests' start: CREATE EXTENSION courier at an older VERSION
+#	under the current library; two tests check that it is at VERSION and
+#	that the launcher says so and starts no worker.
+sub create_at_version
+{
+	my ($node, $version) = @_;
+	my $current = library_version();
+	my $offset = log_offset($node);
+
+	query($node, "CREATE EXTENSION courier VERSION '$version'");
+	is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'"),
+		$version, "the extension is created at version $version");
+	ok( poll_log(
+			$node,
+			qr/courier launcher: extension courier is at version \Q$version\E, the library needs \Q$current\E; no worker is started/,
+			$offset, 30),
+		"the launcher warns that the extension is at $version and starts no worker");
+	return;
 }
 
 1;
