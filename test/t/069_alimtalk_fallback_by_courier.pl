@@ -163,12 +163,6 @@ is(scalar @{ handset_mismatches(mock_handsets($mock),
 	0, 'each of those customers received exactly one SMS');
 mock_control($mock, send_fallback_codes => 0);
 
-# ---- the race: the app hands courier NHN's webhook for notices the
-# receipt stage is asking about.  The poller leases them and asks (the
-# mock answers 2.5 s late); meanwhile an app session records the webhook
-# (all 40 fall back) and holds its transaction open, so that the poller's
-# record of the same 3019 receipts waits on the rows' locks; then the app
-# commits.  The poller must not send a second fallback.
 # webhook_3019(WHERE): the SQL that hands courier NHN's webhook saying
 # 3019 (not a KakaoTalk user) for each notice matching WHERE.
 sub webhook_3019
@@ -184,10 +178,18 @@ sub webhook_3019
 					FROM courier.notices WHERE $where)))};
 }
 
+# ---- the race: the app hands courier NHN's webhook for notices the
+# receipt stage is asking about.  The poller leases them and asks (the
+# mock answers everything 2.5 s late, from before the send, so the
+# window does not depend on the machine's speed); meanwhile an app session records the webhook
+# (all 40 fall back) and holds its transaction open, so that the poller's
+# record of the same 3019 receipts waits on the rows' locks; then the app
+# commits.  The poller must not send a second fallback.
 set_conf($node, receipt_interval => '2s');
 is(register_tms_orders($node, 401, 440, phone_sql => q{'010' || lpad(g::text, 4, '0') || '3019'}),
 	40, 'register 40 orders of 3019 numbers');
 my $race = 'order_id BETWEEN 401 AND 440 AND ship_date = current_date + 10';
+mock_control($mock, latency_ms => 2500);
 delay_tms($node, 401, 440, 10);
 ok( poll_until(
 		$node,
@@ -195,7 +197,6 @@ ok( poll_until(
 		  . " AND status = 'delivered' AND receipt_status = 'awaiting' AND receipt_checks = 0",
 		'40', 30),
 	'the 40 AlimTalks are accepted and await their receipts');
-mock_control($mock, latency_ms => 2500);
 my $sender = "SELECT %s FROM pg_stat_activity WHERE backend_type = 'courier tms worker'";
 ok( poll_until($node, sprintf($sender, "count(*) FILTER (WHERE query = 'tms: asking for receipts')"),
 		'1', 30),
