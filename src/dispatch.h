@@ -68,6 +68,9 @@ typedef struct CourierMessage
 	const char *subject;		/* NULL for none */
 	const char *text;			/* rendered: what SMS sends, what the DBA sees */
 	bool		skip;			/* not to be sent at all */
+	int			refusals;		/* attempts the provider refused, outcome
+								 * known (the idempotency key changes with
+								 * them: courier_idempotency_key) */
 	bool		fallback;		/* courier's own SMS/LMS fallback of an
 								 * AlimTalk that could not reach the
 								 * customer: sent by the SMS dialect */

@@ -105,7 +105,16 @@ courier_set_request_outcome(const CourierRequest *req, CourierMessage *msgs,
  * message after its own jittered back-off, so a message retried after a
  * bulk request usually travels with other messages, under another key.
  * Only one-message requests (courier.tms_bulk_size = 1) keep one key per
- * message across every attempt.
+ * message across every attempt whose outcome is unknown.
+ *
+ * An attempt the provider answered with a refusal (-9999: a system error,
+ * the recipient refused, outcome known) makes a new key for the next:
+ * "<key>-r<n>" after n refusals.  A provider may keep the key of a request
+ * it refused (NHN keeps an idempotency key 10 minutes, and does not say
+ * whether a refused request's counts: the mock's does), and would answer
+ * the retry -1005, which courier reads as "an earlier attempt was taken".
+ * That reading holds only after an attempt whose outcome is unknown, and
+ * those keep the key.
  */
 char *
 courier_idempotency_key(const CourierRequest *req, const CourierMessage *msgs)
@@ -114,14 +123,16 @@ courier_idempotency_key(const CourierRequest *req, const CourierMessage *msgs)
 	uint64		digest = 0;
 
 	if (req->count == 1)
-		return pstrdup(first->key);
+		return first->refusals == 0 ? pstrdup(first->key) :
+			psprintf("%s-r%d", first->key, first->refusals);
 	for (int k = 0; k < req->count; k++)
 	{
-		const char *key = msgs[req->idx[k]].key;
+		const CourierMessage *m = &msgs[req->idx[k]];
 
 		digest = hash_combine64(digest,
-								hash_bytes_extended((const unsigned char *) key,
-													(int) strlen(key), k));
+								hash_bytes_extended((const unsigned char *) m->key,
+													(int) strlen(m->key),
+													k + ((uint64) m->refusals << 32)));
 	}
 	return psprintf("bulk-%.64s-%d-%016llx", first->key, req->count,
 					(unsigned long long) digest);

@@ -583,6 +583,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 		else if (bytes > COURIER_LMS_MAX_BYTES)
 			b->verdict[i] = VERDICT_TOO_LONG;
 		m->fallback = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+		m->refusals = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
 		m->channel = (bytes >= 0 && bytes <= COURIER_SMS_MAX_BYTES) ? "sms" : "lms";
 		m->subject = (strcmp(m->channel, "lms") == 0) ? COURIER_LMS_SUBJECT : NULL;
 	}

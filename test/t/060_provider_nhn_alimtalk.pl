@@ -27,7 +27,10 @@
 #	   recipientGroupingKey): its provider id and final receipt are filled
 #	   in, nothing fails.  The retry is courier's second attempt, or, when
 #	   the lost reply came on a reused connection, libcurl's own resend
-#	   within the first: either way it carries the same key;
+#	   within the first: either way it carries the same key; an attempt
+#	   NHN refused (-9999, outcome known) is retried under a new key, so a
+#	   refusal is never read as "taken" (NHN keeps the refused request's
+#	   key): refused three times, it fails, received three times;
 #	5. a template that is not approved (-3005): configuration, the breaker
 #	   opens, no attempt is charged; fixed, everything goes out once.
 
@@ -238,6 +241,33 @@ diag('attempts of the taken notices: '
 ok(wait_receipts_final($mock), 'the AlimTalks reached their final state');
 is(scalar @{ handset_mismatches(mock_handsets($mock), phones_of($node, $d13), alimtalk => 1) },
 	0, 'each of the 5 customers received exactly one AlimTalk: not resent');
+
+# ---- 4b. refused (-9999), retried one message a request: a new key each
+# time.  NHN keeps the key of the refused request (the mock's choice), so
+# the same key would be answered -1005 and read as "taken".
+is(register_tms_orders($node, 3201, 3203,
+		phone_sql => q{'010' || lpad(g::text, 4, '0') || '9990'}),
+	3, 'register 3 orders whose numbers NHN refuses with -9999');
+$s = mock_stats($mock);
+delay_tms($node, 3201, 3203, 13);
+ok( poll_until(
+		$node,
+		"SELECT count(*) FROM courier.notices WHERE order_id BETWEEN 3201 AND 3203"
+		  . " AND status IN ('delivered', 'failed')",
+		'3', 60),
+	'the 3 refused notices are settled');
+is(query($node, q{
+	SELECT string_agg(n.status || ':' || f.last_sqlstate || ':' || f.attempts, ' ')
+	  FROM courier.notices n
+	  JOIN courier.failures f USING (seller_id, order_id, ship_date)
+	 WHERE n.order_id BETWEEN 3201 AND 3203}),
+	'failed:tms:-9999:3 failed:tms:-9999:3 failed:tms:-9999:3',
+	'each failed with -9999 after courier.max_attempts (3): none mistaken for taken');
+is(mock_stats($mock)->{idempotency_rejected} - $s->{idempotency_rejected}, 0,
+	'no retry was answered -1005: each went under a new key');
+my $keys = received_counts($mock);
+is(join(',', map { $keys->{$_} // 0 } @{ notice_keys($node, 'order_id BETWEEN 3201 AND 3203') }),
+	'3,3,3', 'NHN received each 3 times');
 
 query($node, 'ALTER SYSTEM SET courier.tms_bulk_size = 100');
 query($node, 'SELECT pg_reload_conf()');
