@@ -219,10 +219,11 @@ extern void courier_limits_counters(uint64 *requests, uint64 *throttled,
 #define COURIER_LMS_MAX_BYTES	2000
 #define COURIER_LMS_SUBJECT		"Shipping delay"
 
-extern char *courier_render_notice(const char *template, int64 order_id,
+extern char *courier_render_notice(bool v2, int64 order_id,
 								   DateADT ship_date, const char *product,
 								   const char *reason);
 extern int	courier_euckr_length(const char *text);
+extern const char *courier_sms_channel(int euckr_bytes);
 
 /* ----------
  * The stages' batches (logic.c, tms.c)

@@ -541,10 +541,8 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now, TimestampTz lease_e
 			 * The provider resent it and does not say how: as courier asked,
 			 * by SMS or LMS as the text's length in EUC-KR routed it (tms.c).
 			 */
-			int			bytes = courier_euckr_length(notice_text(r));
-
 			strlcpy(c->fallback_channel,
-					bytes >= 0 && bytes <= COURIER_SMS_MAX_BYTES ? "sms" : "lms",
+					courier_sms_channel(courier_euckr_length(notice_text(r))),
 					sizeof(c->fallback_channel));
 		}
 		channels[i] = channel_nulls[i] ? (Datum) 0 :
@@ -651,8 +649,8 @@ record_round(ReceiptNotice *notices, int n, TimestampTz now, TimestampTz lease_e
 static char *
 notice_text(const ReceiptNotice *r)
 {
-	return courier_render_notice(r->v2 ? courier_notice_template_v2 : courier_notice_template,
-								 r->order_id, r->ship_date, r->product, r->reason);
+	return courier_render_notice(r->v2, r->order_id, r->ship_date, r->product,
+								 r->reason);
 }
 
 /*

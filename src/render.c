@@ -27,14 +27,17 @@
 
 /*
  * courier_render_notice
- *		The notice's text: the template with {order_id}, {new_ship_date},
- *		{product} and {reason} replaced, in one pass, so that a value that
- *		itself contains "{reason}" is never expanded again.
+ *		The notice's text: its variant's template (courier.notice_template,
+ *		or _v2 inside the notice_v2 rollout) with {order_id},
+ *		{new_ship_date}, {product} and {reason} replaced, in one pass, so
+ *		that a value that itself contains "{reason}" is never expanded
+ *		again.
  */
 char *
-courier_render_notice(const char *template, int64 order_id, DateADT ship_date,
-			const char *product, const char *reason)
+courier_render_notice(bool v2, int64 order_id, DateADT ship_date,
+					  const char *product, const char *reason)
 {
+	const char *template = v2 ? courier_notice_template_v2 : courier_notice_template;
 	StringInfoData out;
 	char	   *date = DatumGetCString(DirectFunctionCall1(date_out,
 														   DateADTGetDatum(ship_date)));
@@ -74,6 +77,19 @@ courier_render_notice(const char *template, int64 order_id, DateADT ship_date,
 			appendStringInfoChar(&out, *p++);
 	}
 	return out.data;
+}
+
+/*
+ * courier_sms_channel
+ *		The channel a text of that many EUC-KR bytes goes by (courier_euckr_
+ *		length): "sms" up to COURIER_SMS_MAX_BYTES, else "lms" (a text too
+ *		long even for an LMS, or one EUC-KR cannot carry, is refused before
+ *		this matters).
+ */
+const char *
+courier_sms_channel(int euckr_bytes)
+{
+	return (euckr_bytes >= 0 && euckr_bytes <= COURIER_SMS_MAX_BYTES) ? "sms" : "lms";
 }
 
 /*

@@ -567,10 +567,8 @@ tms_lease(TmsBatch *b, bool lock_orders)
 		m->reason = SPI_getvalue(tup, desc, 6);
 		m->ship_date = psprintf("%04d-%02d-%02d", year, month, day);
 		m->variant = strcmp(variant, "v2") == 0 ? 2 : 1;
-		m->text = courier_render_notice(m->variant == 2 ?
-										courier_notice_template_v2 : courier_notice_template,
-										b->order_ids[i], b->ship_dates[i],
-										m->product, m->reason);
+		m->text = courier_render_notice(m->variant == 2, b->order_ids[i],
+										b->ship_dates[i], m->product, m->reason);
 		bytes = courier_euckr_length(m->text);
 		if (!DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull)))
 			b->verdict[i] = VERDICT_CLOSED;
@@ -584,7 +582,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 			b->verdict[i] = VERDICT_TOO_LONG;
 		m->fallback = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
 		m->refusals = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
-		m->channel = (bytes >= 0 && bytes <= COURIER_SMS_MAX_BYTES) ? "sms" : "lms";
+		m->channel = courier_sms_channel(bytes);
 		m->subject = (strcmp(m->channel, "lms") == 0) ? COURIER_LMS_SUBJECT : NULL;
 	}
 	index_orders(b);
@@ -817,6 +815,8 @@ tms_record(TmsBatch *b)
 	Datum	   *receipts = palloc(sizeof(Datum) * n);
 	Datum	   *dialect = palloc(sizeof(Datum) * n);
 	Datum	   *code = palloc(sizeof(Datum) * n);
+	Datum		dialect_name[2] = {CStringGetTextDatum(b->provider->name),
+	CStringGetTextDatum(b->fallback_provider->name)};
 	CourierCharges charges;
 	int			delivered = 0;
 	bool		unauthorized = false;
@@ -924,7 +924,7 @@ tms_record(TmsBatch *b)
 		latency[i] = Float8GetDatum(m->latency_ms);
 		release[i] = Int32GetDatum(release_ms);
 		receipts[i] = BoolGetDatum(provider->receipt_query != NULL);
-		dialect[i] = CStringGetTextDatum(provider->name);
+		dialect[i] = dialect_name[provider == b->provider ? 0 : 1];
 		code[i] = CStringGetTextDatum(m->code);
 		if (strcmp(s, "charge") == 0)
 		{
