@@ -238,14 +238,17 @@ mock_control($mock, malformed_rate => 1.0);
 delay_tms($node, 1, 1, 11);
 exhausts('garbage 200 body', 1, 11, 1, '%unreadable%', '200', $MAX_ATTEMPTS);
 
-# libcurl re-sends a request once, on a fresh connection, when a kept-alive
-# connection it reused is closed without an answer: an attempt may reach
-# the mock twice (under the same idempotency key).
+# libcurl re-sends a request by itself when a kept-alive connection it
+# reused is closed without an answer, on the next connection of its pool,
+# which may be another such one: up to 5 times (libcurl's CONN_MAX_RETRIES)
+# within one attempt, under the same idempotency key.  (CI once saw 17
+# receptions of 8 attempts.)  A provider without an idempotency key gets
+# connections of their own instead (t/068).
 mock_reset($mock);
 mock_control($mock, reset_rate => 1.0);
 delay_tms($node, 2, 2, 11);
 exhausts('connection reset after the request', 2, 11, 1, '%', '',
-	[ $MAX_ATTEMPTS, 2 * $MAX_ATTEMPTS ]);
+	[ $MAX_ATTEMPTS, 6 * $MAX_ATTEMPTS ]);
 
 mock_reset($mock);
 mock_control($mock, hang_rate => 1.0, hang_ms => 3000);
