@@ -131,6 +131,7 @@ static void index_orders(TmsBatch *b);
 static bool admit_requests(void);
 static void drop_closed_order(int64 order_id, void *arg);
 static void tms_send(TmsBatch *b);
+static void choose_dialects(TmsBatch *b);
 static const CourierProvider *provider_of_message(const TmsBatch *b, int i);
 static void tms_record(TmsBatch *b);
 static void tms_record_retrying(TmsBatch *b);
@@ -511,12 +512,6 @@ tms_lease(TmsBatch *b, bool lock_orders)
 	SPITupleTable *leased;
 
 	b->dry_run = (courier_tms_mode == COURIER_TMS_DRY_RUN);
-	b->provider = courier_provider_by_id(courier_tms_provider);
-	if (b->provider == NULL)
-		elog(ERROR, "courier: no TMS provider of number %d", courier_tms_provider);
-	b->fallback_provider = b->provider->fallback_dialect != NULL ?
-		courier_provider_lookup(b->provider->fallback_dialect) : b->provider;
-	Assert(b->fallback_provider != NULL);
 	b->closes_next = courier_closes_position();
 	b->lease_started = GetCurrentTimestamp();
 	b->lease_ms = Max(courier_lease_ms, 2 * request_budget_ms());
@@ -663,6 +658,24 @@ index_orders(TmsBatch *b)
 }
 
 /*
+ * choose_dialects
+ *		The dialects b goes out in, as configured now, not when it was
+ *		leased: a batch leased ahead while the one before was on the wire
+ *		may be sent after a reload that switched courier.tms_provider.
+ *		Called when b is sent, or recorded without having been sent.
+ */
+static void
+choose_dialects(TmsBatch *b)
+{
+	b->provider = courier_provider_by_id(courier_tms_provider);
+	if (b->provider == NULL)
+		elog(ERROR, "courier: no TMS provider of number %d", courier_tms_provider);
+	b->fallback_provider = b->provider->fallback_dialect != NULL ?
+		courier_provider_lookup(b->provider->fallback_dialect) : b->provider;
+	Assert(b->fallback_provider != NULL);
+}
+
+/*
  * provider_of_message
  *		The dialect that sends b's message i: courier.tms_provider's, or
  *		for courier's own SMS/LMS fallback of an AlimTalk its SMS dialect.
@@ -687,6 +700,8 @@ tms_send(TmsBatch *b)
 	int			m = 0;
 	int			first = -1;
 	MemoryContext old = MemoryContextSwitchTo(b->context);
+
+	choose_dialects(b);
 
 	for (int i = 0; i < b->n; i++)
 	{
@@ -815,8 +830,7 @@ tms_record(TmsBatch *b)
 	Datum	   *receipts = palloc(sizeof(Datum) * n);
 	Datum	   *dialect = palloc(sizeof(Datum) * n);
 	Datum	   *code = palloc(sizeof(Datum) * n);
-	Datum		dialect_name[2] = {CStringGetTextDatum(b->provider->name),
-	CStringGetTextDatum(b->fallback_provider->name)};
+	Datum		dialect_name[2];
 	CourierCharges charges;
 	int			delivered = 0;
 	bool		unauthorized = false;
@@ -829,6 +843,10 @@ tms_record(TmsBatch *b)
 	Datum		values[15];
 	CourierStageState *st;
 
+	if (b->provider == NULL)
+		choose_dialects(b);		/* leased ahead, released unsent */
+	dialect_name[0] = CStringGetTextDatum(b->provider->name);
+	dialect_name[1] = CStringGetTextDatum(b->fallback_provider->name);
 	courier_charges_init(&charges, n, COURIER_STAGE_TMS);
 	for (int i = 0; i < n; i++)
 	{
