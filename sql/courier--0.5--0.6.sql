@@ -63,6 +63,40 @@ CREATE INDEX deliveries_order ON courier.deliveries (subscriber_id, order_id, ev
 CREATE INDEX deliveries_due ON courier.deliveries (subscriber_id, not_before)
 	WHERE failed_at IS NULL;
 
+/*
+ * courier.emit_events: record events and fan them out to the subscriptions
+ * that asked for their type, in the caller's transaction.  The one way
+ * courier writes an event: the logic stage's apply statement, the app API
+ * and the senders call it with the rows their change touched.  Internal:
+ * granted to no one (the callers run as the extension's owner).
+ */
+CREATE FUNCTION courier.emit_events(seller_ids bigint[], order_ids bigint[], types text[],
+									payloads jsonb[], occurred_at timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	WITH ev AS (
+		INSERT INTO courier.events (seller_id, order_id, type, occurred_at, payload)
+		SELECT u.seller_id, u.order_id, u.type, emit_events.occurred_at, u.payload
+		  FROM unnest(seller_ids, order_ids, types, payloads)
+			   AS u(seller_id, order_id, type, payload)
+		RETURNING seller_id, event_id, order_id, type
+	), fanned AS (
+		INSERT INTO courier.deliveries (seller_id, subscriber_id, event_id, order_id, not_before)
+		SELECT ev.seller_id, s.subscriber_id, ev.event_id, ev.order_id, emit_events.occurred_at
+		  FROM ev JOIN courier.subscriptions s ON ev.type = ANY (s.event_types)
+		RETURNING 1
+	)
+	SELECT count(*) INTO n FROM ev;
+	RETURN n;
+END
+$$;
+REVOKE ALL ON FUNCTION courier.emit_events(bigint[], bigint[], text[], jsonb[], timestamptz) FROM PUBLIC;
+
 CREATE VIEW courier.subscribers AS
 SELECT s.name, s.url, s.event_types, s.batch_size, s.paused,
 	   s.secret IS NOT NULL AS has_secret, s.created_at,
@@ -181,15 +215,29 @@ COMMENT ON FUNCTION courier.unsubscribe(text) IS
 
 CREATE FUNCTION courier.pause_subscriber(name text)
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ UPDATE courier.subscriptions SET paused = true WHERE subscriber_id = courier.subscriber_id(name) $$;
+AS $$
+BEGIN
+	UPDATE courier.subscriptions SET paused = true
+	 WHERE subscriber_id = courier.subscriber_id(name);
+END
+$$;
+COMMENT ON FUNCTION courier.pause_subscriber(text) IS
+	'Stop delivering to a subscriber; its events keep queueing. courier.resume_subscriber starts again where it stopped.';
 
 CREATE FUNCTION courier.resume_subscriber(name text)
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$ UPDATE courier.subscriptions SET paused = false WHERE subscriber_id = courier.subscriber_id(name) $$;
+AS $$
+BEGIN
+	UPDATE courier.subscriptions SET paused = false
+	 WHERE subscriber_id = courier.subscriber_id(name);
+END
+$$;
+COMMENT ON FUNCTION courier.resume_subscriber(text) IS
+	'Deliver to a paused subscriber again, from where it stopped.';
 
 CREATE FUNCTION courier.replay(name text, since timestamptz)
 RETURNS bigint
@@ -221,6 +269,8 @@ COMMENT ON FUNCTION courier.replay(text, timestamptz) IS
 REVOKE ALL ON courier.events, courier.subscriptions, courier.deliveries,
 	courier.subscribers FROM PUBLIC;
 GRANT SELECT ON courier.events, courier.deliveries, courier.subscribers TO courier_admin;
+REVOKE ALL ON FUNCTION courier.event_types() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION courier.event_types() TO courier_admin;
 REVOKE ALL ON FUNCTION courier.subscribe(text, text, text[], integer, text),
 	courier.subscriber_id(text), courier.unsubscribe(text),
 	courier.pause_subscriber(text), courier.resume_subscriber(text),

@@ -575,6 +575,15 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 							  4, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "courier: could not register invoice");
 
+	/* the order.invoiced event, in this transaction (0.6's schema on) */
+	if (schema_is_at_least("0.6") &&
+		SPI_execute_with_args("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
+							  "    ARRAY['order.invoiced'],"
+							  "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
+							  "    $4)",
+							  4, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not record the order.invoiced event");
+
 	/*
 	 * Called through 0.1's declaration (returns boolean, and no trigger
 	 * drops the notice): the library was updated, ALTER EXTENSION courier

@@ -52,7 +52,7 @@ typedef enum CourierTmsMode
 #define COURIER_MAX_WORKERS_PER_STAGE 16
 
 /* The SQL version of courier this library works with. */
-#define COURIER_SCHEMA_VERSION "0.5"
+#define COURIER_SCHEMA_VERSION "0.6"
 
 /* ----------
  * GUC variables (guc.c)

@@ -41,7 +41,10 @@
  * the order.  Every item gets a history row, and leaves the queue.  The
  * time ($2) and the switch's percentage ($3) come in as parameters: the
  * statement calls no clock and no stable function in a CASE, only the
- * immutable courier.rollout_bucket (docs/citus.md, rule 3).
+ * immutable courier.rollout_bucket (docs/citus.md, rule 3).  Each order
+ * delayed is an order.delayed event, fanned out to the subscriptions that
+ * asked for it (courier.emit_events, one call per batch; the DELETE joins
+ * its one row, so that it runs).
  *
  * Orders that were invoiced, shipped or cancelled (or are gone) are
  * skipped.  The items CTE reads them in the statement's snapshot, so the
@@ -104,9 +107,18 @@ static const char *const apply_sql =
 "                ELSE 'delayed' END"
 "      FROM items i"
 "     WHERE NOT (i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date)"
+"), delayed AS ("
+"    SELECT courier.emit_events(pg_catalog.array_agg(ch.seller_id),"
+"               pg_catalog.array_agg(ch.order_id),"
+"               pg_catalog.array_agg('order.delayed'::text),"
+"               pg_catalog.array_agg(pg_catalog.jsonb_build_object("
+"                   'request_id', ch.request_id, 'reason', ch.reason,"
+"                   'old_ship_date', ch.old_date, 'new_ship_date', ch.new_ship_date)),"
+"               $2) AS n"
+"      FROM changed ch WHERE ch.applied"
 ") "
 "DELETE FROM courier.work_items w"
-" USING unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id)"
+" USING unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id), delayed d"
 " WHERE w.seller_id = c.seller_id AND w.item_id = c.item_id";
 
 static SPIPlanPtr apply_plan = NULL;

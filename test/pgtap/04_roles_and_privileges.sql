@@ -39,7 +39,9 @@ SELECT set_eq(
 	     AND has_function_privilege('courier_admin', oid, 'EXECUTE')$$,
 	ARRAY['request_status', 'switch_enabled', 'record_receipts', 'run_once', 'retry_failures',
 		  'discard_failures', 'sweep_overdue', 'failure_digest', 'metrics',
-		  'backoff_delay', 'prune_chunk', 'prune', 'rotate_queue'],
+		  'backoff_delay', 'prune_chunk', 'prune', 'rotate_queue',
+		  'subscribe', 'unsubscribe', 'pause_subscriber', 'resume_subscriber', 'replay',
+		  'subscriber_id', 'event_types'],
 	'courier_admin may execute exactly the DBA console (and the read-only request_status, switch_enabled)');
 SELECT is_empty(
 	$$SELECT c.oid::regclass::text FROM pg_class c

@@ -19,7 +19,7 @@ SELECT is_empty(
 	$$SELECT c.relname::text FROM pg_class c
 	   WHERE c.relnamespace = 'courier'::regnamespace AND c.relkind IN ('r', 'p')
 	     AND NOT c.relispartition
-	     AND c.relname NOT IN ('requests', 'alerts', 'digest_state', 'queue_slots')
+	     AND c.relname NOT IN ('requests', 'alerts', 'digest_state', 'queue_slots', 'subscriptions')
 	     AND NOT EXISTS (SELECT 1 FROM pg_attribute a
 						  WHERE a.attrelid = c.oid AND a.attname = 'seller_id'
 						    AND a.attnotnull)$$,
@@ -33,7 +33,7 @@ SELECT is_empty(
 	   JOIN pg_class c ON c.oid = i.indrelid
 	  WHERE c.relnamespace = 'courier'::regnamespace AND c.relkind IN ('r', 'p')
 	    AND NOT c.relispartition
-	    AND c.relname NOT IN ('requests', 'alerts', 'digest_state', 'queue_slots')
+	    AND c.relname NOT IN ('requests', 'alerts', 'digest_state', 'queue_slots', 'subscriptions')
 	    AND i.indisunique
 	    AND (SELECT a.attname FROM pg_attribute a
 	          WHERE a.attrelid = c.oid AND a.attnum = i.indkey[0]) <> 'seller_id'$$,
