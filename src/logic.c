@@ -43,8 +43,10 @@
  * statement calls no clock and no stable function in a CASE, only the
  * immutable courier.rollout_bucket (docs/citus.md, rule 3).  Each order
  * delayed is an order.delayed event, fanned out to the subscriptions that
- * asked for it (courier.emit_events, one call per batch; the DELETE joins
- * its one row, so that it runs).
+ * asked for it (courier.emit_events, one call per batch; the DELETE's
+ * one-time filter reads its result, so that it runs, without changing
+ * how the DELETE reaches the queue: joined as a relation, it made the
+ * planner scan the whole queue per batch).
  *
  * Orders that were invoiced, shipped or cancelled (or are gone) are
  * skipped.  The items CTE reads them in the statement's snapshot, so the
@@ -118,8 +120,9 @@ static const char *const apply_sql =
 "      FROM changed ch WHERE ch.applied"
 ") "
 "DELETE FROM courier.work_items w"
-" USING unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id), delayed d"
-" WHERE w.seller_id = c.seller_id AND w.item_id = c.item_id";
+" USING unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id)"
+" WHERE w.seller_id = c.seller_id AND w.item_id = c.item_id"
+"   AND (SELECT d.n FROM delayed d) >= 0";
 
 static SPIPlanPtr apply_plan = NULL;
 
