@@ -166,6 +166,39 @@ typedef struct CourierTmsLimits
 	pg_atomic_uint64 breaker_opened;
 } CourierTmsLimits;
 
+/* What a set of limits is told to hold to (limits.c). */
+typedef struct CourierLimitsConfig
+{
+	const char *who;			/* in messages: "TMS", "subscriber \"x\"" */
+	const char *activity;		/* prefix of a pause's reason: "tms" */
+	const char *hint;			/* what to check when its breaker opens */
+	int			rate_limit;		/* requests a second, 0: none */
+	int			breaker_threshold;	/* failed requests in a row that open it */
+	int			breaker_cooldown_ms;	/* open this long before a probe */
+} CourierLimitsConfig;
+
+/*
+ * A subscriber's worker and its limits (subscriber.c): one slot per
+ * subscription being delivered.  The launcher reserves a slot for a
+ * subscription with events due and starts its worker; the worker keeps
+ * it until the subscription is paused or removed, or it is stopped.  Its
+ * rate and breaker are its own: a subscriber that fails holds back no
+ * other.  Counters count since the slot was taken.
+ */
+#define COURIER_MAX_SUBSCRIBERS 32
+
+typedef struct CourierSubscriberSlot
+{
+	bool		in_use;
+	int32		subscriber_id;
+	pid_t		pid;
+	Latch	   *latch;
+	CourierTmsLimits limits;
+	pg_atomic_uint64 delivered;	/* events the subscriber accepted */
+	pg_atomic_uint64 failed;	/* events that exhausted their attempts */
+	pg_atomic_uint64 retried;	/* failed attempts of events */
+} CourierSubscriberSlot;
+
 /*
  * Closes of orders published at commit, for senders that are about to send
  * (closes.c).  A slot holds the order id and seq = its position + 1 once
@@ -190,6 +223,7 @@ typedef struct CourierShared
 	LWLock	   *lock;			/* protects the slots and launcher_latch */
 	Latch	   *launcher_latch;
 	CourierStageState stages[COURIER_NUM_STAGES];
+	CourierSubscriberSlot subscribers[COURIER_MAX_SUBSCRIBERS];
 	CourierCloseRing closes;
 } CourierShared;
 
@@ -201,6 +235,8 @@ extern void courier_wake_launcher(void);
 extern int	courier_reserve_slot(CourierStage stage);
 extern void courier_release_slot(CourierStage stage, int slot);
 extern int	courier_slots_in_use(CourierStage stage);
+extern int	courier_reserve_subscriber_slot(int32 subscriber_id);
+extern void courier_wake_subscribers_at_commit(void);
 
 /* ----------
  * Shared TMS limits (limits.c; the dispatcher's side is in dispatch.h)
@@ -210,6 +246,11 @@ extern void courier_limits_install_hooks(void);
 extern long courier_limits_send_wait_ms(const char **why);
 extern void courier_limits_counters(uint64 *requests, uint64 *throttled,
 									uint64 *breaker_opened);
+extern void courier_limits_init(CourierTmsLimits *lim);
+extern long courier_limits_wait_on(CourierTmsLimits *lim,
+								   const CourierLimitsConfig *cfg,
+								   const char **why);
+extern bool courier_limits_breaker_open_on(CourierTmsLimits *lim);
 
 /* ----------
  * A notice's text and length (render.c)
@@ -344,5 +385,6 @@ extern bool courier_error_is_transient(int sqlerrcode);
 extern void courier_register_launcher(void);
 extern PGDLLEXPORT void courier_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void courier_worker_main(Datum main_arg);
+extern PGDLLEXPORT void courier_subscriber_main(Datum main_arg);
 
 #endif							/* COURIER_H */

@@ -1,10 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * dispatch.c
- *		Sends a batch of TMS messages and gives each one outcome: groups the
- *		messages into requests in the dialect the caller names (provider.h),
- *		as many as the dialect lets share a request, keeps
- *		up to courier.tms_concurrency of them in flight through the HTTP
+ *		Sends a batch of messages (TMS notices, or a subscriber's events) and
+ *		gives each one outcome: groups the messages into requests in the
+ *		dialect the caller names (provider.h), as many as the dialect lets
+ *		share a request, keeps up to the caller's concurrency (courier.
+ *		tms_concurrency for the TMS) of them in flight through the HTTP
  *		transport (http.c), and asks the shared limits before each request
  *		and tells them after.
  *
@@ -59,7 +60,7 @@ static int	collect_request(const CourierProvider *provider,
 							CourierMessage *msgs, int n, int from, int bulk,
 							int *idx);
 static void start_request(const CourierProvider *provider, CourierMessage *msgs,
-						  int n, int *next, int bulk);
+						  int n, int *next, int bulk, int timeout_ms);
 static void finish_request(const CourierProvider *provider,
 						   const CourierHttpResult *res, CourierMessage *msgs,
 						   const CourierDispatchHooks *hooks);
@@ -82,6 +83,7 @@ static void finish_request(const CourierProvider *provider,
  */
 void
 courier_dispatch(const CourierProvider *provider, CourierMessage *msgs, int n,
+				 const CourierDispatchSizes *sizes,
 				 const CourierDispatchHooks *hooks)
 {
 	int			next;
@@ -90,8 +92,8 @@ courier_dispatch(const CourierProvider *provider, CourierMessage *msgs, int n,
 	int			bulk;
 	int			concurrency;
 
-	bulk = Min(Max(courier_tms_bulk_size, 1), provider->max_per_request);
-	concurrency = courier_http_prepare(courier_tms_concurrency);
+	bulk = Min(Max(sizes->bulk_size, 1), provider->max_per_request);
+	concurrency = courier_http_prepare(sizes->concurrency);
 
 	if (dispatch_context == NULL)
 		dispatch_context = AllocSetContextCreate(TopMemoryContext, "courier dispatch",
@@ -138,7 +140,7 @@ courier_dispatch(const CourierProvider *provider, CourierMessage *msgs, int n,
 				next = next_unsent(msgs, n, next);
 				if (next >= n)
 					break;
-				start_request(provider, msgs, n, &next, bulk);
+				start_request(provider, msgs, n, &next, bulk, sizes->timeout_ms);
 				in_flight++;
 			}
 			if (in_flight == 0 && (stopping || next >= n))
@@ -274,7 +276,7 @@ collect_request(const CourierProvider *provider, CourierMessage *msgs, int n,
  */
 static void
 start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
-			  int *next, int bulk)
+			  int *next, int bulk, int timeout_ms)
 {
 	MemoryContext old = MemoryContextSwitchTo(dispatch_context);
 	CourierRequest *req = palloc0(sizeof(CourierRequest));
@@ -291,7 +293,7 @@ start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
 	/* without an idempotency key, libcurl must not resend it by itself */
 	(void) courier_http_start(req->url, req->headers, req->body.data,
 							  (size_t) req->body.len,
-							  provider->looks_up_before_resend, req);
+							  provider->looks_up_before_resend, timeout_ms, req);
 	MemoryContextSwitchTo(old);
 }
 

@@ -131,15 +131,40 @@ typedef struct CourierDispatchHooks
 	void		(*while_waiting) (bool all_started);
 } CourierDispatchHooks;
 
+/*
+ * How a caller sends: up to bulk_size messages in one request (fewer when
+ * the dialect allows fewer), concurrency requests in flight, timeout_ms
+ * for each (courier.tms_* for the TMS, the subscription's own for a
+ * subscriber).
+ */
+typedef struct CourierDispatchSizes
+{
+	int			bulk_size;
+	int			concurrency;
+	int			timeout_ms;
+} CourierDispatchSizes;
+
 struct CourierProvider;
 
 extern void courier_dispatch(const struct CourierProvider *provider,
 							 CourierMessage *msgs, int n,
+							 const CourierDispatchSizes *sizes,
 							 const CourierDispatchHooks *hooks);
 
 /* limits.c: the shared limits behind the hooks */
 extern int	courier_limits_acquire(int n);
 extern void courier_limits_report(CourierOutcome outcome, int retry_after_ms);
 extern bool courier_limits_breaker_open(void);
+
+/* the same for another set of limits (a subscriber's, courier.h) */
+struct CourierTmsLimits;
+struct CourierLimitsConfig;
+extern int	courier_limits_acquire_on(struct CourierTmsLimits *lim,
+									  const struct CourierLimitsConfig *cfg,
+									  int n);
+extern void courier_limits_report_on(struct CourierTmsLimits *lim,
+									 const struct CourierLimitsConfig *cfg,
+									 CourierOutcome outcome,
+									 int retry_after_ms);
 
 #endif							/* COURIER_DISPATCH_H */

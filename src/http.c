@@ -288,7 +288,7 @@ courier_http_prepare(int max_in_flight)
  */
 int
 courier_http_start(const char *url, List *headers, const char *body,
-				   size_t len, bool at_most_once, void *arg)
+				   size_t len, bool at_most_once, int timeout_ms, void *arg)
 {
 	Transfer   *t = NULL;
 
@@ -322,6 +322,7 @@ courier_http_start(const char *url, List *headers, const char *body,
 	t->busy = true;
 
 	set_common_options(t->easy, url, t->headers, t->errbuf);
+	curl_easy_setopt(t->easy, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
 	if (body != NULL)
 	{
 		curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, body);
@@ -368,9 +369,11 @@ header_lines(List *headers)
 
 /*
  * set_common_options
- *		The options every courier request shares, the TMS's and the alerts':
- *		POST to url over http(s) only, the timeouts, TLS verification (on
- *		unless courier.tms_tls_verify is off), no signals.
+ *		The options every courier request shares, the TMS's, the
+ *		subscribers' and the alerts': POST to url over http(s) only, the
+ *		timeouts (courier.tms_timeout; courier_http_start sets the caller's),
+ *		TLS verification (on unless courier.tms_tls_verify is off), no
+ *		signals.
  */
 static void
 set_common_options(CURL *easy, const char *url, struct curl_slist *headers,

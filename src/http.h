@@ -40,7 +40,7 @@ typedef struct CourierHttpResult
 extern int	courier_http_prepare(int max_in_flight);
 extern int	courier_http_start(const char *url, List *headers,
 							   const char *body, size_t len, bool at_most_once,
-							   void *arg);
+							   int timeout_ms, void *arg);
 extern bool courier_http_wait(long max_wait_ms);
 extern bool courier_http_next_done(CourierHttpResult *res);
 extern void courier_http_release(const CourierHttpResult *res);

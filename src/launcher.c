@@ -59,6 +59,8 @@ static bool start_worker(CourierStage stage);
 static void launcher_detach(int code, Datum arg);
 static void post_alerts(void);
 static void rotate_queue(void);
+static void balance_subscribers(void);
+static bool start_subscriber_worker(int32 subscriber_id, const char *name);
 
 static TimestampTz last_no_slot_warning = 0;
 static TimestampTz last_rotation = 0;
@@ -127,6 +129,8 @@ courier_launcher_main(Datum main_arg)
 		ready = extension_ready();
 		for (int s = 0; s < COURIER_NUM_STAGES; s++)
 			balance_stage((CourierStage) s, ready);
+		if (ready)
+			balance_subscribers();
 		if (ready && (courier_alert_url[0] != '\0' || alert_in_flight != 0))
 			post_alerts();
 		if (ready && courier_queue_rotate_ms > 0)
@@ -227,6 +231,113 @@ start_worker(CourierStage stage)
 							   courier_slots_in_use(stage), courier_stage_name(stage)),
 					 errhint("Raise max_worker_processes (currently %d) or lower courier.%s_max_workers.",
 							 max_worker_processes, courier_stage_name(stage))));
+		}
+		return false;
+	}
+	pfree(handle);
+	return true;
+}
+
+/*
+ * balance_subscribers
+ *		Start a worker for every subscription that is not paused, has
+ *		events due and has no worker yet (subscriber.c).  A worker stays
+ *		until its subscription is paused or removed.
+ */
+static void
+balance_subscribers(void)
+{
+	int			n;
+	int32	   *ids;
+	char	  **names;
+
+	courier_begin_transaction();
+	if (SPI_execute("SELECT s.subscriber_id, s.name FROM courier.subscriptions s"
+					" WHERE NOT s.paused AND EXISTS (SELECT 1 FROM courier.deliveries d"
+					"  WHERE d.subscriber_id = s.subscriber_id AND d.failed_at IS NULL"
+					"    AND d.not_before <= pg_catalog.now())"
+					" ORDER BY s.subscriber_id", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "courier: could not read the subscriptions");
+	n = (int) SPI_processed;
+	ids = palloc(sizeof(int32) * Max(n, 1));
+	names = palloc(sizeof(char *) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		names[i] = MemoryContextStrdup(CurTransactionContext,
+									   SPI_getvalue(SPI_tuptable->vals[i],
+													SPI_tuptable->tupdesc, 2));
+	}
+	for (int i = 0; i < n; i++)
+		(void) start_subscriber_worker(ids[i], names[i]);
+	courier_commit_transaction();
+}
+
+/*
+ * start_subscriber_worker
+ *		Reserve the subscription's slot (none when it has a worker already)
+ *		and register its worker.  Without a free slot or a free background
+ *		worker slot, warn at most once a minute, as for the stages.
+ */
+static bool
+start_subscriber_worker(int32 subscriber_id, const char *name)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+	int			slot = courier_reserve_subscriber_slot(subscriber_id);
+	bool		have_one = false;
+
+	if (slot < 0)
+	{
+		LWLockAcquire(courier_shared->lock, LW_SHARED);
+		for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
+			have_one |= (courier_shared->subscribers[i].in_use &&
+						 courier_shared->subscribers[i].subscriber_id == subscriber_id);
+		LWLockRelease(courier_shared->lock);
+		if (!have_one &&
+			TimestampDifferenceExceeds(last_no_slot_warning, GetCurrentTimestamp(),
+									   NO_SLOT_WARNING_INTERVAL_MS))
+		{
+			last_no_slot_warning = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("courier launcher could not start a worker for subscriber \"%s\": %d subscribers are being delivered already",
+							name, COURIER_MAX_SUBSCRIBERS),
+					 errhint("Pause or remove a subscriber; courier delivers to at most %d at once.",
+							 COURIER_MAX_SUBSCRIBERS)));
+		}
+		return false;
+	}
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "courier");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "courier_subscriber_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "courier subscriber worker %s", name);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "courier subscriber worker");
+	worker.bgw_main_arg = Int32GetDatum(slot);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+		courier_shared->subscribers[slot].in_use = false;
+		LWLockRelease(courier_shared->lock);
+		if (TimestampDifferenceExceeds(last_no_slot_warning, GetCurrentTimestamp(),
+									   NO_SLOT_WARNING_INTERVAL_MS))
+		{
+			last_no_slot_warning = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("courier launcher could not start a worker for subscriber \"%s\": no free background worker slot",
+							name),
+					 errhint("Raise max_worker_processes (currently %d): each subscriber being delivered takes one.",
+							 max_worker_processes)));
 		}
 		return false;
 	}

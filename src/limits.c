@@ -46,12 +46,13 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static void limits_shmem_request(void);
 static void limits_shmem_startup(void);
-static void limits_init(CourierTmsLimits *lim);
 static CourierTmsLimits *limits(void);
+static const CourierLimitsConfig *tms_config(void);
 static long ms_until(TimestampTz t, TimestampTz now);
-static long cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now);
-static long pause_ms(CourierTmsLimits *lim, TimestampTz now, bool take_probe,
-					 const char **why);
+static long cooldown_left_ms(CourierTmsLimits *lim,
+							 const CourierLimitsConfig *cfg, TimestampTz now);
+static long pause_ms(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
+					 TimestampTz now, bool take_probe, const char **why);
 
 /*
  * courier_limits_install_hooks
@@ -87,12 +88,17 @@ limits_shmem_startup(void)
 	shared_limits = ShmemInitStruct("courier limits", sizeof(CourierTmsLimits),
 									&found);
 	if (!found)
-		limits_init(shared_limits);
+		courier_limits_init(shared_limits);
 	LWLockRelease(AddinShmemInitLock);
 }
 
-static void
-limits_init(CourierTmsLimits *lim)
+/*
+ * courier_limits_init
+ *		Closed breaker, full rate, zero counters: the TMS's limits at start,
+ *		and a subscriber's when its worker takes its slot (shmem.c).
+ */
+void
+courier_limits_init(CourierTmsLimits *lim)
 {
 	memset(lim, 0, sizeof(CourierTmsLimits));
 	SpinLockInit(&lim->mutex);
@@ -112,10 +118,28 @@ limits(void)
 		return shared_limits;
 	if (!local_ready)
 	{
-		limits_init(&local_limits);
+		courier_limits_init(&local_limits);
 		local_ready = true;
 	}
 	return &local_limits;
+}
+
+/*
+ * tms_config
+ *		The TMS's settings for the limits, as the GUCs say now.
+ */
+static const CourierLimitsConfig *
+tms_config(void)
+{
+	static CourierLimitsConfig cfg;
+
+	cfg.who = "TMS";
+	cfg.activity = "tms";
+	cfg.hint = "Check courier.tms_url and the credentials, and the provider's status.";
+	cfg.rate_limit = courier_tms_rate_limit;
+	cfg.breaker_threshold = courier_tms_breaker_threshold;
+	cfg.breaker_cooldown_ms = courier_tms_breaker_cooldown_ms;
+	return &cfg;
 }
 
 static long
@@ -130,10 +154,11 @@ ms_until(TimestampTz t, TimestampTz now)
  *		lim->mutex held.
  */
 static long
-cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now)
+cooldown_left_ms(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
+				 TimestampTz now)
 {
 	return ms_until(TimestampTzPlusMilliseconds(lim->breaker_opened_at,
-												courier_tms_breaker_cooldown_ms), now);
+												cfg->breaker_cooldown_ms), now);
 }
 
 /*
@@ -146,17 +171,21 @@ cooldown_left_ms(CourierTmsLimits *lim, TimestampTz now)
  *		held.
  */
 static long
-pause_ms(CourierTmsLimits *lim, TimestampTz now, bool take_probe,
-		 const char **why)
+pause_ms(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
+		 TimestampTz now, bool take_probe, const char **why)
 {
+	static char reason[128];
 	long		wait = 0;
+	const char *what = NULL;
+	bool		name_who = false;
 
 	*why = NULL;
 	if (lim->breaker == COURIER_BREAKER_OPEN)
 	{
-		wait = cooldown_left_ms(lim, now);
-		*why = lim->unauthorized ? "tms: circuit breaker open (TMS refused our credentials)" :
-			"tms: circuit breaker open";
+		wait = cooldown_left_ms(lim, cfg, now);
+		what = lim->unauthorized ? "circuit breaker open (%s refused our credentials)" :
+			"circuit breaker open";
+		name_who = lim->unauthorized;
 		if (wait == 0 && take_probe)
 		{
 			lim->breaker = COURIER_BREAKER_PROBING; /* this request probes */
@@ -166,12 +195,24 @@ pause_ms(CourierTmsLimits *lim, TimestampTz now, bool take_probe,
 	else if (lim->breaker == COURIER_BREAKER_PROBING)
 	{
 		wait = PROBE_WAIT_MS;
-		*why = "tms: circuit breaker probing";
+		what = "circuit breaker probing";
 	}
 	if (wait == 0 && lim->throttled_until > now)
 	{
 		wait = ms_until(lim->throttled_until, now);
-		*why = "tms: throttled by the TMS (Retry-After)";
+		what = "throttled by the %s (Retry-After)";
+		name_who = true;
+	}
+	if (what != NULL)
+	{
+		/* plain formatting into a static buffer: the spinlock is held */
+		int			len = snprintf(reason, sizeof(reason), "%s: ", cfg->activity);
+
+		if (name_who)
+			snprintf(reason + len, sizeof(reason) - len, what, cfg->who);
+		else
+			strlcpy(reason + len, what, sizeof(reason) - len);
+		*why = reason;
 	}
 	return wait;
 }
@@ -186,12 +227,19 @@ pause_ms(CourierTmsLimits *lim, TimestampTz now, bool take_probe,
 long
 courier_limits_send_wait_ms(const char **why)
 {
-	CourierTmsLimits *lim = limits();
+	return courier_limits_wait_on(limits(), tms_config(), why);
+}
+
+/* courier_limits_send_wait_ms of the limits lim, configured cfg */
+long
+courier_limits_wait_on(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
+					   const char **why)
+{
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait = 0;
 
 	SpinLockAcquire(&lim->mutex);
-	wait = pause_ms(lim, now, false, why);
+	wait = pause_ms(lim, cfg, now, false, why);
 	SpinLockRelease(&lim->mutex);
 	return wait;
 }
@@ -205,13 +253,20 @@ courier_limits_send_wait_ms(const char **why)
 int
 courier_limits_acquire(int n)
 {
-	CourierTmsLimits *lim = limits();
+	return courier_limits_acquire_on(limits(), tms_config(), n);
+}
+
+/* courier_limits_acquire of the limits lim, configured cfg */
+int
+courier_limits_acquire_on(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
+						  int n)
+{
 	TimestampTz now = GetCurrentTimestamp();
 	long		wait;
 	const char *why;
 
 	SpinLockAcquire(&lim->mutex);
-	wait = pause_ms(lim, now, true, &why);
+	wait = pause_ms(lim, cfg, now, true, &why);
 	if (wait > 0 || lim->breaker == COURIER_BREAKER_PROBING)
 	{
 		/* the probe itself (just admitted) waits for nothing */
@@ -227,9 +282,9 @@ courier_limits_acquire(int n)
 		lim->factor_changed_at = now;
 	}
 
-	if (courier_tms_rate_limit > 0)
+	if (cfg->rate_limit > 0)
 	{
-		double		rate = courier_tms_rate_limit * lim->rate_factor;
+		double		rate = cfg->rate_limit * lim->rate_factor;
 		double		capacity = Max(rate / 10.0, (double) n);	/* 100 ms burst */
 
 		if (lim->refilled_at == 0)
@@ -261,7 +316,14 @@ courier_limits_acquire(int n)
 void
 courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 {
-	CourierTmsLimits *lim = limits();
+	courier_limits_report_on(limits(), tms_config(), outcome, retry_after_ms);
+}
+
+/* courier_limits_report to the limits lim, configured cfg */
+void
+courier_limits_report_on(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
+						 CourierOutcome outcome, int retry_after_ms)
+{
 	TimestampTz now = GetCurrentTimestamp();
 	const char *opened = NULL;
 	bool		closed = false;
@@ -294,7 +356,7 @@ courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 			break;
 		case COURIER_OUT_UNAUTHORIZED:
 			if (lim->breaker != COURIER_BREAKER_OPEN)
-				opened = "the TMS refused courier's credentials (HTTP 401/403)";
+				opened = "credentials";
 			lim->breaker = COURIER_BREAKER_OPEN;
 			lim->breaker_opened_at = now;
 			lim->unauthorized = true;
@@ -303,10 +365,10 @@ courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 			lim->consecutive_failures++;
 			if (lim->breaker == COURIER_BREAKER_PROBING ||
 				(lim->breaker == COURIER_BREAKER_CLOSED &&
-				 lim->consecutive_failures >= courier_tms_breaker_threshold))
+				 lim->consecutive_failures >= cfg->breaker_threshold))
 			{
 				if (lim->breaker == COURIER_BREAKER_CLOSED)
-					opened = "TMS requests keep failing";
+					opened = "failing";
 				lim->breaker = COURIER_BREAKER_OPEN;
 				lim->breaker_opened_at = now;
 			}
@@ -320,15 +382,25 @@ courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 	if (opened)
 	{
 		pg_atomic_fetch_add_u64(&lim->breaker_opened, 1);
-		ereport(WARNING,
-				(errmsg("courier: TMS circuit breaker opened: %s", opened),
-				 errdetail("Sending stops; one probe request is tried every %d ms until the TMS answers.",
-						   courier_tms_breaker_cooldown_ms),
-				 errhint("Check courier.tms_url and the credentials, and the provider's status.")));
+		if (strcmp(opened, "credentials") == 0)
+			ereport(WARNING,
+					(errmsg("courier: %s circuit breaker opened: the %s refused courier's credentials (HTTP 401/403)",
+							cfg->who, cfg->who),
+					 errdetail("Sending stops; one probe request is tried every %d ms until the %s answers.",
+							   cfg->breaker_cooldown_ms, cfg->who),
+					 errhint("%s", cfg->hint)));
+		else
+			ereport(WARNING,
+					(errmsg("courier: %s circuit breaker opened: %s requests keep failing",
+							cfg->who, cfg->who),
+					 errdetail("Sending stops; one probe request is tried every %d ms until the %s answers.",
+							   cfg->breaker_cooldown_ms, cfg->who),
+					 errhint("%s", cfg->hint)));
 	}
 	if (closed)
 		ereport(LOG,
-				(errmsg("courier: TMS circuit breaker closed: the TMS answers again")));
+				(errmsg("courier: %s circuit breaker closed: the %s answers again",
+						cfg->who, cfg->who)));
 }
 
 /*
@@ -339,7 +411,13 @@ courier_limits_report(CourierOutcome outcome, int retry_after_ms)
 bool
 courier_limits_breaker_open(void)
 {
-	CourierTmsLimits *lim = limits();
+	return courier_limits_breaker_open_on(limits());
+}
+
+/* courier_limits_breaker_open of the limits lim */
+bool
+courier_limits_breaker_open_on(CourierTmsLimits *lim)
+{
 	bool		open;
 
 	SpinLockAcquire(&lim->mutex);

@@ -43,7 +43,8 @@
  * statement calls no clock and no stable function in a CASE, only the
  * immutable courier.rollout_bucket (docs/citus.md, rule 3).  Each order
  * delayed is an order.delayed event, fanned out to the subscriptions that
- * asked for it (courier.emit_events, one call per batch; the DELETE's
+ * asked for it (courier.emit_events, one call per batch, and no event at
+ * all, nor its payload built, while no subscription asks for the type; the DELETE's
  * one-time filter reads its result, so that it runs, without changing
  * how the DELETE reaches the queue: joined as a relation, it made the
  * planner scan the whole queue per batch).
@@ -118,6 +119,8 @@ static const char *const apply_sql =
 "                   'old_ship_date', ch.old_date, 'new_ship_date', ch.new_ship_date)),"
 "               $2) AS n"
 "      FROM changed ch WHERE ch.applied"
+"       AND EXISTS (SELECT 1 FROM courier.subscriptions s"
+"                    WHERE 'order.delayed' = ANY (s.event_types))"
 ") "
 "DELETE FROM courier.work_items w"
 " USING unnest($1::bigint[], $4::bigint[]) AS c(item_id, seller_id)"

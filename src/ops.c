@@ -3,8 +3,9 @@
  * ops.c
  *		The SQL-callable functions for operators and tests: run_once (one
  *		batch of a stage in the calling session), backoff_delay (the retry
- *		arithmetic, used by the retry statement) and shared_counters (what
- *		courier.metrics() reads from shared memory).
+ *		arithmetic, used by the retry statement), shared_counters and
+ *		subscriber_workers (what courier.metrics() and courier.subscribers
+ *		read from shared memory), and wake_subscribers.
  *
  * No app-facing function lives here (api.c), and no stage's work: a
  * batch is the stage's own (logic.c, tms.c); this file only picks which.
@@ -19,6 +20,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "storage/spin.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -28,6 +30,8 @@ PG_FUNCTION_INFO_V1(courier_run_once);
 PG_FUNCTION_INFO_V1(courier_backoff_delay);
 PG_FUNCTION_INFO_V1(courier_backoff_step);
 PG_FUNCTION_INFO_V1(courier_shared_counters);
+PG_FUNCTION_INFO_V1(courier_subscriber_workers);
+PG_FUNCTION_INFO_V1(courier_wake_subscribers);
 
 static void put_counter(ReturnSetInfo *rsinfo, const char *stage,
 						const char *counter, uint64 value);
@@ -167,4 +171,62 @@ put_counter(ReturnSetInfo *rsinfo, const char *stage, const char *counter,
 	values[1] = CStringGetTextDatum(counter);
 	values[2] = Int64GetDatum((int64) value);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * courier_subscriber_workers
+ *		One row per subscriber being delivered (subscriber.c): its id, its
+ *		worker's pid (NULL while starting), its breaker (closed, open,
+ *		probing), and the counters since its worker took the slot.  Empty
+ *		when courier is not preloaded.
+ */
+Datum
+courier_subscriber_workers(PG_FUNCTION_ARGS)
+{
+	static const char *const breaker_names[] = {"closed", "open", "probing"};
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (courier_shared == NULL)
+		return (Datum) 0;
+
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
+	{
+		CourierSubscriberSlot *slot = &courier_shared->subscribers[i];
+		Datum		values[8];
+		bool		nulls[8] = {false};
+		CourierBreakerState breaker;
+
+		if (!slot->in_use)
+			continue;
+		SpinLockAcquire(&slot->limits.mutex);
+		breaker = slot->limits.breaker;
+		SpinLockRelease(&slot->limits.mutex);
+		values[0] = Int32GetDatum(slot->subscriber_id);
+		values[1] = Int32GetDatum(slot->pid);
+		nulls[1] = (slot->pid == 0);
+		values[2] = CStringGetTextDatum(breaker_names[breaker]);
+		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->delivered));
+		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->failed));
+		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->retried));
+		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->limits.requests));
+		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->limits.breaker_opened));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(courier_shared->lock);
+	return (Datum) 0;
+}
+
+/*
+ * courier_wake_subscribers
+ *		Wake the subscriber workers, and the launcher, when the calling
+ *		transaction commits: it queued events (courier.emit_events,
+ *		replay, resume_subscriber).
+ */
+Datum
+courier_wake_subscribers(PG_FUNCTION_ARGS)
+{
+	courier_wake_subscribers_at_commit();
+	PG_RETURN_VOID();
 }

@@ -279,6 +279,15 @@ typedef struct CourierNhnShape
 	const char *results_key;	/* the per-recipient results' key */
 } CourierNhnShape;
 
+/*
+ * The subscriber dialect (provider_subscriber.c): not one courier.
+ * tms_provider names; a subscriber's worker points it at its subscription.
+ */
+extern const CourierProvider courier_subscriber_dialect;
+extern void courier_subscriber_dialect_target(const char *name,
+											  const char *url,
+											  const char *secret);
+
 /* provider.c: the registry */
 extern const CourierProvider *courier_provider_lookup(const char *name);
 extern const CourierProvider *courier_provider_by_id(int id);
@@ -297,6 +306,8 @@ extern char *courier_idempotency_key(const CourierRequest *req,
 extern Jsonb *courier_parse_json_answer(const char *body, size_t len);
 extern void courier_sign_ncp(CourierRequest *req, const char *access_key,
 							 const char *secret);
+extern void courier_hmac_sha256(const char *key, const uint8 *data, size_t len,
+								uint8 mac[32]);
 extern char *courier_provider_url(const char *fmt,...) pg_attribute_printf(1, 2);
 extern const char *courier_message_field(const CourierMessage *m,
 										 CourierField field);

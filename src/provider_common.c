@@ -196,6 +196,41 @@ answer_is_json(const char *body, size_t len)
 }
 
 /*
+ * courier_hmac_sha256
+ *		mac = HMAC-SHA256(key, data[0..len)): the SENS signature's and a
+ *		subscriber's (provider_subscriber.c).
+ */
+void
+courier_hmac_sha256(const char *key, const uint8 *data, size_t len,
+					uint8 mac[32])
+{
+	pg_hmac_ctx *ctx;
+	bool		ok;
+
+	/*
+	 * With OpenSSL, PostgreSQL registers an HMAC context with the current
+	 * resource owner, and a worker sends with no transaction (so no owner)
+	 * open: lend it one of its own for the few calls the signature takes.
+	 */
+	if (CurrentResourceOwner == NULL)
+	{
+		if (hmac_owner == NULL)
+			hmac_owner = ResourceOwnerCreate(NULL, "courier hmac");
+		CurrentResourceOwner = hmac_owner;
+	}
+	ctx = pg_hmac_create(PG_SHA256);
+	ok = (ctx != NULL &&
+		  pg_hmac_init(ctx, (const uint8 *) key, strlen(key)) == 0 &&
+		  pg_hmac_update(ctx, data, len) == 0 &&
+		  pg_hmac_final(ctx, mac, 32) == 0);
+	pg_hmac_free(ctx);
+	if (CurrentResourceOwner == hmac_owner)
+		CurrentResourceOwner = NULL;
+	if (!ok)
+		elog(ERROR, "courier: could not compute the HMAC signature");
+}
+
+/*
  * courier_sign_ncp
  *		Sign req the way the Naver Cloud API gateway (SENS) wants: a
  *		millisecond timestamp, the access key, and base64(HMAC-SHA256(secret,
@@ -212,8 +247,6 @@ courier_sign_ncp(CourierRequest *req, const char *access_key, const char *secret
 	uint8		mac[32];
 	char		b64[64];
 	int			b64len;
-	pg_hmac_ctx *ctx;
-	bool		ok;
 
 	if (secret == NULL)
 		secret = "";
@@ -223,27 +256,7 @@ courier_sign_ncp(CourierRequest *req, const char *access_key, const char *secret
 	to_sign = psprintf("%s %s\n%s\n%s", req->body.data != NULL ? "POST" : "GET",
 					   courier_http_url_path(req->url), ts, access_key);
 
-	/*
-	 * With OpenSSL, PostgreSQL registers an HMAC context with the current
-	 * resource owner, and a worker sends with no transaction (so no owner)
-	 * open: lend it one of its own for the few calls the signature takes.
-	 */
-	if (CurrentResourceOwner == NULL)
-	{
-		if (hmac_owner == NULL)
-			hmac_owner = ResourceOwnerCreate(NULL, "courier hmac");
-		CurrentResourceOwner = hmac_owner;
-	}
-	ctx = pg_hmac_create(PG_SHA256);
-	ok = (ctx != NULL &&
-		  pg_hmac_init(ctx, (const uint8 *) secret, strlen(secret)) == 0 &&
-		  pg_hmac_update(ctx, (const uint8 *) to_sign, strlen(to_sign)) == 0 &&
-		  pg_hmac_final(ctx, mac, sizeof(mac)) == 0);
-	pg_hmac_free(ctx);
-	if (CurrentResourceOwner == hmac_owner)
-		CurrentResourceOwner = NULL;
-	if (!ok)
-		elog(ERROR, "courier: could not compute the HMAC signature");
+	courier_hmac_sha256(secret, (const uint8 *) to_sign, strlen(to_sign), mac);
 	b64len = pg_b64_encode((const char *) mac, sizeof(mac), b64, sizeof(b64) - 1);
 	b64[Max(b64len, 0)] = '\0';
 

@@ -372,7 +372,8 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 				else
 					first->provider->receipt_query(&req, first->request_id, first->key,
 												   first->channel, first->to);
-				courier_http_start(req.url, req.headers, NULL, 0, false, ask);
+				courier_http_start(req.url, req.headers, NULL, 0, false,
+								   courier_tms_timeout_ms, ask);
 				in_flight++;
 			}
 			if (in_flight == 0)

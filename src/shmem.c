@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.c
- *		courier's shared memory: the worker slots of each stage (pid and
- *		latch, so that a commit can wake them), the launcher's latch and
- *		the counters that metrics report.
+ *		courier's shared memory: the worker slots of each stage and of the
+ *		subscribers (pid and latch, so that a commit can wake them; a
+ *		subscriber's own limits), the launcher's latch and the counters
+ *		that metrics report.
  *
  * Waking is done at commit: a backend that queued work for a stage calls
  * courier_wake_stage_at_commit(), and a transaction callback sets the
@@ -19,8 +20,8 @@
  *	  Latches are set while it is held in shared mode, so a slot is never
  *	  reused under a SetLatch.
  *	- The per-stage counters are atomics: added to and read without a lock.
- *	- The TMS limits (rate bucket, Retry-After, breaker) are under their own
- *	  spinlock, held for a few instructions, never across a call that can
+ *	- The TMS limits and each subscriber's (rate bucket, Retry-After,
+ *	  breaker) are under their own spinlock, held for a few instructions, never across a call that can
  *	  error or wait (limits.c).
  *	- The close ring is lock-free: atomic positions, barriers, and a
  *	  sequence number per slot (closes.c).
@@ -48,12 +49,14 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* stages to wake when the current transaction commits */
 static bool wake_pending[COURIER_NUM_STAGES];
+static bool wake_subscribers_pending = false;
 static bool xact_callback_registered = false;
 
 static void courier_shmem_request_hook(void);
 static void courier_shmem_startup(void);
 static void courier_xact_callback(XactEvent event, void *arg);
 static void courier_wake_stage(CourierStage stage);
+static void courier_wake_subscribers(void);
 
 /*
  * courier_shmem_install_hooks
@@ -189,6 +192,87 @@ courier_slots_in_use(CourierStage stage)
 }
 
 /*
+ * courier_reserve_subscriber_slot
+ *		Reserve a slot for the worker of subscription subscriber_id, which
+ *		the launcher is about to start: -1 when one is held for it already
+ *		or none is free.  Its limits start afresh.  The worker releases the
+ *		slot when it exits (subscriber.c).
+ */
+int
+courier_reserve_subscriber_slot(int32 subscriber_id)
+{
+	int			found = -1;
+
+	LWLockAcquire(courier_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
+	{
+		CourierSubscriberSlot *slot = &courier_shared->subscribers[i];
+
+		if (slot->in_use && slot->subscriber_id == subscriber_id)
+		{
+			found = -1;
+			break;
+		}
+		if (!slot->in_use && found < 0)
+			found = i;
+	}
+	if (found >= 0)
+	{
+		CourierSubscriberSlot *slot = &courier_shared->subscribers[found];
+
+		slot->in_use = true;
+		slot->subscriber_id = subscriber_id;
+		slot->pid = 0;
+		slot->latch = NULL;
+		courier_limits_init(&slot->limits);
+		pg_atomic_init_u64(&slot->delivered, 0);
+		pg_atomic_init_u64(&slot->failed, 0);
+		pg_atomic_init_u64(&slot->retried, 0);
+	}
+	LWLockRelease(courier_shared->lock);
+	return found;
+}
+
+/*
+ * courier_wake_subscribers
+ *		Set the latch of every subscriber worker: events were queued.
+ */
+static void
+courier_wake_subscribers(void)
+{
+	if (courier_shared == NULL)
+		return;
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
+	{
+		CourierSubscriberSlot *slot = &courier_shared->subscribers[i];
+
+		if (slot->pid != 0 && slot->latch != NULL)
+			SetLatch(slot->latch);
+	}
+	if (courier_shared->launcher_latch != NULL)
+		SetLatch(courier_shared->launcher_latch);
+	LWLockRelease(courier_shared->lock);
+}
+
+/*
+ * courier_wake_subscribers_at_commit
+ *		Wake the subscriber workers (and the launcher, which starts the
+ *		missing ones) when the current transaction commits: it queued
+ *		events for them (courier.emit_events, replay, resume).
+ */
+void
+courier_wake_subscribers_at_commit(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(courier_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_subscribers_pending = true;
+}
+
+/*
  * courier_wake_launcher
  *		Ask the launcher to look at the pools again (a worker exited, a
  *		setting changed).
@@ -232,7 +316,10 @@ courier_xact_callback(XactEvent event, void *arg)
 				if (wake_pending[s])
 					courier_wake_stage((CourierStage) s);
 			}
+			if (wake_subscribers_pending)
+				courier_wake_subscribers();
 			memset(wake_pending, 0, sizeof(wake_pending));
+			wake_subscribers_pending = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -245,6 +332,7 @@ courier_xact_callback(XactEvent event, void *arg)
 			 * carrying the wish over would wake at an unrelated commit.
 			 */
 			memset(wake_pending, 0, sizeof(wake_pending));
+			wake_subscribers_pending = false;
 			break;
 		default:
 			break;

@@ -751,7 +751,12 @@ tms_send(TmsBatch *b)
 					mine += b->msgs[i].skip ? 0 : 1;
 				}
 				if (mine > 0)
-					courier_dispatch(provider, b->msgs, b->n, &hooks);
+				{
+					CourierDispatchSizes sizes = {courier_tms_bulk_size,
+						courier_tms_concurrency, courier_tms_timeout_ms};
+
+					courier_dispatch(provider, b->msgs, b->n, &sizes, &hooks);
+				}
 			}
 		}
 		PG_FINALLY();
