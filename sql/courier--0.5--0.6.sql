@@ -269,8 +269,8 @@ LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE courier.subscriptions SET paused = true
-	 WHERE subscriber_id = courier.subscriber_id(name);
+	UPDATE courier.subscriptions s SET paused = true
+	 WHERE s.subscriber_id = courier.subscriber_id(pause_subscriber.name);
 END
 $$;
 COMMENT ON FUNCTION courier.pause_subscriber(text) IS
@@ -282,8 +282,8 @@ LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	UPDATE courier.subscriptions SET paused = false
-	 WHERE subscriber_id = courier.subscriber_id(name);
+	UPDATE courier.subscriptions s SET paused = false
+	 WHERE s.subscriber_id = courier.subscriber_id(resume_subscriber.name);
 	PERFORM courier.wake_subscribers();
 END
 $$;

@@ -30,6 +30,9 @@
  *	refused (other 4xx)			failed at once: listed in courier.failures
  *	retry (5xx, timeout, reset)	an attempt charged, back-off; failed after
  *								courier.max_attempts
+ *	not reached (connection		released without an attempt: a subscriber
+ *	refused, no such host)		that is down loses no event; its breaker
+ *								opens and spaces the tries
  *	throttled, configuration,	released without an attempt (after
  *	not sent					Retry-After when given); the breaker holds
  *								further sends
@@ -107,7 +110,7 @@ static void subscriber_detach(int code, Datum arg);
 static void subscriber_sigterm(SIGNAL_ARGS);
 static bool read_subscription(void);
 static int	deliver_batch(MemoryContext batch_context);
-static void lease(DeliveryBatch *b);
+static void lease(DeliveryBatch *b, MemoryContext batch_context);
 static void record(DeliveryBatch *b);
 static CourierTmsLimits *my_limits(void);
 static int	acquire(int n);
@@ -422,8 +425,9 @@ deliver_batch(MemoryContext batch_context)
 
 	pgstat_report_activity(STATE_RUNNING, "subscriber: leasing events");
 	courier_begin_transaction();
-	lease(&b);
+	lease(&b, batch_context);
 	courier_commit_transaction();
+	MemoryContextSwitchTo(batch_context);
 	if (b.n == 0)
 		return 0;
 
@@ -439,6 +443,7 @@ deliver_batch(MemoryContext batch_context)
 	courier_begin_transaction();
 	record(&b);
 	courier_commit_transaction();
+	MemoryContextSwitchTo(batch_context);
 	sending = false;
 	return b.n;
 }
@@ -447,13 +452,12 @@ deliver_batch(MemoryContext batch_context)
  * lease
  *		Lease up to SUBSCRIBER_CONCURRENCY requests' worth of due order
  *		heads, for long enough that every request may run its full
- *		timeout, and copy them into the batch (in the current context,
- *		the batch's, which outlives the transaction).
+ *		timeout, and copy them into the batch, in batch_context, which
+ *		outlives the transaction.
  */
 static void
-lease(DeliveryBatch *b)
+lease(DeliveryBatch *b, MemoryContext batch_context)
 {
-	MemoryContext batch_context = CurrentMemoryContext;
 	TimestampTz now = GetCurrentTimestamp();
 	int			lease_ms = Max(courier_lease_ms, 2 * (sub.timeout_ms + LEASE_MARGIN_MS));
 	Oid			argtypes[5] = {INT4OID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID};
@@ -527,6 +531,12 @@ record(DeliveryBatch *b)
 				o = "rejected";
 				break;
 			case COURIER_OUT_RETRY:
+				if (m->http_status == 0 && !m->unknown)
+				{
+					/* nothing reached it (refused, unresolvable): no attempt */
+					o = "release";
+					break;
+				}
 				o = "retry";
 				retried++;
 				break;

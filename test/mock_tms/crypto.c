@@ -2,7 +2,8 @@
  *
  * crypto.c
  *		SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104) and Base64 (RFC 4648),
- *		just enough to check a Naver Cloud SENS x-ncp-apigw-signature-v2.
+ *		just enough to check a Naver Cloud SENS x-ncp-apigw-signature-v2 and
+ *		courier's Courier-Signature on subscriber requests.
  *
  * What it does not do: anything secret-keeping, constant-time, or fast.
  * It exists so that the mock TMS builds with libmicrohttpd alone, without
@@ -171,14 +172,25 @@ sha256_final(Sha256 *s, unsigned char out[SHA256_DIGEST_BYTES])
 	}
 }
 
-/*
- * hmac_sha256: HMAC per RFC 2104 with a 64-byte block; a key longer than a
- * block is hashed first.
- */
+/* hmac_sha256: HMAC of one message; see hmac_sha256_parts. */
 void
 hmac_sha256(const unsigned char *key, size_t key_len,
 			const unsigned char *msg, size_t msg_len,
 			unsigned char out[SHA256_DIGEST_BYTES])
+{
+	hmac_sha256_parts(key, key_len, &msg, &msg_len, 1, out);
+}
+
+/*
+ * hmac_sha256_parts: HMAC per RFC 2104 with a 64-byte block of the message
+ * made of nparts pieces laid end to end, so that a signature over
+ * "<t>.<body>" needs no copy of a body that may be 64 MB.  A key longer than
+ * a block is hashed first.
+ */
+void
+hmac_sha256_parts(const unsigned char *key, size_t key_len,
+				  const unsigned char *const *parts, const size_t *part_lens,
+				  int nparts, unsigned char out[SHA256_DIGEST_BYTES])
 {
 	unsigned char k[SHA256_BLOCK_BYTES];
 	unsigned char pad[SHA256_BLOCK_BYTES];
@@ -200,7 +212,8 @@ hmac_sha256(const unsigned char *key, size_t key_len,
 		pad[i] = k[i] ^ 0x36;
 	sha256_init(&s);
 	sha256_update(&s, pad, sizeof(pad));
-	sha256_update(&s, msg, msg_len);
+	for (i = 0; i < nparts; i++)
+		sha256_update(&s, parts[i], part_lens[i]);
 	sha256_final(&s, inner);
 
 	for (i = 0; i < SHA256_BLOCK_BYTES; i++)

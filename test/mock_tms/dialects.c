@@ -282,7 +282,6 @@ static void sens_error(Request *req, unsigned int status, const char *msg,
 static void answer_send(Request *req, const SendReq *sr, const DBatch *b,
 						const Outcome *outs, char (*message_ids)[40]);
 static void out_nhn_header(OutBuf *o, Dialect d, int code, const char *msg);
-static void out_i64(OutBuf *o, int64_t v);
 static void out_text(OutBuf *o, const char *s);
 static void out_local_time(OutBuf *o, uint64_t us, int style);
 
@@ -1422,19 +1421,6 @@ answer_send(Request *req, const SendReq *sr, const DBatch *b,
 	}
 	OUT_LIT(&o, "}");
 	set_answer(req, 202, &o);
-}
-
-/* out_i64: a signed integer. */
-static void
-out_i64(OutBuf *o, int64_t v)
-{
-	if (v < 0)
-	{
-		OUT_LIT(o, "-");
-		out_u64(o, (uint64_t) (-(v + 1)) + 1);
-	}
-	else
-		out_u64(o, (uint64_t) v);
 }
 
 /* out_text: s as a JSON string, or null. */

@@ -12,13 +12,16 @@
  * arrived.  Faults (latency, error statuses, 429 bursts, hangs, resets,
  * malformed bodies, lost replies, 401s, odd result statuses, a fixed reply
  * body) are switched on at run time through POST /_control; GET /_stats,
- * GET /_delivered, GET /_received, GET /_customers, GET /_handsets and
- * POST /_reset serve the test harness.  Every message of every well-formed
- * request is logged with the time it arrived and the status it got, so a
- * test can check when courier sent what.  Delays and hangs suspend the
- * connection and let a timer thread resume it, so they never hold a server
- * thread.  The providers' own dialects (NHN Cloud, Naver Cloud SENS) live in
- * dialects.c and share the faults, the counters and the received log.
+ * GET /_delivered, GET /_received, GET /_customers, GET /_handsets,
+ * GET /_hooks, GET /_hooks/stats and POST /_reset serve the test harness.
+ * Every message of every well-formed request is logged with the time it
+ * arrived and the status it got, so a test can check when courier sent
+ * what.  Delays and hangs suspend the connection and let a timer thread
+ * resume it, so they never hold a server thread.  The providers' own
+ * dialects (NHN Cloud, Naver Cloud SENS) live in dialects.c and share the
+ * faults, the counters and the received log.  The subscriber endpoint
+ * (POST /hooks/<name>, where courier delivers order events) lives in
+ * hooks.c; it shares the faults but keeps its own records and counters.
  *
  * What it does not do: TLS, persistence across restarts, HTTP/2, or
  * listening on anything but a loopback address.  The JSON scanner
@@ -116,7 +119,9 @@ typedef enum SettingType
 	SET_SEED,
 	SET_RESULT_STATUS,
 	SET_REPLY_BODY,
-	SET_TEMPLATES
+	SET_TEMPLATES,
+	SET_HOOK_STATUS,
+	SET_HOOK_SECRETS
 } SettingType;
 
 typedef struct Setting
@@ -127,6 +132,7 @@ typedef struct Setting
 	int64_t		max;
 	_Atomic int64_t *int_target;
 	_Atomic double *rate_target;
+	_Atomic bool *bool_target;
 } Setting;
 
 typedef struct ControlPair
@@ -249,6 +255,7 @@ static void received_json(OutBuf *out);
 /* JSON scanning */
 static int	hex_value(char ch);
 static long hex4(const char *p, const char *end);
+static bool json_copy_value(JsonCursor *c, OutBuf *out, int depth);
 static bool parse_batch(char *body, size_t len, Batch *batch);
 static bool parse_messages(JsonCursor *c, Batch *batch);
 static bool parse_message(JsonCursor *c, Message *m);
@@ -257,7 +264,6 @@ static bool parse_message(JsonCursor *c, Message *m);
 static void idset_init(void);
 static void idset_clear(void);
 static bool idset_insert(const char *key, size_t len, uint64_t *seq);
-static uint64_t hash_bytes(const char *key, size_t len);
 
 /* the timer that resumes suspended connections */
 static void timer_start(void);
@@ -281,27 +287,30 @@ static _Atomic uint64_t rng_state;
 static _Atomic uint64_t next_provider_seq;
 
 static const Setting settings[] = {
-	{"latency_ms", SET_INT, 0, 600000, &faults.latency_ms, NULL},
-	{"error_rate", SET_RATE, 0, 0, NULL, &faults.error_rate},
-	{"error_status", SET_INT, 100, 599, &faults.error_status, NULL},
-	{"burst_429", SET_INT, 0, INT64_C(1000000000000), &faults.burst_429, NULL},
-	{"retry_after_s", SET_INT, 0, 86400, &faults.retry_after_s, NULL},
-	{"hang_rate", SET_RATE, 0, 0, NULL, &faults.hang_rate},
-	{"hang_ms", SET_INT, 0, 3600000, &faults.hang_ms, NULL},
-	{"reset_rate", SET_RATE, 0, 0, NULL, &faults.reset_rate},
-	{"malformed_rate", SET_RATE, 0, 0, NULL, &faults.malformed_rate},
-	{"lost_reply_rate", SET_RATE, 0, 0, NULL, &faults.lost_reply_rate},
-	{"reject_prefix", SET_PREFIX, 0, 0, NULL, NULL},
-	{"unauthorized", SET_BOOL, 0, 0, NULL, NULL},
-	{"seed", SET_SEED, 0, 0, NULL, NULL},
-	{"result_status", SET_RESULT_STATUS, 0, MAX_RESULT_STATUS_BYTES, NULL, NULL},
-	{"reply_body", SET_REPLY_BODY, 0, MAX_REPLY_BODY_BYTES, NULL, NULL},
-	{"receipt_delay_ms", SET_INT, 0, 86400000, &faults.receipt_delay_ms, NULL},
-	{"resend_delay_ms", SET_INT, 0, 86400000, &faults.resend_delay_ms, NULL},
-	{"idempotency_window_s", SET_INT, 0, 86400, &faults.idempotency_window_s, NULL},
-	{"nhn_auth_status", SET_INT, 200, 599, &faults.nhn_auth_status, NULL},
-	{"send_fallback_codes", SET_INT, 0, 1, &faults.send_fallback_codes, NULL},
-	{"templates", SET_TEMPLATES, 0, 0, NULL, NULL},
+	{"latency_ms", SET_INT, 0, 600000, &faults.latency_ms, NULL, NULL},
+	{"error_rate", SET_RATE, 0, 0, NULL, &faults.error_rate, NULL},
+	{"error_status", SET_INT, 100, 599, &faults.error_status, NULL, NULL},
+	{"burst_429", SET_INT, 0, INT64_C(1000000000000), &faults.burst_429, NULL, NULL},
+	{"retry_after_s", SET_INT, 0, 86400, &faults.retry_after_s, NULL, NULL},
+	{"hang_rate", SET_RATE, 0, 0, NULL, &faults.hang_rate, NULL},
+	{"hang_ms", SET_INT, 0, 3600000, &faults.hang_ms, NULL, NULL},
+	{"reset_rate", SET_RATE, 0, 0, NULL, &faults.reset_rate, NULL},
+	{"malformed_rate", SET_RATE, 0, 0, NULL, &faults.malformed_rate, NULL},
+	{"lost_reply_rate", SET_RATE, 0, 0, NULL, &faults.lost_reply_rate, NULL},
+	{"reject_prefix", SET_PREFIX, 0, 0, NULL, NULL, NULL},
+	{"unauthorized", SET_BOOL, 0, 0, NULL, NULL, &faults.unauthorized},
+	{"seed", SET_SEED, 0, 0, NULL, NULL, NULL},
+	{"result_status", SET_RESULT_STATUS, 0, MAX_RESULT_STATUS_BYTES, NULL, NULL, NULL},
+	{"reply_body", SET_REPLY_BODY, 0, MAX_REPLY_BODY_BYTES, NULL, NULL, NULL},
+	{"receipt_delay_ms", SET_INT, 0, 86400000, &faults.receipt_delay_ms, NULL, NULL},
+	{"resend_delay_ms", SET_INT, 0, 86400000, &faults.resend_delay_ms, NULL, NULL},
+	{"idempotency_window_s", SET_INT, 0, 86400, &faults.idempotency_window_s, NULL, NULL},
+	{"nhn_auth_status", SET_INT, 200, 599, &faults.nhn_auth_status, NULL, NULL},
+	{"send_fallback_codes", SET_INT, 0, 1, &faults.send_fallback_codes, NULL, NULL},
+	{"templates", SET_TEMPLATES, 0, 0, NULL, NULL, NULL},
+	{"hook_status", SET_HOOK_STATUS, 0, 0, NULL, NULL, NULL},
+	{"hook_secrets", SET_HOOK_SECRETS, 0, 0, NULL, NULL, NULL},
+	{"hook_reject_bad_signature", SET_BOOL, 0, 0, NULL, NULL, &faults.hook_reject_bad_signature},
 };
 
 
@@ -355,6 +364,7 @@ main(int argc, char **argv)
 	pthread_mutex_init(&faults.text_lock, NULL);
 	pthread_mutex_init(&received.lock, NULL);
 	dialect_init();
+	hooks_init();
 	faults_reset();
 	idset_init();
 	timer_start();
@@ -431,12 +441,14 @@ main(int argc, char **argv)
 	MHD_quiesce_daemon(daemon);
 	timer_stop();
 	deadline = monotonic_us() + SHUTDOWN_GRACE_MS * 1000;
-	while (atomic_load(&stats.in_flight) > 0 && monotonic_us() < deadline)
+	while ((atomic_load(&stats.in_flight) > 0 ||
+			atomic_load(&stats.hook_in_flight) > 0) && monotonic_us() < deadline)
 		usleep(10000);
 	MHD_stop_daemon(daemon);
 	idset_clear();
 	received_clear();
 	dialect_reset();
+	hooks_clear();
 	return 0;
 }
 
@@ -450,11 +462,12 @@ usage(FILE *out)
 			"                [--nhn-appkey KEY] [--nhn-secret SECRET]\n"
 			"                [--nhn-sms-secret SECRET]\n"
 			"                [--sens-access-key KEY --sens-secret SECRET]\n"
+			"                [--hook-secret NAME=SECRET]...\n"
 			"  --port 0 picks a free port; the chosen one is printed as\n"
 			"  \"mock_tms listening on ADDR:PORT\".  See README.md for the\n"
-			"  providers' dialects and for the /_control, /_stats,\n"
-			"  /_delivered, /_received, /_customers, /_handsets and /_reset\n"
-			"  endpoints.\n");
+			"  providers' dialects, the subscriber endpoint /hooks/NAME, and\n"
+			"  the /_control, /_stats, /_delivered, /_received, /_customers,\n"
+			"  /_handsets, /_hooks, /_hooks/stats and /_reset endpoints.\n");
 }
 
 /*
@@ -476,6 +489,7 @@ parse_options(int argc, char **argv)
 		{"nhn-sms-secret", required_argument, NULL, 'M'},
 		{"sens-access-key", required_argument, NULL, 'K'},
 		{"sens-secret", required_argument, NULL, 'Z'},
+		{"hook-secret", required_argument, NULL, 'H'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -556,6 +570,14 @@ parse_options(int argc, char **argv)
 				break;
 			case 'Z':
 				options.sens_secret = optarg;
+				break;
+			case 'H':
+				if (!hook_secret_option(optarg))
+				{
+					fprintf(stderr, "mock_tms: --hook-secret wants NAME=SECRET, NAME 1 to %d of [A-Za-z0-9_.-] and SECRET not empty; got '%s'\n",
+							HOOK_NAME_MAX, optarg);
+					exit(2);
+				}
 				break;
 			case 'h':
 				usage(stdout);
@@ -694,6 +716,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	if (req->counted)
 		atomic_fetch_sub_explicit(&stats.in_flight, 1, memory_order_relaxed);
+	if (req->hook_counted)
+		atomic_fetch_sub_explicit(&stats.hook_in_flight, 1, memory_order_relaxed);
 	free(req->raw_uri);
 	free(req->body);
 	free(req->answer);
@@ -702,10 +726,12 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 /*
- * request_start: classify the request by path (a provider's path, another
- * message path, or a harness endpoint) and size the body buffer from
- * Content-Length so a big batch is not copied several times while growing.
- * Message requests of every dialect are counted here, once.
+ * request_start: classify the request by path (a provider's path, a
+ * subscriber's /hooks/<name>, another message path, or a harness endpoint)
+ * and size the body buffer from Content-Length so a big batch is not copied
+ * several times while growing.  Message requests of every dialect are
+ * counted here, once; subscriber requests only in their own gauge, so that
+ * /_stats stays about the TMS.
  */
 static void
 request_start(Request *req, struct MHD_Connection *conn, const char *url)
@@ -715,7 +741,22 @@ request_start(Request *req, struct MHD_Connection *conn, const char *url)
 
 	req->phase = PHASE_RECEIVING;
 
-	if (strncmp(url, "/_", 2) != 0)
+	if (strncmp(url, "/hooks/", 7) == 0)
+	{
+		size_t		len = strlen(url + 7);
+
+		/* under /hooks/, a bad name is not a message path either */
+		if (hook_name_valid(url + 7, len))
+		{
+			req->kind = REQ_HOOK;
+			memcpy(req->hook, url + 7, len + 1);
+			req->hook_counted = true;
+			atomic_fetch_add_explicit(&stats.hook_in_flight, 1, memory_order_relaxed);
+		}
+		else
+			req->kind = REQ_NOT_FOUND;
+	}
+	else if (strncmp(url, "/_", 2) != 0)
 		req->kind = dialect_route(url, &req->route) ? REQ_DIALECT : REQ_SEND;
 	else if (strcmp(url, "/_control") == 0)
 		req->kind = REQ_CONTROL;
@@ -731,6 +772,10 @@ request_start(Request *req, struct MHD_Connection *conn, const char *url)
 		req->kind = REQ_CUSTOMERS;
 	else if (strcmp(url, "/_handsets") == 0)
 		req->kind = REQ_HANDSETS;
+	else if (strcmp(url, "/_hooks") == 0)
+		req->kind = REQ_HOOKS;
+	else if (strcmp(url, "/_hooks/stats") == 0)
+		req->kind = REQ_HOOKS_STATS;
 	else
 		req->kind = REQ_NOT_FOUND;
 
@@ -809,6 +854,14 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 			return decide_send(req, conn);
 		case REQ_DIALECT:
 			return dialect_decide(req, conn, method);
+		case REQ_HOOK:
+			if (!is_post)
+			{
+				set_answer_text(req, MHD_HTTP_METHOD_NOT_ALLOWED,
+								"{\"error\":\"method_not_allowed\"}");
+				return 0;
+			}
+			return hook_decide(req, conn);
 		case REQ_CONTROL:
 			if (!is_post && !is_get)
 				break;
@@ -822,6 +875,7 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 			idset_clear();
 			received_clear();
 			dialect_reset();
+			hooks_clear();
 			set_answer_text(req, MHD_HTTP_OK, "{\"ok\":true}");
 			return 0;
 		case REQ_STATS:
@@ -857,6 +911,21 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 				break;
 			out_init(&out, 4096);
 			handsets_json(&out);
+			set_answer(req, MHD_HTTP_OK, &out);
+			return 0;
+		case REQ_HOOKS:
+			if (!is_get)
+				break;
+			out_init(&out, 4096);
+			hooks_json(&out, MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+														 "hook"));
+			set_answer(req, MHD_HTTP_OK, &out);
+			return 0;
+		case REQ_HOOKS_STATS:
+			if (!is_get)
+				break;
+			out_init(&out, 512);
+			hooks_stats_json(&out);
 			set_answer(req, MHD_HTTP_OK, &out);
 			return 0;
 		case REQ_NOT_FOUND:
@@ -1015,11 +1084,15 @@ done:
  * checks them: burst_429, then reset_rate, hang_rate, error_rate and
  * malformed_rate.  garbage is the truncated body a malformed answer gets.
  * Returns true when a fault decided the answer (or the close), with
- * *delay_ms adjusted; false when the request goes on.
+ * *delay_ms adjusted; false when the request goes on.  Subscriber requests
+ * get the same faults but are not counted in /_stats, so that its
+ * "requests == status classes + hangs + resets + lost_replies" holds.
  */
 bool
 apply_faults(Request *req, int64_t *delay_ms, bool shutting, const char *garbage)
 {
+	bool		tms = req->kind != REQ_HOOK;
+
 	if (atomic_load_explicit(&faults.burst_429, memory_order_relaxed) > 0)
 	{
 		int64_t		left = atomic_load(&faults.burst_429);
@@ -1029,7 +1102,8 @@ apply_faults(Request *req, int64_t *delay_ms, bool shutting, const char *garbage
 			;
 		if (left > 0)
 		{
-			atomic_fetch_add_explicit(&stats.throttled_429, 1, memory_order_relaxed);
+			if (tms)
+				atomic_fetch_add_explicit(&stats.throttled_429, 1, memory_order_relaxed);
 			set_answer_text(req, 429, "{\"error\":\"too_many_requests\"}");
 			req->retry_after_s = (int) atomic_load(&faults.retry_after_s);
 			return true;
@@ -1037,14 +1111,16 @@ apply_faults(Request *req, int64_t *delay_ms, bool shutting, const char *garbage
 	}
 	if (roll(&faults.reset_rate))
 	{
-		atomic_fetch_add_explicit(&stats.resets, 1, memory_order_relaxed);
+		if (tms)
+			atomic_fetch_add_explicit(&stats.resets, 1, memory_order_relaxed);
 		req->phase = PHASE_CLOSE;
 		*delay_ms = 0;
 		return true;
 	}
 	if (roll(&faults.hang_rate))
 	{
-		atomic_fetch_add_explicit(&stats.hangs, 1, memory_order_relaxed);
+		if (tms)
+			atomic_fetch_add_explicit(&stats.hangs, 1, memory_order_relaxed);
 		req->phase = PHASE_CLOSE;
 		*delay_ms = shutting ? 0 : atomic_load(&faults.hang_ms);
 		return true;
@@ -1057,7 +1133,8 @@ apply_faults(Request *req, int64_t *delay_ms, bool shutting, const char *garbage
 	}
 	if (roll(&faults.malformed_rate))
 	{
-		atomic_fetch_add_explicit(&stats.malformed, 1, memory_order_relaxed);
+		if (tms)
+			atomic_fetch_add_explicit(&stats.malformed, 1, memory_order_relaxed);
 		set_answer_text(req, MHD_HTTP_OK, garbage);
 		return true;
 	}
@@ -1260,7 +1337,7 @@ decide_control(Request *req, struct MHD_Connection *conn, bool is_post)
 		{
 			if (!parse_control_json(req->body, req->body_len, &pairs))
 			{
-				snprintf(err, sizeof(err), "body is not a flat JSON object");
+				snprintf(err, sizeof(err), "body is not a JSON object of settings");
 				goto bad;
 			}
 		}
@@ -1310,8 +1387,10 @@ collect_query_pair(void *cls, enum MHD_ValueKind kind, const char *key,
 }
 
 /*
- * parse_control_json: a flat object of scalars.  Strings are decoded, numbers
- * and true/false are kept as their text, null becomes a NULL value.
+ * parse_control_json: an object of settings.  Strings are decoded, numbers
+ * and true/false are kept as their text, null becomes a NULL value, and an
+ * object or array (hook_status, hook_secrets) becomes its JSON text,
+ * re-encoded by json_copy_value, for its setting to parse.
  */
 static bool
 parse_control_json(char *body, size_t len, ControlPairs *out)
@@ -1349,6 +1428,19 @@ parse_control_json(char *body, size_t len, ControlPairs *out)
 				c.p += lit_len;
 				add_control_pair(out, key, key_len,
 								 *lit == 'n' ? NULL : lit, lit_len);
+			}
+			else if (*c.p == '{' || *c.p == '[')
+			{
+				OutBuf		text;
+				bool		copied;
+
+				out_init(&text, 256);
+				copied = json_copy_value(&c, &text, 1);
+				if (copied)
+					add_control_pair(out, key, key_len, text.data, text.len);
+				free(text.data);
+				if (!copied)
+					return false;
 			}
 			else
 			{
@@ -1429,7 +1521,8 @@ apply_setting(const char *key, const char *value, bool dry_run,
 	}
 	if (value == NULL && s->type != SET_PREFIX &&
 		s->type != SET_RESULT_STATUS && s->type != SET_REPLY_BODY &&
-		s->type != SET_TEMPLATES)
+		s->type != SET_TEMPLATES && s->type != SET_HOOK_STATUS &&
+		s->type != SET_HOOK_SECRETS)
 	{
 		snprintf(err, errlen, "key \"%s\" needs a value", key);
 		return false;
@@ -1481,7 +1574,7 @@ apply_setting(const char *key, const char *value, bool dry_run,
 					return false;
 				}
 				if (!dry_run)
-					atomic_store(&faults.unauthorized, b);
+					atomic_store(s->bool_target, b);
 				return true;
 			}
 		case SET_PREFIX:
@@ -1577,13 +1670,18 @@ apply_setting(const char *key, const char *value, bool dry_run,
 			}
 		case SET_TEMPLATES:
 			return dialect_set_templates(value, dry_run, err, errlen);
+		case SET_HOOK_STATUS:
+			return hook_set_status(value, dry_run, err, errlen);
+		case SET_HOOK_SECRETS:
+			return hook_set_secrets(value, dry_run, err, errlen);
 	}
 	return false;
 }
 
 /*
  * faults_reset: everything back to "a well-behaved provider", the dialects'
- * settings and templates included.
+ * settings and templates and the subscribers' settings included (but not
+ * the --hook-secret secrets, which are not settings).
  */
 static void
 faults_reset(void)
@@ -1619,6 +1717,8 @@ faults_reset(void)
 	atomic_store(&faults.send_fallback_codes, 0);
 	atomic_store(&faults.nhn_auth_status, MHD_HTTP_OK);
 	dialect_set_templates(NULL, false, NULL, 0);
+	atomic_store(&faults.hook_reject_bad_signature, false);
+	hooks_settings_reset();
 }
 
 static void
@@ -1665,6 +1765,12 @@ faults_json(OutBuf *out)
 			 atomic_load(&faults.send_fallback_codes));
 	out_str(out, buf);
 	dialect_templates_json(out);
+	OUT_LIT(out, ",\"hook_reject_bad_signature\":");
+	if (atomic_load(&faults.hook_reject_bad_signature))
+		OUT_LIT(out, "true");
+	else
+		OUT_LIT(out, "false");
+	hook_settings_json(out);
 	OUT_LIT(out, "}");
 }
 
@@ -2192,6 +2298,89 @@ json_skip_value(JsonCursor *c, int depth)
 	}
 }
 
+/*
+ * json_copy_value: consume any JSON value, like json_skip_value, and append
+ * it to out re-encoded: strings decoded and escaped again by
+ * out_json_string, numbers and literals as they were, no whitespace.  The
+ * scanner decodes strings in place, so the raw text of a nested value
+ * cannot be kept as it was; this gives an equivalent text instead.
+ */
+static bool
+json_copy_value(JsonCursor *c, OutBuf *out, int depth)
+{
+	char	   *s;
+	size_t		len;
+
+	if (depth > MAX_JSON_DEPTH)
+		return false;
+	json_ws(c);
+	if (c->p >= c->end)
+		return false;
+	switch (*c->p)
+	{
+		case '"':
+			if (!json_string(c, &s, &len))
+				return false;
+			out_json_string(out, s, len);
+			return true;
+		case '{':
+			c->p++;
+			OUT_LIT(out, "{");
+			if (!json_accept(c, '}'))
+			{
+				for (;;)
+				{
+					if (!json_string(c, &s, &len) || !json_accept(c, ':'))
+						return false;
+					out_json_string(out, s, len);
+					OUT_LIT(out, ":");
+					if (!json_copy_value(c, out, depth + 1))
+						return false;
+					if (json_accept(c, ','))
+					{
+						OUT_LIT(out, ",");
+						continue;
+					}
+					if (!json_accept(c, '}'))
+						return false;
+					break;
+				}
+			}
+			OUT_LIT(out, "}");
+			return true;
+		case '[':
+			c->p++;
+			OUT_LIT(out, "[");
+			if (!json_accept(c, ']'))
+			{
+				for (;;)
+				{
+					if (!json_copy_value(c, out, depth + 1))
+						return false;
+					if (json_accept(c, ','))
+					{
+						OUT_LIT(out, ",");
+						continue;
+					}
+					if (!json_accept(c, ']'))
+						return false;
+					break;
+				}
+			}
+			OUT_LIT(out, "]");
+			return true;
+		default:
+			{
+				char	   *start = c->p;
+
+				if (!json_skip_value(c, depth))
+					return false;
+				out_bytes(out, start, (size_t) (c->p - start));
+				return true;
+			}
+	}
+}
+
 bool
 json_key_is(const char *key, size_t key_len, const char *name)
 {
@@ -2474,7 +2663,7 @@ idset_insert(const char *key, size_t len, uint64_t *seq)
 }
 
 /* hash_bytes: FNV-1a, finished with murmur3's fmix64 so high bits mix too. */
-static uint64_t
+uint64_t
 hash_bytes(const char *key, size_t len)
 {
 	uint64_t	h = UINT64_C(0xcbf29ce484222325);
@@ -2705,6 +2894,19 @@ out_u64(OutBuf *b, uint64_t v)
 		v /= 10;
 	} while (v > 0);
 	out_bytes(b, tmp + sizeof(tmp) - n, (size_t) n);
+}
+
+/* out_i64: a signed decimal, INT64_MIN included. */
+void
+out_i64(OutBuf *b, int64_t v)
+{
+	if (v < 0)
+	{
+		OUT_LIT(b, "-");
+		out_u64(b, (uint64_t) 0 - (uint64_t) v);
+	}
+	else
+		out_u64(b, (uint64_t) v);
 }
 
 /* out_json_string: s as a quoted JSON string; bytes >= 0x80 pass through. */

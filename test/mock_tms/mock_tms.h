@@ -6,9 +6,10 @@
  *
  * mock_tms.c owns the server, the generic dialect and the harness
  * endpoints; dialects.c owns the providers' dialects (NHN Cloud AlimTalk
- * and SMS, Naver Cloud SENS SMS and AlimTalk); crypto.c owns SHA-256,
- * HMAC-SHA256 and Base64 for the SENS signature.  Nothing here is meant for
- * anything but this test tool.
+ * and SMS, Naver Cloud SENS SMS and AlimTalk); hooks.c owns the subscriber
+ * endpoint (courier's webhooks) and its records; crypto.c owns SHA-256,
+ * HMAC-SHA256 and Base64 for the SENS and subscriber signatures.  Nothing
+ * here is meant for anything but this test tool.
  *
  * IDENTIFICATION
  *	  test/mock_tms/mock_tms.h
@@ -33,6 +34,8 @@
 #define MAX_PREFIX_BYTES		64
 #define MAX_RESULT_STATUS_BYTES	64
 #define INLINE_MESSAGES			8
+#define HOOK_NAME_MAX			64
+#define HOOK_MAX_EVENTS			1000
 
 /* What a request is, decided from its path when it starts. */
 typedef enum RequestKind
@@ -40,6 +43,7 @@ typedef enum RequestKind
 	REQ_SEND,					/* a generic message batch: any other path
 								 * not under /_ */
 	REQ_DIALECT,				/* a provider's path (dialects.c) */
+	REQ_HOOK,					/* /hooks/<name>, a subscriber (hooks.c) */
 	REQ_CONTROL,				/* /_control */
 	REQ_RESET,					/* /_reset */
 	REQ_STATS,					/* /_stats */
@@ -47,6 +51,8 @@ typedef enum RequestKind
 	REQ_RECEIVED,				/* /_received */
 	REQ_CUSTOMERS,				/* /_customers */
 	REQ_HANDSETS,				/* /_handsets */
+	REQ_HOOKS,					/* /_hooks */
+	REQ_HOOKS_STATS,			/* /_hooks/stats */
 	REQ_NOT_FOUND				/* any other /_ path */
 } RequestKind;
 
@@ -89,8 +95,10 @@ typedef struct Request
 	RequestKind kind;
 	RequestPhase phase;
 	bool		counted;		/* counted in requests and in_flight */
+	bool		hook_counted;	/* counted in hook_in_flight */
 	char	   *raw_uri;		/* as the client sent it, query included */
 	DialectRoute route;			/* when kind is REQ_DIALECT */
+	char		hook[HOOK_NAME_MAX + 1];	/* when kind is REQ_HOOK */
 	char	   *body;			/* NUL-terminated; decoded in place by the
 								 * JSON scanner */
 	size_t		body_len;
@@ -171,6 +179,9 @@ typedef struct Faults
 	_Atomic int64_t nhn_auth_status;
 	_Atomic int64_t send_fallback_codes;	/* 1: NHN AlimTalk answers 3018-3020
 											 * at send time */
+
+	/* the subscriber endpoint; hook_status and hook_secrets are in hooks.c */
+	_Atomic bool hook_reject_bad_signature;
 } Faults;
 
 typedef struct Stats
@@ -209,7 +220,21 @@ typedef struct Stats
 	_Atomic uint64_t sens_clock_skew;
 	_Atomic uint64_t idempotency_rejected;
 	_Atomic uint64_t template_errors;
+
+	/*
+	 * Subscriber requests being handled now.  Not in /_stats (hook requests
+	 * are counted in /_hooks/stats); shutdown waits for it like in_flight.
+	 */
+	_Atomic int64_t hook_in_flight;
 } Stats;
+
+/* A subscriber's secret, from --hook-secret or the hook_secrets setting. */
+typedef struct HookSecret
+{
+	char		name[HOOK_NAME_MAX + 1];
+	char	   *secret;			/* malloc'd; may hold NUL bytes */
+	size_t		secret_len;
+} HookSecret;
 
 typedef struct Options
 {
@@ -225,6 +250,8 @@ typedef struct Options
 	const char *nhn_sms_secret; /* defaults to nhn_secret */
 	const char *sens_access_key;	/* NULL: SENS signature not checked */
 	const char *sens_secret;
+	HookSecret *hook_secrets;	/* --hook-secret NAME=SECRET, repeatable */
+	int			nhook_secrets;
 } Options;
 
 extern Options options;
@@ -262,6 +289,8 @@ extern void out_bytes(OutBuf *b, const char *s, size_t n);
 extern void out_str(OutBuf *b, const char *s);
 extern void out_u64(OutBuf *b, uint64_t v);
 extern void out_json_string(OutBuf *b, const char *s, size_t n);
+extern void out_i64(OutBuf *b, int64_t v);
+extern uint64_t hash_bytes(const char *key, size_t len);
 extern uint64_t monotonic_us(void);
 extern uint64_t wall_us(void);
 
@@ -278,11 +307,30 @@ extern void dialect_stats_json(OutBuf *out);
 extern void customers_json(OutBuf *out);
 extern void handsets_json(OutBuf *out);
 
+/* hooks.c */
+extern void hooks_init(void);
+extern void hooks_clear(void);
+extern void hooks_settings_reset(void);
+extern bool hook_name_valid(const char *name, size_t len);
+extern bool hook_secret_option(const char *arg);
+extern int64_t hook_decide(Request *req, struct MHD_Connection *conn);
+extern bool hook_set_status(const char *value, bool dry_run,
+							char *err, size_t errlen);
+extern bool hook_set_secrets(const char *value, bool dry_run,
+							 char *err, size_t errlen);
+extern void hook_settings_json(OutBuf *out);
+extern void hooks_json(OutBuf *out, const char *hook);
+extern void hooks_stats_json(OutBuf *out);
+
 /* crypto.c */
 #define SHA256_DIGEST_BYTES		32
 extern void hmac_sha256(const unsigned char *key, size_t key_len,
 						const unsigned char *msg, size_t msg_len,
 						unsigned char out[SHA256_DIGEST_BYTES]);
+extern void hmac_sha256_parts(const unsigned char *key, size_t key_len,
+							  const unsigned char *const *parts,
+							  const size_t *part_lens, int nparts,
+							  unsigned char out[SHA256_DIGEST_BYTES]);
 extern size_t base64_encode(const unsigned char *in, size_t len, char *out);
 
 #endif							/* MOCK_TMS_H */

@@ -7,11 +7,15 @@
 # AlimTalk v2.3 and SMS v3.0, Naver Cloud SENS SMS and AlimTalk; the SENS
 # signature and clock window, NHN's idempotency key (-1005), asynchronous
 # final states with the provider's own fallback, faults on the providers'
-# paths, and the counters of what handsets received.  Prints one line per
-# check and "N passed, N failed"; exits 1 if any check failed.
+# paths, and the counters of what handsets received; and the subscriber
+# endpoint (/hooks/<name>): what it records, duplicates, Courier-Signature
+# results, hook_status, hook_reject_bad_signature, /_hooks and its filter,
+# /_hooks/stats and /_reset.  Prints one line per check and "N passed, N
+# failed"; exits 1 if any check failed.
 #
 # Needs bash, make, gcc, libmicrohttpd-dev, curl, and openssl or python3 (to
-# sign SENS requests).  Waits poll with a deadline; nothing sleeps blindly.
+# sign SENS and subscriber requests).  Waits poll with a deadline; nothing
+# sleeps blindly.
 set -u
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -108,6 +112,38 @@ sens()
 
 nhn() { req "$@" -H "X-Secret-Key: $NHN_SECRET" -H 'Content-Type: application/json;charset=UTF-8'; }
 
+# hook_sign SECRET T BODY: the v1 of Courier-Signature, hex HMAC-SHA256 of "T.BODY"
+hook_sign()
+{
+	if command -v openssl >/dev/null 2>&1; then
+		printf '%s.%s' "$2" "$3" | openssl dgst -sha256 -hmac "$1" | awk '{print $NF}'
+	else
+		python3 -c 'import hmac,hashlib,sys
+print(hmac.new(sys.argv[1].encode(), (sys.argv[2] + "." + sys.argv[3]).encode(), hashlib.sha256).hexdigest())' \
+			"$1" "$2" "$3"
+	fi
+}
+
+# hook_events ID...: a subscriber body with one order.delayed event per id
+hook_events()
+{
+	local id sep= out='{"events":['
+	for id in "$@"; do
+		out+="$sep{\"id\":$id,\"type\":\"order.delayed\",\"order_id\":1001,\"seller_id\":7,\"occurred_at\":\"2026-11-30T10:00:00.123456+00:00\",\"data\":{\"reason\":\"late\",\"eta\":null,\"n\":[1,{\"x\":\"y\"}]}}"
+		sep=,
+	done
+	echo "$out]}"
+}
+
+# hook NAME BODY [CURL ARGS...]: POST BODY to the subscriber NAME
+hook() { local name=$1 body=$2; shift 2; req -X POST "$BASE/hooks/$name" -H 'Content-Type: application/json' -H "Idempotency-Key: $RANDOM" --data-binary "$body" "$@"; }
+
+# hook_signed NAME SECRET BODY: the same, signed with SECRET
+hook_signed() { local t; t=$(date +%s); hook "$1" "$3" -H "Courier-Signature: t=$t,v1=$(hook_sign "$2" "$t" "$3")"; }
+
+# hook_entry HOOK ID REQUEST SIGNATURE DUP: one /_hooks entry of hook_events
+hook_entry() { echo "{\"hook\":\"$1\",\"id\":$2,\"type\":\"order.delayed\",\"order_id\":1001,\"seller_id\":7,\"request\":$3,\"signature\":\"$4\",\"dup\":$5}"; }
+
 # ---------------------------------------------------------------- start
 # MOCK_TMS_BIN runs another build (say, one with sanitizers) instead.
 BIN=${MOCK_TMS_BIN:-$HERE/mock_tms}
@@ -129,8 +165,10 @@ NHN_APPKEY=appkey-selftest
 NHN_SECRET=nhn-secret-selftest
 SENS_AK=sens-access-key
 SENS_SK=sens-secret-key
+HOOK_CLI_SECRET='cli secret=with spaces'
 "$BIN" --port 0 --nhn-appkey "$NHN_APPKEY" --nhn-secret "$NHN_SECRET" \
-	--sens-access-key "$SENS_AK" --sens-secret "$SENS_SK" >"$WORK/mock.out" 2>"$WORK/mock.err" &
+	--sens-access-key "$SENS_AK" --sens-secret "$SENS_SK" \
+	--hook-secret "cli-hook=$HOOK_CLI_SECRET" >"$WORK/mock.out" 2>"$WORK/mock.err" &
 MOCK_PID=$!
 listening() { grep -q 'mock_tms listening on' "$WORK/mock.out"; }
 if ! wait_until 10 listening; then
@@ -324,6 +362,99 @@ nhn "$AT?requestId=$AT_RID"
 expect "reset: old request ids are unknown" "$BODY" '"totalCount":0'
 nhn -X POST "$AT" -H 'X-NC-API-IDEMPOTENCY-KEY: key-1' -d "$AT_BODY"
 expect "reset: clears the idempotency keys" "$BODY" '"resultCode":0'
+
+# ---------------------------------------------------------------- subscribers
+# Request numbers count every POST to /hooks/ since the /_reset above.
+req "$BASE/_stats"
+TMS_REQUESTS=$(grep -o '"requests":[0-9]*' <<<"$BODY")
+hook a "$(hook_events 11 12)"
+[[ $CODE == 200 && $BODY == '{"received":2}' ]] && ok "hooks: a well-formed post is answered" || bad "hooks: a well-formed post is answered" "$CODE $BODY"
+req "$BASE/_hooks"
+[[ $BODY == "[$(hook_entry a 11 1 unchecked false),$(hook_entry a 12 1 unchecked false)]" ]] &&
+	ok "hooks: a well-formed post is recorded" || bad "hooks: a well-formed post is recorded" "$BODY"
+hook a "$(hook_events 12 13)"
+req "$BASE/_hooks"
+expect "hooks: a re-posted id is flagged dup, a new one not" "$BODY" \
+	"$(hook_entry a 12 2 unchecked true),$(hook_entry a 13 2 unchecked false)"
+hook a '{"events":[{"id":14,"type":"order.delayed",'
+expect "hooks: malformed JSON gets 400" "$CODE $BODY" '400 {"error":"bad_request"}'
+hook a '{"events":[]}'
+expect "hooks: no events gets 400" "$CODE $BODY" '400 {"error":"bad_request"}'
+hook a '{"events":[{"id":"14","type":"order.delayed","order_id":1001,"seller_id":7}]}'
+expect "hooks: a string id gets 400" "$CODE $BODY" '400 {"error":"bad_request"}'
+req "$BASE/_hooks"
+expect_not "hooks: a 400 records nothing" "$BODY" '"request":3'
+
+req -X POST "$BASE/_control" -d '{"hook_status":{"b":503}}'
+expect "hooks: hook_status is set" "$CODE $BODY" '200 ' '"hook_status":{"b":503}'
+hook b "$(hook_events 21)"
+[[ $CODE == 503 && $BODY == '{"error":"injected"}' ]] && ok "hooks: hook_status answers its status" || bad "hooks: hook_status answers its status" "$CODE $BODY"
+req "$BASE/_hooks?hook=b"
+[[ $BODY == '[]' ]] && ok "hooks: hook_status records nothing" || bad "hooks: hook_status records nothing" "$BODY"
+req -X POST "$BASE/_control" -d '{"latency_ms":5,"hook_status":{"b":"503"}}'
+expect "hooks: a bad hook_status is refused" "$CODE $BODY" '400 ' '"error":"bad_control"'
+req "$BASE/_control"
+expect "hooks: a refused setting changes nothing" "$BODY" '"latency_ms":0,' '"hook_status":{"b":503}'
+req -X POST "$BASE/_control" -d '{"hook_secrets":{"bad name":"x"}}'
+[[ $CODE == 400 ]] && ok "hooks: a bad hook_secrets is refused" || bad "hooks: a bad hook_secrets is refused" "$CODE $BODY"
+req -X POST "$BASE/_control" -d '{"hook_status":{}}'
+expect "hooks: an empty hook_status clears it" "$BODY" '"hook_status":{}'
+hook b "$(hook_events 21)"
+[[ $CODE == 200 ]] && ok "hooks: a cleared hook_status answers 200" || bad "hooks: a cleared hook_status answers 200" "$CODE $BODY"
+
+HOOK_SECRET='s3cr3t "quoted"'
+req -X POST "$BASE/_control" -d '{"hook_secrets":{"s":"s3cr3t \"quoted\""}}'
+expect "hooks: hook_secrets is set" "$CODE" '200'
+hook_signed s "$HOOK_SECRET" "$(hook_events 31)"
+hook_signed s "wrong secret" "$(hook_events 32)"
+hook s "$(hook_events 33)"
+hook s "$(hook_events 34)" -H 'Courier-Signature: t=now,v1=00'
+hook_signed cli-hook "$HOOK_CLI_SECRET" "$(hook_events 41)"
+req "$BASE/_hooks"
+expect "hooks: signature ok" "$BODY" "$(hook_entry s 31 8 ok false)"
+expect "hooks: signature bad" "$BODY" "$(hook_entry s 32 9 bad false)"
+expect "hooks: signature none" "$BODY" "$(hook_entry s 33 10 none false)"
+expect "hooks: a malformed signature is bad" "$BODY" "$(hook_entry s 34 11 bad false)"
+expect "hooks: signature unchecked without a secret" "$BODY" "$(hook_entry b 21 7 unchecked false)"
+expect "hooks: --hook-secret signs ok" "$BODY" "$(hook_entry cli-hook 41 12 ok false)"
+
+req -X POST "$BASE/_control" -d 'hook_reject_bad_signature=true'
+expect "hooks: hook_reject_bad_signature is set" "$BODY" '"hook_reject_bad_signature":true'
+hook_signed s "wrong secret" "$(hook_events 35)"
+expect "hooks: a rejected bad signature gets 401" "$CODE $BODY" '401 {"error":"bad_signature"}'
+hook s "$(hook_events 36)"
+expect "hooks: a rejected missing signature gets 401" "$CODE $BODY" '401 {"error":"bad_signature"}'
+hook_signed s "$HOOK_SECRET" "$(hook_events 37)"
+expect "hooks: a good signature still gets 200" "$CODE $BODY" '200 {"received":1}'
+hook a "$(hook_events 15)"
+expect "hooks: a hook without a secret is not rejected" "$CODE $BODY" '200 {"received":1}'
+req "$BASE/_hooks?hook=s"
+expect_not "hooks: a 401 records nothing" "$BODY" '"id":35,'
+req -X POST "$BASE/_control" -d '{"hook_reject_bad_signature":false,"burst_429":1}'
+hook a "$(hook_events 16)"
+expect "hooks: the shared faults apply (burst_429)" "$CODE" '429'
+
+req "$BASE/_hooks?hook=b"
+[[ $BODY == "[$(hook_entry b 21 7 unchecked false)]" ]] && ok "hooks: ?hook= filters" || bad "hooks: ?hook= filters" "$BODY"
+req "$BASE/_hooks/stats"
+[[ $BODY == '{"a":{"requests":7,"events":5,"duplicates":1,"bad_signatures":0},"b":{"requests":2,"events":1,"duplicates":0,"bad_signatures":0},"s":{"requests":7,"events":5,"duplicates":0,"bad_signatures":5},"cli-hook":{"requests":1,"events":1,"duplicates":0,"bad_signatures":0}}' ]] &&
+	ok "hooks: /_hooks/stats" || bad "hooks: /_hooks/stats" "$BODY"
+req "$BASE/_stats"
+expect "hooks: not counted in /_stats" "$BODY" "$TMS_REQUESTS," '"throttled_429":0,'
+
+req -X POST "$BASE/_reset"
+req "$BASE/_hooks"
+[[ $BODY == '[]' ]] && ok "hooks: reset clears the records" || bad "hooks: reset clears the records" "$BODY"
+req "$BASE/_hooks/stats"
+[[ $BODY == '{}' ]] && ok "hooks: reset clears the counters" || bad "hooks: reset clears the counters" "$BODY"
+req "$BASE/_control"
+expect "hooks: reset clears the hook settings" "$BODY" '"hook_reject_bad_signature":false' \
+	'"hook_status":{}' '"hook_secrets":{}'
+hook cli-hook "$(hook_events 41)"
+hook s "$(hook_events 31)"
+req "$BASE/_hooks"
+[[ $BODY == "[$(hook_entry cli-hook 41 1 none false),$(hook_entry s 31 2 unchecked false)]" ]] &&
+	ok "hooks: after reset, --hook-secret stays, hook_secrets is gone" || bad "hooks: after reset, --hook-secret stays, hook_secrets is gone" "$BODY"
 
 echo "$PASS passed, $FAIL failed"
 ((FAIL == 0))

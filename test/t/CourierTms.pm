@@ -68,6 +68,7 @@ our @EXPORT = qw(
   listen_alerts
   heard_alert
   wrong_secret_then_fixed
+  mock_hooks
 );
 
 my @mocks;    # every mock started by this process, stopped in END
@@ -163,6 +164,15 @@ sub mock_stats
 {
 	my ($mock) = @_;
 	return mock_request($mock, 'GET', '/_stats');
+}
+
+# mock_hooks(MOCK, NAME): the events the mock's subscriber endpoint
+# /hooks/NAME recorded, in arrival order (GET /_hooks?hook=NAME): hashes
+# of id, type, order_id, seller_id, request, signature, dup.
+sub mock_hooks
+{
+	my ($mock, $name) = @_;
+	return mock_request($mock, 'GET', "/_hooks?hook=$name");
 }
 
 # mock_delivered(MOCK): the delivered ids, as an array ref.
