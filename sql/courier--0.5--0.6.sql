@@ -128,6 +128,93 @@ END
 $$;
 REVOKE ALL ON FUNCTION courier.emit_events(bigint[], bigint[], text[], jsonb[], timestamptz) FROM PUBLIC;
 
+/* ------------------------------------------------------------------------
+ * notice.delivered and notice.failed
+ * ------------------------------------------------------------------------ */
+
+/*
+ * A notice reaches its end in several statements: the sender's record
+ * (accepted by a provider without receipts), its charge (failed), the
+ * receipt stage and the provider's webhook (on the handset, or not).  One
+ * statement-level trigger sees them all, in the transaction of the
+ * change: it compares each updated notice before and after, and records
+ * notice.delivered when a notice is delivered to the customer (accepted
+ * by a provider that reports no receipt, or its receipt says delivered)
+ * and notice.failed when it fails for good (its attempts exhausted, or
+ * its receipt failed or expired without a fallback to come).
+ *
+ * The trigger exists only while some subscription asks for a notice.*
+ * type (courier.sync_notice_events, called by subscribe and
+ * unsubscribe): without one, the senders pay nothing, not even the
+ * transition tables' copies of the rows they update.
+ */
+CREATE FUNCTION courier.notice_events()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+AS $$
+BEGIN
+	PERFORM courier.emit_events(pg_catalog.array_agg(x.seller_id),
+								pg_catalog.array_agg(x.order_id),
+								pg_catalog.array_agg(x.type),
+								pg_catalog.array_agg(x.payload),
+								pg_catalog.now())
+	  FROM (SELECT n.seller_id, n.order_id,
+				   CASE WHEN (n.status = 'delivered' AND o.status <> 'delivered'
+							  AND n.receipt_status IS NULL)
+							 OR (n.receipt_status = 'delivered'
+								 AND o.receipt_status IS DISTINCT FROM 'delivered')
+						THEN 'notice.delivered'
+						WHEN (n.status = 'failed' AND o.status <> 'failed')
+							 OR (n.receipt_status IN ('failed', 'expired')
+								 AND o.receipt_status IS DISTINCT FROM n.receipt_status
+								 AND n.status <> 'pending')
+						THEN 'notice.failed' END AS type,
+				   pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+					   'ship_date', n.ship_date, 'key',
+					   'dn-' || n.order_id || '-' || pg_catalog.to_char(n.ship_date, 'YYYYMMDD'),
+					   'status', n.status, 'channel', n.channel, 'provider', n.provider,
+					   'provider_id', n.provider_id, 'attempts', n.attempts,
+					   'sent_at', n.sent_at, 'receipt', n.receipt_status,
+					   'receipt_code', n.receipt_code,
+					   'fallback_channel', n.fallback_channel,
+					   'last_error', n.errors -> -1)) AS payload
+			  FROM new_notices n
+			  JOIN old_notices o ON o.seller_id = n.seller_id AND o.order_id = n.order_id
+							  AND o.ship_date = n.ship_date) x
+	 WHERE x.type IS NOT NULL
+	HAVING pg_catalog.count(*) > 0;
+	RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION courier.notice_events() FROM PUBLIC;
+
+CREATE FUNCTION courier.sync_notice_events()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	wanted boolean := EXISTS (SELECT 1 FROM courier.subscriptions s
+							   WHERE s.event_types && ARRAY['notice.delivered', 'notice.failed']);
+	present boolean := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+								WHERE t.tgrelid = 'courier.notices'::pg_catalog.regclass
+								  AND t.tgname = 'notices_events');
+BEGIN
+	IF wanted AND NOT present THEN
+		CREATE TRIGGER notices_events AFTER UPDATE ON courier.notices
+			REFERENCING OLD TABLE AS old_notices NEW TABLE AS new_notices
+			FOR EACH STATEMENT EXECUTE FUNCTION courier.notice_events();
+	ELSIF present AND NOT wanted THEN
+		DROP TRIGGER notices_events ON courier.notices;
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION courier.sync_notice_events() FROM PUBLIC;
+COMMENT ON FUNCTION courier.sync_notice_events() IS
+	'Create the trigger that records notice.delivered and notice.failed while a subscription asks for them, and drop it when none does (called by subscribe and unsubscribe).';
+
 CREATE VIEW courier.subscribers AS
 SELECT s.subscriber_id, s.name, s.url, s.event_types, s.batch_size, s.rate_limit,
 	   s.timeout_ms, s.paused, s.secret IS NOT NULL AS has_secret, s.created_at,
@@ -219,6 +306,7 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'courier.unsubscribe it first, or choose another name.';
 	END IF;
+	PERFORM courier.sync_notice_events();
 	RETURN id;
 END
 $$;
@@ -257,6 +345,7 @@ BEGIN
 	UPDATE courier.failures f SET discarded_at = pg_catalog.now()
 	 WHERE f.subscriber_id = id AND f.discarded_at IS NULL;
 	DELETE FROM courier.subscriptions s WHERE s.subscriber_id = id;
+	PERFORM courier.sync_notice_events();
 	RETURN n;
 END
 $$;
@@ -381,6 +470,9 @@ AS $$
 DECLARE
 	n integer;
 BEGIN
+	IF $6 IS NOT NULL THEN
+		PERFORM courier.subscriber_id($6);	/* an unknown name is an error */
+	END IF;
 	WITH moved AS (
 		DELETE FROM courier.failures f
 		 WHERE f.failure_id IN (SELECT courier.failures_matching($1, $2, $3, $4, $5, $6))
@@ -443,6 +535,9 @@ AS $$
 DECLARE
 	n integer;
 BEGIN
+	IF $6 IS NOT NULL THEN
+		PERFORM courier.subscriber_id($6);	/* an unknown name is an error */
+	END IF;
 	WITH discarded AS (
 		UPDATE courier.failures f
 		   SET discarded_at = pg_catalog.now()

@@ -131,24 +131,27 @@ static const CourierDispatchHooks hooks = {
  * subscriber, $2 now, $3 how many, $4 this pid, $5 the lease's end), each
  * with its event rendered as the receiver gets it.  A leased delivery is
  * due again at the lease's end: if this worker dies, its successor sends
- * it again.
+ * it again.  Written for the plan it needs whatever the statistics say (a
+ * plan made while the queue was analyzed empty once read a subscriber's
+ * whole backlog per head, and again to update it): the head test is the
+ * first event of the order by deliveries_order (a min() the planner reads
+ * off that index), and the update finds its rows by ctid.
  */
 static const char *const lease_sql =
 "WITH head AS ("
-"    SELECT d.seller_id, d.event_id"
+"    SELECT d.ctid AS row_id"
 "      FROM courier.deliveries d"
 "     WHERE d.subscriber_id = $1 AND d.failed_at IS NULL AND d.not_before <= $2"
-"       AND NOT EXISTS (SELECT 1 FROM courier.deliveries e"
-"                        WHERE e.subscriber_id = d.subscriber_id"
-"                          AND e.order_id = d.order_id AND e.event_id < d.event_id)"
+"       AND d.event_id = (SELECT pg_catalog.min(e.event_id) FROM courier.deliveries e"
+"                          WHERE e.subscriber_id = d.subscriber_id"
+"                            AND e.order_id = d.order_id)"
 "     ORDER BY d.not_before"
 "     LIMIT $3"
 "       FOR UPDATE SKIP LOCKED"
 "), leased AS ("
 "    UPDATE courier.deliveries d SET leased_by = $4, not_before = $5"
 "      FROM head h"
-"     WHERE d.seller_id = h.seller_id AND d.subscriber_id = $1"
-"       AND d.event_id = h.event_id"
+"     WHERE d.ctid = h.row_id"
 "    RETURNING d.seller_id, d.event_id"
 ") "
 "SELECT l.seller_id, l.event_id,"

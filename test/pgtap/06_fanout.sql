@@ -2,7 +2,7 @@
 -- transaction of the change that causes them, fanned out to the
 -- subscriptions that asked for their type.
 BEGIN;
-SELECT plan(21);
+SELECT plan(35);
 
 -- ---------------------------------------------------------------------------
 -- courier.subscribe refuses bad input, with a SQLSTATE, and writes nothing
@@ -19,7 +19,14 @@ SELECT throws_ok($$SELECT courier.subscribe('bo', 'https://x.test/h', ARRAY['ord
 	'22023', 'invalid batch size 0 for subscriber "bo"', 'a batch size of 0 is refused');
 SELECT throws_ok($$SELECT courier.subscribe('bo', 'https://x.test/h', ARRAY['order.delayed'], 10, 'short')$$,
 	'22023', 'the secret of subscriber "bo" is too short', 'a short secret is refused');
+SELECT throws_ok($$SELECT courier.subscribe('bo', 'https://x.test/h', ARRAY['order.delayed'], rate_limit => -1)$$,
+	'22023', 'invalid rate limit -1 for subscriber "bo"', 'a negative rate limit is refused');
+SELECT throws_ok($$SELECT courier.subscribe('bo', 'https://x.test/h', ARRAY['order.delayed'], timeout => '10 min')$$,
+	'22023', 'invalid timeout 00:10:00 for subscriber "bo"', 'a timeout over 5 minutes is refused');
 SELECT is((SELECT count(*) FROM courier.subscriptions), 0::bigint, 'nothing was written');
+SELECT is(courier.emit_events(ARRAY[1]::bigint[], ARRAY[1]::bigint[], ARRAY['order.overdue'],
+							  ARRAY['{}'::jsonb], now()), 0::bigint,
+	'without a subscription, an event is not recorded');
 
 SELECT ok(courier.subscribe('backoffice', 'https://seller.test/hooks',
 						   ARRAY['order.delayed', 'order.invoiced', 'order.delayed'], 50,
@@ -97,6 +104,48 @@ SELECT set_eq(
 	'with the same event ids');
 SELECT is(courier.replay('backoffice', now() - interval '1 hour'), 0::bigint,
 	'replaying again queues nothing twice');
+
+-- ---------------------------------------------------------------------------
+-- Pause, resume, the DBA console's subscriber filter, the notice trigger
+-- ---------------------------------------------------------------------------
+SELECT courier.pause_subscriber('analytics');
+SELECT is((SELECT paused FROM courier.subscribers WHERE name = 'analytics'), true,
+	'pause_subscriber pauses it');
+SELECT courier.resume_subscriber('analytics');
+SELECT is((SELECT paused FROM courier.subscribers WHERE name = 'analytics'), false,
+	'resume_subscriber resumes it');
+SELECT throws_ok($$SELECT courier.pause_subscriber('nobody')$$,
+	'42704', 'no subscriber "nobody"', 'pausing an unknown subscriber is refused');
+SELECT throws_ok($$SELECT courier.retry_failures(subscriber => 'nobody')$$,
+	'42704', 'no subscriber "nobody"', 'retry_failures names only a known subscriber');
+
+-- a failed delivery of order 3's first event, and its failure row
+UPDATE courier.deliveries d SET failed_at = now(), attempts = 5
+ WHERE d.subscriber_id = courier.subscriber_id('analytics');
+INSERT INTO courier.failures (item_id, stage, seller_id, order_id, subscriber_id, attempts,
+							  last_error, errors, first_queued_at)
+SELECT d.event_id, 'fanout', d.seller_id, d.order_id, d.subscriber_id, 5, 'HTTP 500', '[]', now()
+  FROM courier.deliveries d WHERE d.subscriber_id = courier.subscriber_id('analytics');
+SELECT is(courier.discard_failures(subscriber => 'backoffice'), 0,
+	'discard_failures for another subscriber touches nothing');
+SELECT is(courier.retry_failures(subscriber => 'analytics'), 1,
+	'retry_failures(subscriber => ...) puts the failed event back');
+SELECT is((SELECT count(*) FROM courier.deliveries d
+			WHERE d.subscriber_id = courier.subscriber_id('analytics') AND d.failed_at IS NULL
+			  AND d.attempts = 0), 1::bigint,
+	'its delivery is due again, with fresh attempts');
+
+SELECT is((SELECT count(*) FROM pg_trigger WHERE tgrelid = 'courier.notices'::regclass
+			  AND tgname = 'notices_events'), 0::bigint,
+	'no notice trigger while nobody asks for notice events');
+SELECT courier.subscribe('cs', 'https://cs.test/in', ARRAY['notice.failed']);
+SELECT is((SELECT count(*) FROM pg_trigger WHERE tgrelid = 'courier.notices'::regclass
+			  AND tgname = 'notices_events'), 1::bigint,
+	'a subscriber of notice.failed creates it');
+SELECT is(courier.unsubscribe('cs'), 0::bigint, 'unsubscribe drops the subscriber (nothing queued)');
+SELECT is((SELECT count(*) FROM pg_trigger WHERE tgrelid = 'courier.notices'::regclass
+			  AND tgname = 'notices_events'), 0::bigint,
+	'and the trigger with the last notice subscriber');
 
 SELECT * FROM finish();
 ROLLBACK;

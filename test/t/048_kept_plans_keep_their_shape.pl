@@ -4,7 +4,9 @@
 #	reads what the messages are made of), record, the charge of failed
 #	sends (one request in twenty fails), and the receipt stage's lease and
 #	record (the notices go through NHN AlimTalk, and each is waited for
-#	until its receipt says delivered)) reach its tables through
+#	until its receipt says delivered), and a subscriber's lease and record
+#	(a subscriber of order.delayed and notice.delivered, so that the
+#	notice trigger runs in the senders' statements too)) reach its tables through
 #	indexes, whatever the
 #	statistics said when the plan was made: prepared while the queue was
 #	empty and never analyzed, executed on a queue of 20,000, again after an
@@ -37,7 +39,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $N = 20000;
-my $tables = 'work_items(?:_\d)?|orders|notices|requests|delay_history|failures';
+my $tables = 'work_items(?:_\d)?|orders|notices|requests|delay_history|failures|events|deliveries';
 
 # Through NHN AlimTalk, so that the receipt stage's statements run too.
 my $mock = start_provider_mock();
@@ -74,7 +76,7 @@ sub worker_plans
 	my ($offset) = @_;
 	my @entries = split /\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)/,
 	  slurp_file($node->logfile, $offset);
-	return grep { /^\S+ \S+ \S+ \[\d+\] courier (?:logic|tms) worker LOG:  duration: .* plan:/ }
+	return grep { /^\S+ \S+ \S+ \[\d+\] courier (?:logic|tms|subscriber) worker LOG:  duration: .* plan:/ }
 	  @entries;
 }
 
@@ -94,9 +96,11 @@ sub check_round
 		$seen{charge} = 1 if $p =~ /charged AS \(\s*UPDATE courier\.notices n/;
 		$seen{receipt_lease} = 1 if $p =~ /c\.receipt_status IN \('awaiting'/;
 		$seen{receipt_record} = 1 if $p =~ /receipt_checks = CASE WHEN r\.absent/;
+		$seen{subscriber_lease} = 1 if $p =~ /WHERE d\.ctid = h\.row_id/;
+		$seen{subscriber_record} = 1 if $p =~ /INSERT INTO courier\.failures \(item_id, stage, seller_id, order_id, subscriber_id/;
 	}
 	is(join(',', sort keys %seen),
-		'apply,charge,claim,lease,receipt_lease,receipt_record,record',
+		'apply,charge,claim,lease,receipt_lease,receipt_record,record,subscriber_lease,subscriber_record',
 		"$label: the workers ran every hot statement (" . scalar(@plans) . ' plans logged)');
 	my @seq = grep { /Seq Scan on (?:$tables)\b/ } @plans;
 	is(scalar(@seq), 0, "$label: no plan of a worker scans a courier table sequentially")
@@ -140,6 +144,10 @@ sub pause_both
 	return;
 }
 
+ok(query($node, "SELECT courier.subscribe('plans', '$mock->{base}/hooks/plans',"
+	  . " ARRAY['order.delayed', 'notice.delivered'])") > 0,
+	'a subscriber of order.delayed and notice.delivered');
+
 # One request in twenty fails (HTTP 500), so that every round charges
 # attempts to notices (the charge statement) besides recording deliveries.
 mock_control($mock, error_rate => 0.05, error_status => 500);
@@ -154,6 +162,8 @@ is(register_tms_orders($node, 1, $N, phone_sql => $phones), $N,
 delay_tms($node, 1, $N, 10);
 ok(delivered(10),
 	"round 1: all $N notices are delivered, their receipts say so");
+ok(poll_until($node, "SELECT backlog FROM courier.subscribers", '0', 120),
+	'round 1: the subscriber received every event');
 check_round('round 1 (plans made on an empty queue)', $offset);
 
 # Round 2: an ANALYZE of a full queue invalidates the plans; the new ones
@@ -167,6 +177,8 @@ query($node, 'ALTER SYSTEM RESET courier.pause_tms');
 query($node, 'SELECT pg_reload_conf()');
 ok(delivered(11),
 	"round 2: all $N notices are delivered, their receipts say so");
+ok(poll_until($node, "SELECT backlog FROM courier.subscribers", '0', 120),
+	'round 2: the subscriber received every event');
 check_round('round 2 (plans remade after ANALYZE of a full queue)', $offset);
 
 # Round 3: the tables emptied and analyzed while empty (a fresh install, a
@@ -174,8 +186,9 @@ check_round('round 2 (plans remade after ANALYZE of a full queue)', $offset);
 # its lease once on the empty notices before the logic stage fills them.
 pause_both('round 3');
 query($node, q{
-	TRUNCATE courier.notices, courier.delay_history;
-	ANALYZE courier.notices, courier.delay_history, courier.work_items;});
+	TRUNCATE courier.notices, courier.delay_history, courier.events, courier.deliveries;
+	ANALYZE courier.notices, courier.delay_history, courier.work_items, courier.events,
+		courier.deliveries;});
 is(query($node, q{
 	SELECT string_agg(relname || ':' || reltuples, ',' ORDER BY relname) FROM pg_class
 	 WHERE relnamespace = 'courier'::regnamespace AND relname IN ('notices', 'delay_history')}),
@@ -194,6 +207,8 @@ query($node, 'ALTER SYSTEM RESET courier.pause_logic');
 query($node, 'SELECT pg_reload_conf()');
 ok(delivered(12),
 	"round 3: all $N notices are delivered, their receipts say so");
+ok(poll_until($node, "SELECT backlog FROM courier.subscribers", '0', 120),
+	'round 3: the subscriber received every event');
 check_round('round 3 (plans made after ANALYZE of empty tables)', $offset);
 
 $node->stop;

@@ -112,7 +112,9 @@ my $tms_before = query($node, q{
 	SELECT string_agg(order_id || ':' || attempts || ':' || coalesce(leased_by, 0) || ':'
 					  || not_before || ':' || errors::text, ',' ORDER BY order_id)
 	  FROM courier.work_items WHERE stage = 'tms'});
-my $failure_before = query($node, 'SELECT f::text FROM courier.failures f');
+# as JSON without the column a later version adds (0.6: subscriber_id)
+my $failure_row = "SELECT (to_jsonb(f) - 'subscriber_id')::text FROM courier.failures f";
+my $failure_before = query($node, $failure_row);
 my $max_id = query($node, 'SELECT max(item_id) FROM courier.work_items');
 
 ok( stays_true(sub { query($node, $workers) eq '0' }, 1,
@@ -144,7 +146,7 @@ is(query($node, q{
 	  FROM courier.notices WHERE status = 'pending'}),
 	$tms_before,
 	'each tms item\'s state (attempts, lease holder, due time, history) is in its pending notice');
-is(query($node, 'SELECT f::text FROM courier.failures f'), $failure_before,
+is(query($node, $failure_row), $failure_before,
 	'the tms failure is unchanged');
 is(query($node, q{
 	SELECT count(*) FROM pg_class
