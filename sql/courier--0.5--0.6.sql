@@ -53,7 +53,6 @@ CREATE TABLE courier.deliveries (
 	order_id			bigint NOT NULL,
 	not_before			timestamptz NOT NULL,
 	attempts			integer NOT NULL DEFAULT 0,
-	leased_by			integer,
 	errors				jsonb NOT NULL DEFAULT '[]',
 	failed_at			timestamptz,
 	PRIMARY KEY (seller_id, subscriber_id, event_id)
@@ -153,13 +152,20 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
-AS $$
+AS $fn$
 BEGIN
-	PERFORM courier.emit_events(pg_catalog.array_agg(x.seller_id),
-								pg_catalog.array_agg(x.order_id),
-								pg_catalog.array_agg(x.type),
-								pg_catalog.array_agg(x.payload),
-								pg_catalog.now())
+	/*
+	 * EXECUTE: planned at each call, for the sizes of this statement's
+	 * transition tables.  A cached plan made on the first call (a lease of
+	 * 5 notices) nested-looped the old and new rows, quadratic in the
+	 * rows of every later statement (the tms stage ran 4x slower).
+	 */
+	EXECUTE $q$
+	SELECT courier.emit_events(pg_catalog.array_agg(x.seller_id),
+							   pg_catalog.array_agg(x.order_id),
+							   pg_catalog.array_agg(x.type),
+							   pg_catalog.array_agg(x.payload),
+							   pg_catalog.now())
 	  FROM (SELECT n.seller_id, n.order_id,
 				   CASE WHEN (n.status = 'delivered' AND o.status <> 'delivered'
 							  AND n.receipt_status IS NULL)
@@ -184,10 +190,11 @@ BEGIN
 			  JOIN old_notices o ON o.seller_id = n.seller_id AND o.order_id = n.order_id
 							  AND o.ship_date = n.ship_date) x
 	 WHERE x.type IS NOT NULL
-	HAVING pg_catalog.count(*) > 0;
+	HAVING pg_catalog.count(*) > 0
+	$q$;
 	RETURN NULL;
 END
-$$;
+$fn$;
 REVOKE ALL ON FUNCTION courier.notice_events() FROM PUBLIC;
 
 CREATE FUNCTION courier.sync_notice_events()
@@ -504,8 +511,7 @@ BEGIN
 		RETURNING 1
 	), redelivered AS (
 		UPDATE courier.deliveries d
-		   SET failed_at = NULL, attempts = 0, not_before = pg_catalog.now(),
-			   leased_by = NULL
+		   SET failed_at = NULL, attempts = 0, not_before = pg_catalog.now()
 		  FROM moved m
 		 WHERE m.stage::text = 'fanout' AND d.seller_id = m.seller_id
 		   AND d.subscriber_id = m.subscriber_id AND d.event_id = m.item_id
@@ -596,10 +602,13 @@ WITH queued(stage, backlog, due_now, in_flight, oldest_age) AS (
 	  FROM courier.notices n
 	 WHERE n.status = 'pending'
 	UNION ALL
-	/* the fan-out's: every subscription's deliveries not failed */
+	/*
+	 * the fan-out's: every subscription's deliveries not failed (a
+	 * subscriber's worker marks nothing in flight: 0)
+	 */
 	SELECT 'fanout', count(*),
 		   count(*) FILTER (WHERE d.not_before <= now()),
-		   count(*) FILTER (WHERE d.leased_by IS NOT NULL AND d.not_before > now()),
+		   0,
 		   now() - min(e.occurred_at)
 	  FROM courier.deliveries d
 	  JOIN courier.events e ON e.seller_id = d.seller_id AND e.event_id = d.event_id

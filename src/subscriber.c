@@ -11,12 +11,13 @@
  * subscriber that hangs or refuses therefore holds up its own worker only:
  * not the TMS senders, not another subscriber.
  *
- * A batch is three moves, as in the tms stage (tms.c): lease in one
- * transaction, which commits; the POSTs with no transaction open
+ * A batch is three moves, as in the tms stage (tms.c): read the due
+ * events in one transaction; the POSTs with no transaction open
  * (dispatch.c, in the subscriber dialect of provider_subscriber.c); the
- * outcomes in a second transaction.  A worker that dies in between loses
- * nothing: its lease runs out and the events are sent again with the same
- * ids.
+ * outcomes in a second transaction.  Reading them marks nothing: a
+ * subscription has one worker at a time, and a worker that dies in
+ * between leaves its events due, sent again with the same ids by its
+ * successor.
  *
  * Order per order: the lease takes only the head of each order's queue,
  * the delivery with no earlier event of the same order still queued for
@@ -67,8 +68,6 @@
 
 /* Requests of one subscriber in flight at once. */
 #define SUBSCRIBER_CONCURRENCY	4
-/* Time to record outcomes after the last request of a lease. */
-#define LEASE_MARGIN_MS			1000
 /* Back-off after batches that die in a row: 1 s, doubling, up to 1 min. */
 #define DEAD_BATCH_BACKOFF_MS		1000
 #define DEAD_BATCH_BACKOFF_MAX_MS	60000
@@ -90,7 +89,6 @@ typedef struct DeliveryBatch
 	Datum	   *sellers;
 	Datum	   *events;
 	CourierMessage *msgs;
-	TimestampTz lease_end;
 } DeliveryBatch;
 
 static int	my_slot = -1;
@@ -101,7 +99,6 @@ static Subscription sub;
 static CourierLimitsConfig limits_config;
 static char limits_who[96];
 static char limits_activity[96];
-static TimestampTz lease_end = 0;
 static SPIPlanPtr lease_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 
@@ -128,47 +125,39 @@ static const CourierDispatchHooks hooks = {
 
 /*
  * The lease: the due heads of this subscriber's orders ($1 the
- * subscriber, $2 now, $3 how many, $4 this pid, $5 the lease's end), each
- * with its event rendered as the receiver gets it.  A leased delivery is
- * due again at the lease's end: if this worker dies, its successor sends
- * it again.  Written for the plan it needs whatever the statistics say (a
- * plan made while the queue was analyzed empty once read a subscriber's
- * whole backlog per head, and again to update it): the head test is the
- * first event of the order by deliveries_order (a min() the planner reads
- * off that index), and the update finds its rows by ctid.
+ * subscriber, $2 now, $3 how many), each with its event rendered as the
+ * receiver gets it.  It writes nothing: a subscription has one worker at a
+ * time (its slot), so no other worker can take the same events, and a
+ * worker that dies leaves them due, to be sent again at once by its
+ * successor.  (Marking them leased cost an update of every event, with a
+ * new entry in each of its three indexes.)  Written for the plan it needs
+ * whatever the statistics say: the head test is the first event of the
+ * order by deliveries_order (a min() the planner reads off that index; a
+ * NOT EXISTS planned on a queue analyzed empty read the subscriber's
+ * whole backlog per head), and the events are joined after the LIMIT.
  */
 static const char *const lease_sql =
-"WITH head AS ("
-"    SELECT d.ctid AS row_id"
-"      FROM courier.deliveries d"
-"     WHERE d.subscriber_id = $1 AND d.failed_at IS NULL AND d.not_before <= $2"
-"       AND d.event_id = (SELECT pg_catalog.min(e.event_id) FROM courier.deliveries e"
-"                          WHERE e.subscriber_id = d.subscriber_id"
-"                            AND e.order_id = d.order_id)"
-"     ORDER BY d.not_before"
-"     LIMIT $3"
-"       FOR UPDATE SKIP LOCKED"
-"), leased AS ("
-"    UPDATE courier.deliveries d SET leased_by = $4, not_before = $5"
-"      FROM head h"
-"     WHERE d.ctid = h.row_id"
-"    RETURNING d.seller_id, d.event_id"
-") "
-"SELECT l.seller_id, l.event_id,"
+"SELECT h.seller_id, h.event_id,"
 "       pg_catalog.jsonb_build_object('id', e.event_id, 'type', e.type,"
 "           'order_id', e.order_id, 'seller_id', e.seller_id,"
 "           'occurred_at', e.occurred_at, 'data', e.payload)::text"
-"  FROM leased l"
-"  JOIN courier.events e ON e.seller_id = l.seller_id AND e.event_id = l.event_id"
-" ORDER BY l.event_id";
+"  FROM (SELECT d.seller_id, d.event_id"
+"          FROM courier.deliveries d"
+"         WHERE d.subscriber_id = $1 AND d.failed_at IS NULL AND d.not_before <= $2"
+"           AND d.event_id = (SELECT pg_catalog.min(x.event_id) FROM courier.deliveries x"
+"                              WHERE x.subscriber_id = d.subscriber_id"
+"                                AND x.order_id = d.order_id)"
+"         ORDER BY d.not_before"
+"         LIMIT $3) h"
+"  JOIN courier.events e ON e.seller_id = h.seller_id AND e.event_id = h.event_id"
+" ORDER BY h.event_id";
 
 /*
  * The outcomes, in one statement: $1-$7 per event (seller, event,
  * outcome, error, HTTP status, release_ms, back-off jitter), $8 the
  * subscriber, $9 courier.max_attempts, $10 now, $11-$12 the back-off's
- * base and cap, $13 this pid.  Accepted events leave the queue (a delivery
- * is a fact, whoever holds it now); the others are changed only while
- * this worker still holds them.  An event that failed for good stays in
+ * base and cap.  Accepted events leave the queue; the others are charged
+ * or released.  An event that failed for good stays in
  * the queue, failed, holding back its order, and is listed in
  * courier.failures for the DBA.  Returns how many were delivered and
  * failed.
@@ -193,14 +182,13 @@ static const char *const record_sql =
 "                            WHEN 'retry' THEN $10 + courier.backoff_step(d.attempts + 1,"
 "                                                                          $11, $12, r.jitter)"
 "                            ELSE $10 + r.release_ms * interval '1 ms' END,"
-"           leased_by = NULL,"
 "           errors = CASE WHEN r.outcome IN ('retry', 'rejected') THEN d.errors ||"
 "               pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object("
 "                   'at', $10, 'error', r.error, 'http_status', r.http_status))"
 "               ELSE d.errors END"
 "      FROM r"
 "     WHERE r.outcome <> 'delivered' AND d.seller_id = r.seller_id"
-"       AND d.subscriber_id = $8 AND d.event_id = r.event_id AND d.leased_by = $13"
+"       AND d.subscriber_id = $8 AND d.event_id = r.event_id"
 "    RETURNING d.seller_id, d.event_id, d.order_id, d.attempts, d.errors, d.failed_at,"
 "              r.error, r.http_status"
 "), failed AS ("
@@ -438,7 +426,6 @@ deliver_batch(MemoryContext batch_context)
 	sizes.bulk_size = sub.batch_size;
 	sizes.concurrency = SUBSCRIBER_CONCURRENCY;
 	sizes.timeout_ms = sub.timeout_ms;
-	lease_end = b.lease_end;
 	sending = true;
 	courier_dispatch(&courier_subscriber_dialect, b.msgs, b.n, &sizes, &hooks);
 
@@ -453,27 +440,21 @@ deliver_batch(MemoryContext batch_context)
 
 /*
  * lease
- *		Lease up to SUBSCRIBER_CONCURRENCY requests' worth of due order
- *		heads, for long enough that every request may run its full
- *		timeout, and copy them into the batch, in batch_context, which
- *		outlives the transaction.
+ *		Take up to SUBSCRIBER_CONCURRENCY requests' worth of due order heads
+ *		and copy them into the batch, in batch_context, which outlives the
+ *		transaction.
  */
 static void
 lease(DeliveryBatch *b, MemoryContext batch_context)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	int			lease_ms = Max(courier_lease_ms, 2 * (sub.timeout_ms + LEASE_MARGIN_MS));
-	Oid			argtypes[5] = {INT4OID, TIMESTAMPTZOID, INT4OID, INT4OID, TIMESTAMPTZOID};
-	Datum		values[5];
+	Oid			argtypes[3] = {INT4OID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[3];
 
-	b->lease_end = TimestampTzPlusMilliseconds(now, lease_ms);
 	values[0] = Int32GetDatum(my_id);
-	values[1] = TimestampTzGetDatum(now);
+	values[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[2] = Int32GetDatum(sub.batch_size * SUBSCRIBER_CONCURRENCY);
-	values[3] = Int32GetDatum(MyProcPid);
-	values[4] = TimestampTzGetDatum(b->lease_end);
 	if (lease_plan == NULL)
-		lease_plan = courier_prepare_kept(lease_sql, 5, argtypes, false);
+		lease_plan = courier_prepare_kept(lease_sql, 3, argtypes, false);
 	if (courier_execute_pinned(lease_plan, values, NULL, true) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not lease events");
 
@@ -507,10 +488,10 @@ static void
 record(DeliveryBatch *b)
 {
 	CourierSubscriberSlot *slot = &courier_shared->subscribers[my_slot];
-	Oid			argtypes[13] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[12] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID, INT4OID,
-	INT4OID, TIMESTAMPTZOID, INT4OID, INT4OID, INT4OID};
-	Datum		values[13];
+	INT4OID, TIMESTAMPTZOID, INT4OID, INT4OID};
+	Datum		values[12];
 	Datum	   *outcome = palloc(sizeof(Datum) * b->n);
 	Datum	   *error = palloc(sizeof(Datum) * b->n);
 	Datum	   *http = palloc(sizeof(Datum) * b->n);
@@ -570,9 +551,8 @@ record(DeliveryBatch *b)
 	values[9] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[10] = Int32GetDatum(courier_retry_base_ms);
 	values[11] = Int32GetDatum(courier_retry_cap_ms);
-	values[12] = Int32GetDatum(MyProcPid);
 	if (record_plan == NULL)
-		record_plan = courier_prepare_kept(record_sql, 13, argtypes, true);
+		record_plan = courier_prepare_kept(record_sql, 12, argtypes, true);
 	if (courier_execute_pinned(record_plan, values, NULL, false) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "courier: could not record the outcomes of subscriber \"%s\"",
@@ -607,14 +587,10 @@ should_stop(void)
 
 /*
  * admit
- *		Start no request that could outlive the lease: one whose timeout
- *		would end past the lease's end, less the time to record.
+ *		Every request may start: nothing else holds these events.
  */
 static bool
 admit(void)
 {
-	TimestampTz latest = TimestampTzPlusMilliseconds(lease_end,
-													 -(sub.timeout_ms + LEASE_MARGIN_MS));
-
-	return GetCurrentTimestamp() < latest;
+	return true;
 }

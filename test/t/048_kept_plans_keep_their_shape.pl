@@ -96,7 +96,7 @@ sub check_round
 		$seen{charge} = 1 if $p =~ /charged AS \(\s*UPDATE courier\.notices n/;
 		$seen{receipt_lease} = 1 if $p =~ /c\.receipt_status IN \('awaiting'/;
 		$seen{receipt_record} = 1 if $p =~ /receipt_checks = CASE WHEN r\.absent/;
-		$seen{subscriber_lease} = 1 if $p =~ /WHERE d\.ctid = h\.row_id/;
+		$seen{subscriber_lease} = 1 if $p =~ /x\.order_id = d\.order_id/;
 		$seen{subscriber_record} = 1 if $p =~ /INSERT INTO courier\.failures \(item_id, stage, seller_id, order_id, subscriber_id/;
 	}
 	is(join(',', sort keys %seen),
