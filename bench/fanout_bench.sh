@@ -287,46 +287,6 @@ events_of_type() {
   Q $DB "SELECT count(*) FROM courier.events WHERE order_id <> 0 AND type = '$1'"
 }
 
-# -------------------------------------------------------- CPU per process kind
-# tms_lib's proc_kind and cpu_end, with the subscriber workers as a kind
-proc_kind() {
-  local pid=$1 cmd
-  if [[ $pid == "$MOCK_PID" ]]; then echo mock; return; fi
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || { echo gone; return; }
-  case $cmd in
-    *"courier subscriber worker"*) echo subscriber ;;
-    *"courier tms worker"*) echo tms ;;
-    *"courier logic worker"*) echo logic ;;
-    *"courier launcher"*) echo launcher ;;
-    *walwriter*) echo walwriter ;;
-    *"autovacuum worker"*) echo autovacuum ;;
-    *checkpointer* | *"background writer"*) echo ckpt+bgwriter ;;
-    *) echo other ;;
-  esac
-}
-fan_cpu_end() {   # fan_cpu_end WALL_SECONDS: one line
-  local wall=$1 p k d out='' ours=0 sys1 b0 t0 b1 t1
-  local -A sum=()
-  sys1=$(sys_ticks)
-  cpu_snap
-  for p in "${!CPU_T[@]}"; do
-    d=$(( CPU_T[$p] - ${CPU_T0[$p]:-0} ))
-    k=${CPU_K[$p]}
-    sum[$k]=$(( ${sum[$k]:-0} + d ))
-    ours=$(( ours + d ))
-  done
-  for k in logic tms subscriber launcher mock walwriter autovacuum ckpt+bgwriter other; do
-    [[ -n ${sum[$k]:-} ]] || continue
-    out+=$(awk -v k="$k" -v t="${sum[$k]}" -v hz="$CLK_TCK" \
-      'BEGIN { printf "%s %.2f, ", k, t / hz }')
-  done
-  read -r b0 t0 <<<"$SYS0"
-  read -r b1 t1 <<<"$sys1"
-  printf '     cpu s over %.2f s wall: %s; machine %s%% busy of %s cores (else %s%%)\n' "$wall" "${out%, }" \
-    "$(awk -v b=$(( b1 - b0 )) -v t=$(( t1 - t0 )) 'BEGIN { printf "%.0f", (t > 0) ? 100 * b / t : 0 }')" "$(nproc)" \
-    "$(awk -v b=$(( b1 - b0 )) -v o="$ours" -v t=$(( t1 - t0 )) 'BEGIN { printf "%.0f", (t > 0) ? 100 * (b - o) / t : 0 }')"
-}
-
 # ---------------------------------------------------------------- each run
 
 # prepare CONFIG TYPES: no subscription, empty queues, TYPES' subscriptions
@@ -414,7 +374,7 @@ fanout_run() {
   for s in "${SUBS[@]}"; do [[ -n ${done_us[$s]:-} ]] || done_us[$s]=$t_mock; done
   wait_drained "$t0" "part 1"
   F_DRAIN[$k]=$(us_to_s "$T_DRAIN")
-  fan_cpu_end "${F_DRAIN[$k]}"
+  cpu_end "${F_DRAIN[$k]}"
   F_MOCK[$k]=$(us_to_s "$t_mock")
   F_CALL[$k]=$(us_to_s $(( t_call - t0 )))
   for s in "${SUBS[@]}"; do F_SUB[$k,$s]=$(fmt_rate "$N" "$(us_to_s "${done_us[$s]}")"); done
@@ -476,7 +436,7 @@ headline_run() {
   done
   mock_stats
   H_LAST[$k]=$(us_to_s $(( MS[last_delivery_us] - t0 )))
-  fan_cpu_end "${H_LAST[$k]}"
+  cpu_end "${H_LAST[$k]}"
   wait_for "SELECT (SELECT count(*) FROM courier.work_items) + (SELECT count(*) FROM $TMS_Q)" 0 60 \
     "work items and tms queue entries left after the mock had them all"
   wait_for "SELECT count(*) FILTER (WHERE status = 'delivered') || '/' || count(*) FROM courier.notices" "$N/$N" 30 "notices delivered/total"

@@ -333,6 +333,7 @@ proc_kind() {
   if [[ $pid == "$MOCK_PID" ]]; then echo mock; return; fi
   cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || { echo gone; return; }
   case $cmd in
+    *"courier subscriber worker"*) echo subscriber ;;
     *"courier tms worker"*) echo tms ;;
     *"courier logic worker"*) echo logic ;;
     *"courier launcher"*) echo launcher ;;
@@ -387,7 +388,7 @@ cpu_end() {   # cpu_end WALL_SECONDS: prints two lines
     sum[$k]=$(( ${sum[$k]:-0} + d ))
     ours=$(( ours + d ))
   done
-  for k in tms logic launcher mock nginx walwriter autovacuum ckpt+bgwriter other; do
+  for k in tms logic subscriber launcher mock nginx walwriter autovacuum ckpt+bgwriter other; do
     [[ -n ${sum[$k]:-} ]] || continue
     out+=$(awk -v k="$k" -v t="${sum[$k]}" -v hz="$CLK_TCK" -v w="$wall" \
       'BEGIN { printf "%s %.2f s (%.0f%%), ", k, t / hz, (w > 0) ? 100 * t / hz / w : 0 }')
