@@ -55,12 +55,14 @@ CREATE TABLE courier.deliveries (
 	attempts			integer NOT NULL DEFAULT 0,
 	errors				jsonb NOT NULL DEFAULT '[]',
 	failed_at			timestamptz,
-	PRIMARY KEY (seller_id, subscriber_id, event_id)
+	PRIMARY KEY (seller_id, subscriber_id, order_id, event_id)
 );
 COMMENT ON TABLE courier.deliveries IS
 	'Each subscription''s queue: one row per matching event until the subscriber accepted it. A failed one stays (failed_at) and holds back the later events of its order for that subscriber until it is retried or discarded.';
-/* the head of each (subscriber, order), and a subscriber's due work */
-CREATE INDEX deliveries_order ON courier.deliveries (subscriber_id, order_id, event_id);
+/*
+ * The primary key finds the head of each (subscriber, order): its
+ * smallest event id.  The due work of a subscriber, by time:
+ */
 CREATE INDEX deliveries_due ON courier.deliveries (subscriber_id, not_before)
 	WHERE failed_at IS NULL;
 
@@ -405,7 +407,7 @@ BEGIN
 	  FROM courier.events e
 	  JOIN courier.subscriptions s ON s.subscriber_id = id AND e.type = ANY (s.event_types)
 	 WHERE e.occurred_at >= since
-	ON CONFLICT (seller_id, subscriber_id, event_id) DO NOTHING;
+	ON CONFLICT (seller_id, subscriber_id, order_id, event_id) DO NOTHING;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	PERFORM courier.wake_subscribers();
 	RETURN n;
@@ -514,7 +516,8 @@ BEGIN
 		   SET failed_at = NULL, attempts = 0, not_before = pg_catalog.now()
 		  FROM moved m
 		 WHERE m.stage::text = 'fanout' AND d.seller_id = m.seller_id
-		   AND d.subscriber_id = m.subscriber_id AND d.event_id = m.item_id
+		   AND d.subscriber_id = m.subscriber_id AND d.order_id = m.order_id
+		   AND d.event_id = m.item_id
 		RETURNING 1
 	)
 	SELECT (SELECT count(*) FROM queued) + (SELECT count(*) FROM reopened)
@@ -554,7 +557,8 @@ BEGIN
 		DELETE FROM courier.deliveries d
 		 USING discarded x
 		 WHERE x.stage::text = 'fanout' AND d.seller_id = x.seller_id
-		   AND d.subscriber_id = x.subscriber_id AND d.event_id = x.item_id
+		   AND d.subscriber_id = x.subscriber_id AND d.order_id = x.order_id
+		   AND d.event_id = x.item_id
 		RETURNING 1
 	)
 	SELECT count(*) INTO n FROM discarded;

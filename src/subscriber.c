@@ -82,12 +82,13 @@ typedef struct Subscription
 	bool		paused;
 } Subscription;
 
-/* One leased batch: events[i] of seller sellers[i]. */
+/* One batch: events[i] of order orders[i] of seller sellers[i]. */
 typedef struct DeliveryBatch
 {
 	int			n;
 	Datum	   *sellers;
 	Datum	   *events;
+	Datum	   *orders;
 	CourierMessage *msgs;
 } DeliveryBatch;
 
@@ -132,20 +133,22 @@ static const CourierDispatchHooks hooks = {
  * successor.  (Marking them leased cost an update of every event, with a
  * new entry in each of its three indexes.)  Written for the plan it needs
  * whatever the statistics say: the head test is the first event of the
- * order by deliveries_order (a min() the planner reads off that index; a
- * NOT EXISTS planned on a queue analyzed empty read the subscriber's
- * whole backlog per head), and the events are joined after the LIMIT.
+ * order by the primary key (seller, subscriber, order, event: a min() the
+ * planner reads off it; a NOT EXISTS planned on a queue analyzed empty
+ * read the subscriber's whole backlog per head), and the events are
+ * joined after the LIMIT.
  */
 static const char *const lease_sql =
-"SELECT h.seller_id, h.event_id,"
+"SELECT h.seller_id, h.event_id, h.order_id,"
 "       pg_catalog.jsonb_build_object('id', e.event_id, 'type', e.type,"
 "           'order_id', e.order_id, 'seller_id', e.seller_id,"
 "           'occurred_at', e.occurred_at, 'data', e.payload)::text"
-"  FROM (SELECT d.seller_id, d.event_id"
+"  FROM (SELECT d.seller_id, d.event_id, d.order_id"
 "          FROM courier.deliveries d"
 "         WHERE d.subscriber_id = $1 AND d.failed_at IS NULL AND d.not_before <= $2"
 "           AND d.event_id = (SELECT pg_catalog.min(x.event_id) FROM courier.deliveries x"
-"                              WHERE x.subscriber_id = d.subscriber_id"
+"                              WHERE x.seller_id = d.seller_id"
+"                                AND x.subscriber_id = d.subscriber_id"
 "                                AND x.order_id = d.order_id)"
 "         ORDER BY d.not_before"
 "         LIMIT $3) h"
@@ -156,7 +159,8 @@ static const char *const lease_sql =
  * The outcomes, in one statement: $1-$7 per event (seller, event,
  * outcome, error, HTTP status, release_ms, back-off jitter), $8 the
  * subscriber, $9 courier.max_attempts, $10 now, $11-$12 the back-off's
- * base and cap.  Accepted events leave the queue; the others are charged
+ * base and cap, $13 each event's order (with the seller, the subscriber
+ * and the event: the primary key).  Accepted events leave the queue; the others are charged
  * or released.  An event that failed for good stays in
  * the queue, failed, holding back its order, and is listed in
  * courier.failures for the DBA.  Returns how many were delivered and
@@ -165,12 +169,13 @@ static const char *const lease_sql =
 static const char *const record_sql =
 "WITH r AS ("
 "    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],"
-"                         $5::int[], $6::int[], $7::float8[])"
-"           AS r(seller_id, event_id, outcome, error, http_status, release_ms, jitter)"
+"                         $5::int[], $6::int[], $7::float8[], $13::bigint[])"
+"           AS r(seller_id, event_id, outcome, error, http_status, release_ms, jitter,"
+"                order_id)"
 "), done AS ("
 "    DELETE FROM courier.deliveries d USING r"
 "     WHERE r.outcome = 'delivered' AND d.seller_id = r.seller_id"
-"       AND d.subscriber_id = $8 AND d.event_id = r.event_id"
+"       AND d.subscriber_id = $8 AND d.order_id = r.order_id AND d.event_id = r.event_id"
 "    RETURNING 1"
 "), charged AS ("
 "    UPDATE courier.deliveries d"
@@ -188,7 +193,7 @@ static const char *const record_sql =
 "               ELSE d.errors END"
 "      FROM r"
 "     WHERE r.outcome <> 'delivered' AND d.seller_id = r.seller_id"
-"       AND d.subscriber_id = $8 AND d.event_id = r.event_id"
+"       AND d.subscriber_id = $8 AND d.order_id = r.order_id AND d.event_id = r.event_id"
 "    RETURNING d.seller_id, d.event_id, d.order_id, d.attempts, d.errors, d.failed_at,"
 "              r.error, r.http_status"
 "), failed AS ("
@@ -462,6 +467,7 @@ lease(DeliveryBatch *b, MemoryContext batch_context)
 	b->n = (int) SPI_processed;
 	b->sellers = palloc(sizeof(Datum) * Max(b->n, 1));
 	b->events = palloc(sizeof(Datum) * Max(b->n, 1));
+	b->orders = palloc(sizeof(Datum) * Max(b->n, 1));
 	b->msgs = palloc0(sizeof(CourierMessage) * Max(b->n, 1));
 	for (int i = 0; i < b->n; i++)
 	{
@@ -473,8 +479,9 @@ lease(DeliveryBatch *b, MemoryContext batch_context)
 		b->sellers[i] = SPI_getbinval(tup, desc, 1, &isnull);
 		event = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		b->events[i] = Int64GetDatum(event);
+		b->orders[i] = SPI_getbinval(tup, desc, 3, &isnull);
 		b->msgs[i].key = psprintf(INT64_FORMAT, event);
-		b->msgs[i].text = SPI_getvalue(tup, desc, 3);
+		b->msgs[i].text = SPI_getvalue(tup, desc, 4);
 		b->msgs[i].to = "";
 		b->msgs[i].channel = "event";
 	}
@@ -488,10 +495,10 @@ static void
 record(DeliveryBatch *b)
 {
 	CourierSubscriberSlot *slot = &courier_shared->subscribers[my_slot];
-	Oid			argtypes[12] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[13] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID, INT4OID,
-	INT4OID, TIMESTAMPTZOID, INT4OID, INT4OID};
-	Datum		values[12];
+	INT4OID, TIMESTAMPTZOID, INT4OID, INT4OID, INT8ARRAYOID};
+	Datum		values[13];
 	Datum	   *outcome = palloc(sizeof(Datum) * b->n);
 	Datum	   *error = palloc(sizeof(Datum) * b->n);
 	Datum	   *http = palloc(sizeof(Datum) * b->n);
@@ -551,8 +558,9 @@ record(DeliveryBatch *b)
 	values[9] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[10] = Int32GetDatum(courier_retry_base_ms);
 	values[11] = Int32GetDatum(courier_retry_cap_ms);
+	values[12] = courier_int8_array(b->orders, b->n);
 	if (record_plan == NULL)
-		record_plan = courier_prepare_kept(record_sql, 12, argtypes, true);
+		record_plan = courier_prepare_kept(record_sql, 13, argtypes, true);
 	if (courier_execute_pinned(record_plan, values, NULL, false) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "courier: could not record the outcomes of subscriber \"%s\"",
