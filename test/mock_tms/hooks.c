@@ -718,44 +718,22 @@ idset_add(EventIdSet *set, int64_t id)
 }
 
 
+static bool
+parse_events_of(JsonCursor *c, void *in)
+{
+	return parse_events(c, (EventsIn *) in);
+}
+
 /*
  * parse_events_body: {"events": [ {...}, ... ]} with 1 to HOOK_MAX_EVENTS
- * events; other top-level keys are skipped, trailing garbage is an error.
- * in->events is malloc'd (the caller frees it, whatever is returned).
+ * events (json_parse_wrapped).  in->events is malloc'd (the caller frees
+ * it, whatever is returned).
  */
 static bool
 parse_events_body(char *body, size_t len, EventsIn *in)
 {
-	JsonCursor	c = {body, body + len};
-	bool		seen_events = false;
-	char	   *key;
-	size_t		key_len;
-
-	if (!json_accept(&c, '{'))
-		return false;
-	if (!json_accept(&c, '}'))
-	{
-		for (;;)
-		{
-			if (!json_string(&c, &key, &key_len) || !json_accept(&c, ':'))
-				return false;
-			if (json_key_is(key, key_len, "events"))
-			{
-				if (seen_events || !parse_events(&c, in))
-					return false;
-				seen_events = true;
-			}
-			else if (!json_skip_value(&c, 1))
-				return false;
-			if (json_accept(&c, ','))
-				continue;
-			if (json_accept(&c, '}'))
-				break;
-			return false;
-		}
-	}
-	json_ws(&c);
-	return c.p == c.end && seen_events && in->count >= 1;
+	return json_parse_wrapped(body, len, "events", parse_events_of, in) &&
+		in->count >= 1;
 }
 
 static bool

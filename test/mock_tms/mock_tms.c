@@ -2390,14 +2390,17 @@ json_key_is(const char *key, size_t key_len, const char *name)
 }
 
 /*
- * parse_batch: {"messages": [ {...}, ... ]} with 1 to MAX_MESSAGES entries;
- * other top-level keys are skipped, trailing garbage is an error.
+ * json_parse_wrapped: a body {"<key>": [ ... ]}: other top-level keys are
+ * skipped, a second <key> or trailing garbage is an error; parse_array
+ * reads the array (arg is its own).  The message batch's shape and the
+ * subscriber endpoint's (hooks.c).
  */
-static bool
-parse_batch(char *body, size_t len, Batch *batch)
+bool
+json_parse_wrapped(char *body, size_t len, const char *wanted,
+				   bool (*parse_array) (JsonCursor *c, void *arg), void *arg)
 {
 	JsonCursor	c = {body, body + len};
-	bool		seen_messages = false;
+	bool		seen = false;
 	char	   *key;
 	size_t		key_len;
 
@@ -2409,11 +2412,11 @@ parse_batch(char *body, size_t len, Batch *batch)
 		{
 			if (!json_string(&c, &key, &key_len) || !json_accept(&c, ':'))
 				return false;
-			if (json_key_is(key, key_len, "messages"))
+			if (json_key_is(key, key_len, wanted))
 			{
-				if (seen_messages || !parse_messages(&c, batch))
+				if (seen || !parse_array(&c, arg))
 					return false;
-				seen_messages = true;
+				seen = true;
 			}
 			else if (!json_skip_value(&c, 1))
 				return false;
@@ -2425,7 +2428,23 @@ parse_batch(char *body, size_t len, Batch *batch)
 		}
 	}
 	json_ws(&c);
-	return c.p == c.end && seen_messages && batch->count >= 1;
+	return c.p == c.end && seen;
+}
+
+static bool
+parse_messages_of(JsonCursor *c, void *batch)
+{
+	return parse_messages(c, (Batch *) batch);
+}
+
+/*
+ * parse_batch: {"messages": [ {...}, ... ]} with 1 to MAX_MESSAGES entries.
+ */
+static bool
+parse_batch(char *body, size_t len, Batch *batch)
+{
+	return json_parse_wrapped(body, len, "messages", parse_messages_of, batch) &&
+		batch->count >= 1;
 }
 
 static bool

@@ -274,6 +274,9 @@ extern bool roll(_Atomic double *rate);
 
 /* mock_tms.c: JSON scanning */
 extern void json_ws(JsonCursor *c);
+extern bool json_parse_wrapped(char *body, size_t len, const char *wanted,
+							   bool (*parse_array) (JsonCursor *c, void *arg),
+							   void *arg);
 extern bool json_accept(JsonCursor *c, char ch);
 extern bool json_string(JsonCursor *c, char **out, size_t *out_len);
 extern bool json_number(JsonCursor *c, char **out, size_t *out_len);
