@@ -6,8 +6,9 @@
  *		of each order's events, with its own retries, rate and breaker.
  *
  * The launcher starts one worker per subscription that is not paused and
- * has events queued (launcher.c), in a slot of its own (shmem.c); the
- * worker keeps the slot until the subscription is paused or removed.  A
+ * has events due (launcher.c), in a slot of its own (shmem.c); the worker
+ * keeps the slot until the subscription is paused or removed, or it was
+ * idle for courier.worker_idle_exit.  A
  * subscriber that hangs or refuses therefore holds up its own worker only:
  * not the TMS senders, not another subscriber.
  *
@@ -107,7 +108,8 @@ static void subscriber_attach(int slot);
 static void subscriber_detach(int code, Datum arg);
 static void subscriber_sigterm(SIGNAL_ARGS);
 static bool read_subscription(void);
-static int	deliver_batch(MemoryContext batch_context);
+static int	deliver_batch(MemoryContext batch_context, long *sleep_ms);
+static long next_due_ms(void);
 static void lease(DeliveryBatch *b, MemoryContext batch_context);
 static void record(DeliveryBatch *b);
 static CourierTmsLimits *my_limits(void);
@@ -221,6 +223,7 @@ courier_subscriber_main(Datum main_arg)
 	MemoryContext batch_context;
 	int			dead_batches = 0;
 	char		idle_activity[128];
+	TimestampTz idle_since = GetCurrentTimestamp();
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, subscriber_sigterm);
@@ -263,7 +266,7 @@ courier_subscriber_main(Datum main_arg)
 		{
 			PG_TRY();
 			{
-				handled = deliver_batch(batch_context);
+				handled = deliver_batch(batch_context, &sleep_ms);
 				dead_batches = 0;
 			}
 			PG_CATCH();
@@ -282,9 +285,25 @@ courier_subscriber_main(Datum main_arg)
 			PG_END_TRY();
 		}
 		MemoryContextSwitchTo(loop_context);
+		if (handled > 0 || activity != idle_activity)
+			idle_since = GetCurrentTimestamp();
 		if (handled > 0)
 			continue;			/* more may be due */
 
+		/*
+		 * Idle (nothing due, the breaker closed) for courier.
+		 * worker_idle_exit: leave; the launcher starts a worker again when
+		 * events fall due.  Until then wake when that time is up.
+		 */
+		if (TimestampDifferenceExceeds(idle_since, GetCurrentTimestamp(),
+									   courier_worker_idle_exit_ms))
+		{
+			ereport(LOG,
+					(errmsg("courier subscriber worker for \"%s\" retiring after %d ms idle",
+							sub.name, courier_worker_idle_exit_ms)));
+			break;
+		}
+		sleep_ms = Min(sleep_ms, courier_worker_idle_exit_ms + 1);
 		pgstat_report_activity(STATE_IDLE, activity);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 sleep_ms, PG_WAIT_EXTENSION);
@@ -408,9 +427,11 @@ read_subscription(void)
 /*
  * deliver_batch
  *		Lease, send, record one batch; returns how many events it held.
+ *		When none was due, *sleep_ms is capped at the time until the next
+ *		one is (a retry's back-off).
  */
 static int
-deliver_batch(MemoryContext batch_context)
+deliver_batch(MemoryContext batch_context, long *sleep_ms)
 {
 	DeliveryBatch b;
 	CourierDispatchSizes sizes;
@@ -422,6 +443,8 @@ deliver_batch(MemoryContext batch_context)
 	pgstat_report_activity(STATE_RUNNING, "subscriber: leasing events");
 	courier_begin_transaction();
 	lease(&b, batch_context);
+	if (b.n == 0)
+		*sleep_ms = Min(*sleep_ms, next_due_ms());
 	courier_commit_transaction();
 	MemoryContextSwitchTo(batch_context);
 	if (b.n == 0)
@@ -441,6 +464,36 @@ deliver_batch(MemoryContext batch_context)
 	MemoryContextSwitchTo(batch_context);
 	sending = false;
 	return b.n;
+}
+
+/*
+ * next_due_ms
+ *		Milliseconds until this subscriber's next event falls due (failed
+ *		ones aside), from the partial index deliveries_due; a large value
+ *		when none is queued.  In the caller's transaction.
+ */
+static long
+next_due_ms(void)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(my_id)};
+	bool		isnull;
+	Datum		next;
+
+	if (plan == NULL)
+		plan = courier_prepare_kept("SELECT pg_catalog.min(d.not_before)"
+									"  FROM courier.deliveries d"
+									" WHERE d.subscriber_id = $1 AND d.failed_at IS NULL",
+									1, argtypes, false);
+	if (courier_execute_pinned(plan, values, NULL, false) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "courier: could not find the next due event");
+	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return LONG_MAX;
+	return Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+											   DatumGetTimestampTz(next)), 1);
 }
 
 /*

@@ -13,7 +13,9 @@
 #	    events;
 #	  - order.overdue: sweep_overdue records one per order it marks;
 #	  - retention: courier.prune deletes the events no subscriber waits
-#	    for, and keeps the one a failed delivery still holds.
+#	    for, and keeps the one a queued delivery still holds;
+#	  - a subscriber's worker idle for courier.worker_idle_exit leaves, and
+#	    the launcher starts one again when events come.
 
 use strict;
 use warnings;
@@ -30,6 +32,7 @@ my $mock = start_mock();
 my $slow_mock = start_mock();
 my $node = tms_node('fanout_limits', $mock, conf => q{
 courier.idle_wakeup = '1s'
+courier.worker_idle_exit = '3s'
 });
 
 query($node, "SELECT courier.subscribe('fast', '$mock->{base}/hooks/fast', ARRAY['order.delayed'])");
@@ -107,6 +110,9 @@ ok(poll_until($node, "SELECT backlog FROM courier.subscribers WHERE name = 'cs'"
 # ---------------------------------------------------------------------------
 # Retention
 # ---------------------------------------------------------------------------
+ok(poll_until($node, "SELECT (SELECT count(*) FROM courier.work_items)"
+		  . " + (SELECT backlog FROM courier.subscribers WHERE name = 'fast')", '0', 60),
+	"the sweep's delays are applied and the fast subscriber has them");
 query($node, "SELECT courier.pause_subscriber('fast')");
 delay_tms($node, 1, 1, 9);
 ok(poll_until($node, "SELECT backlog FROM courier.subscribers WHERE name = 'fast'", '1', 60),
@@ -118,6 +124,21 @@ my $waiting = query($node, "SELECT event_id FROM courier.deliveries");
 query($node, "CALL courier.prune(retention => '0 seconds')");
 is(query($node, 'SELECT string_agg(event_id::text, \',\') FROM courier.events'), $waiting,
 	'prune deletes every event no subscriber waits for, and keeps the one still queued');
+
+# ---------------------------------------------------------------------------
+# Idle workers retire; events bring one back
+# ---------------------------------------------------------------------------
+my $limited_worker = "SELECT count(*) FROM pg_stat_activity a"
+  . " WHERE a.backend_type = 'courier subscriber worker'"
+  . " AND a.pid = (SELECT worker_pid FROM courier.subscribers WHERE name = 'limited')";
+ok(poll_until($node, "SELECT worker_pid IS NULL FROM courier.subscribers WHERE name = 'limited'",
+		't', 60),
+	"the limited subscriber's worker retires after 3 s with nothing due");
+my $before = scalar @{ mock_hooks($mock, 'limited') };
+delay_tms($node, 2, 2, 12);
+ok(poll_until($node, "SELECT backlog FROM courier.subscribers WHERE name = 'limited'", '0', 60),
+	'a new event brings a worker back, which delivers it');
+is(scalar @{ mock_hooks($mock, 'limited') }, $before + 1, 'the limited subscriber has it');
 
 $node->stop;
 done_testing();
