@@ -170,27 +170,6 @@ courier.tms_max_workers = $TMS_W
 EOF
 }
 
-# check_settings CONFIG: the server runs with the measured values, and they
-# come from where CONFIG says (pg_settings.sourcefile)
-check_settings() {
-  local cfg=$1 want got
-  want=$(measured_settings | awk -F' = ' '{ gsub("\047", "", $2); printf "%s=%s\n", $1, $2 }' | sort | tr '\n' ',')
-  got=$(Q $DB "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) || ','
-                 FROM pg_settings WHERE name IN ($(measured_settings |
-                      awk -F' = ' '{ printf "%s\047%s\047", (NR > 1 ? "," : ""), $1 }'))")
-  if [[ $got != "$want" ]]; then
-    echo "!! the server runs with $got, not $want" >&2
-    exit 1
-  fi
-  got=$(Q $DB "SELECT string_agg(DISTINCT regexp_replace(sourcefile, '.*/', ''), ',')
-                 FROM pg_settings WHERE name LIKE 'courier.%' AND name <> 'courier.database'
-                  AND source = 'configuration file'")
-  if [[ $cfg == conf && $got != postgresql.conf ]] || [[ $cfg == live && $got != postgresql.auto.conf ]]; then
-    echo "!! configuration $cfg, but the courier settings come from: $got" >&2
-    exit 1
-  fi
-}
-
 cfg_title() { [[ $1 == conf ]] && echo "(conf) postgresql.conf from start" || echo "(live) ALTER SYSTEM + reload"; }
 
 # ---------------------------------------------------------- the subscribers

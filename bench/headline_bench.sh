@@ -131,28 +131,6 @@ prepare() {
   mock_reset 0
 }
 
-# check_settings CONFIG BULK: the server runs with the measured values, and
-# they come from where CONFIG says (pg_settings.sourcefile)
-check_settings() {
-  local cfg=$1 bulk=$2 want got
-  want=$(measured_settings "$bulk" | awk -F' = ' '{ gsub("\047", "", $2); printf "%s=%s,", $1, $2 }')
-  got=$(Q $DB "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) || ','
-                 FROM pg_settings WHERE name IN ($(measured_settings "$bulk" |
-                      awk -F' = ' '{ printf "%s\047%s\047", (NR > 1 ? "," : ""), $1 }'))")
-  want=$(tr ',' '\n' <<<"$want" | sed '/^$/d' | sort | tr '\n' ',')
-  if [[ $got != "$want" ]]; then
-    echo "!! the server runs with $got, not $want" >&2
-    exit 1
-  fi
-  got=$(Q $DB "SELECT string_agg(DISTINCT regexp_replace(sourcefile, '.*/', ''), ',')
-                 FROM pg_settings WHERE name LIKE 'courier.%' AND name <> 'courier.database'
-                  AND source = 'configuration file'")
-  if [[ $cfg == conf && $got != postgresql.conf ]] || [[ $cfg == live && $got != postgresql.auto.conf ]]; then
-    echo "!! configuration $cfg, but the courier settings come from: $got" >&2
-    exit 1
-  fi
-}
-
 cfg_title() { [[ $1 == conf ]] && echo "(a) postgresql.conf from start" || echo "(b) ALTER SYSTEM + reload, live"; }
 
 declare -A H_CALL H_LOGIC H_FIRST H_LAST H_POLL H_REC H_REQ H_DUP

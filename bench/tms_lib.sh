@@ -459,3 +459,28 @@ sampler_stop() {   # prints the summary
                   if (shown < 4) { printf " %s%% %s;", $2, $3; shown++ } }
                 END { if (last != "") printf "\n" }'
 }
+
+# check_settings CONFIG [ARGS...]: the server runs with the values the
+# caller's measured_settings ARGS prints, and they come from where CONFIG
+# says: postgresql.conf (conf) or postgresql.auto.conf (live).  Exits when
+# not, so that no figure is printed for another configuration.
+check_settings() {
+  local cfg=$1 want got
+  shift
+  want=$(measured_settings "$@" | awk -F' = ' '{ gsub("\047", "", $2); printf "%s=%s,", $1, $2 }')
+  got=$(Q $DB "SELECT string_agg(name || '=' || setting, ',' ORDER BY name) || ','
+                 FROM pg_settings WHERE name IN ($(measured_settings "$@" |
+                      awk -F' = ' '{ printf "%s\047%s\047", (NR > 1 ? "," : ""), $1 }'))")
+  want=$(tr ',' '\n' <<<"$want" | sed '/^$/d' | sort | tr '\n' ',')
+  if [[ $got != "$want" ]]; then
+    echo "!! the server runs with $got, not $want" >&2
+    exit 1
+  fi
+  got=$(Q $DB "SELECT string_agg(DISTINCT regexp_replace(sourcefile, '.*/', ''), ',')
+                 FROM pg_settings WHERE name LIKE 'courier.%' AND name <> 'courier.database'
+                  AND source = 'configuration file'")
+  if [[ $cfg == conf && $got != postgresql.conf ]] || [[ $cfg == live && $got != postgresql.auto.conf ]]; then
+    echo "!! configuration $cfg, but the courier settings come from: $got" >&2
+    exit 1
+  fi
+}
