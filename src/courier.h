@@ -306,6 +306,7 @@ extern int	courier_rollout_percent(const char *name);
  * ----------
  */
 extern void courier_loop_turn(MemoryContext loop_context);
+extern long courier_dead_batch_backoff_ms(int dead_batches);
 extern void courier_pin_search_path(void);
 extern char *courier_installed_version(void);
 extern void courier_begin_transaction(void);

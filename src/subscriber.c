@@ -69,9 +69,6 @@
 
 /* Requests of one subscriber in flight at once. */
 #define SUBSCRIBER_CONCURRENCY	4
-/* Back-off after batches that die in a row: 1 s, doubling, up to 1 min. */
-#define DEAD_BATCH_BACKOFF_MS		1000
-#define DEAD_BATCH_BACKOFF_MAX_MS	60000
 
 /* The subscription as its worker last read it. */
 typedef struct Subscription
@@ -277,8 +274,7 @@ courier_subscriber_main(Datum main_arg)
 				AbortCurrentTransaction();
 				sending = false;
 				dead_batches++;
-				sleep_ms = Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
-							   DEAD_BATCH_BACKOFF_MAX_MS);
+				sleep_ms = courier_dead_batch_backoff_ms(dead_batches);
 				activity = "subscriber: backing off after a failed batch";
 				handled = 0;
 			}

@@ -67,6 +67,18 @@ courier_loop_turn(MemoryContext loop_context)
 }
 
 /*
+ * courier_dead_batch_backoff_ms
+ *		How long a background process waits after its dead_batches-th
+ *		batch in a row died whole: 1 s, doubling, up to a minute, so that
+ *		a persistent error neither spins nor makes the process exit.
+ */
+long
+courier_dead_batch_backoff_ms(int dead_batches)
+{
+	return Min(1000L << Min(Max(dead_batches, 1) - 1, 10), 60000L);
+}
+
+/*
  * courier_begin_transaction
  *		Start a transaction in a background worker with SPI connected and a
  *		snapshot pushed: every transaction of the launcher and the workers

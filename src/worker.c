@@ -57,9 +57,6 @@
 
 #include "courier.h"
 
-/* Back-off after batches that die in a row: 1 s, doubling, up to 1 min. */
-#define DEAD_BATCH_BACKOFF_MS		1000
-#define DEAD_BATCH_BACKOFF_MAX_MS	60000
 
 static CourierStage my_stage;
 static int	my_slot = -1;
@@ -270,8 +267,7 @@ static long
 dead_batch_backoff_ms(void)
 {
 	dead_batches++;
-	return Min((long) DEAD_BATCH_BACKOFF_MS << Min(dead_batches - 1, 10),
-			   DEAD_BATCH_BACKOFF_MAX_MS);
+	return courier_dead_batch_backoff_ms(dead_batches);
 }
 
 /*
