@@ -12,7 +12,8 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard $(srcdir)/src/*.c)))
 
 EXTENSION = courier
 DATA = sql/courier--0.1.sql sql/courier--0.1--0.2.sql sql/courier--0.2--0.3.sql \
-	sql/courier--0.3--0.4.sql sql/courier--0.4--0.5.sql sql/courier--0.5--0.6.sql
+	sql/courier--0.3--0.4.sql sql/courier--0.4--0.5.sql sql/courier--0.5--0.6.sql \
+	sql/courier--0.6--0.7.sql
 
 REGRESS = register_orders delay_orders logic_stage failures operating close_rule prune_and_progress input_checks receipts
 REGRESS_OPTS = --load-extension=courier

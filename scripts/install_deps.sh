@@ -32,6 +32,13 @@ PACKAGES=(
   libc6-dev
   pkg-config
   ca-certificates
+  # docs/monitoring is checked against the real thing (t/080, t/081):
+  # postgres_exporter scraped by Prometheus, alerts read back from
+  # Alertmanager, rules checked by promtool.  Debian names the binaries
+  # prometheus-postgres-exporter and prometheus-alertmanager.
+  prometheus
+  prometheus-postgres-exporter
+  prometheus-alertmanager
 )
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -62,9 +69,19 @@ if command -v pg_lsclusters >/dev/null 2>&1 &&
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# The Prometheus packages start their daemons on install unless a
+# policy-rc.d says no: the tests run their own on private ports, so keep
+# the system's from starting (and remove the policy again if we added it).
+added_policy=no
+if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  added_policy=yes
+fi
 apt-get update
 # Only the missing ones: naming an installed package would also upgrade it.
 apt-get install -y --no-install-recommends "${missing[@]}"
+[[ $added_policy == yes ]] && rm -f /usr/sbin/policy-rc.d
 
 if [[ $default_was_online == no ]] && command -v pg_lsclusters >/dev/null 2>&1 &&
    pg_lsclusters -h 2>/dev/null | awk '$1=="15" && $2=="main" {print $4}' | grep -q online; then

@@ -52,7 +52,7 @@ typedef enum CourierTmsMode
 #define COURIER_MAX_WORKERS_PER_STAGE 16
 
 /* The SQL version of courier this library works with. */
-#define COURIER_SCHEMA_VERSION "0.6"
+#define COURIER_SCHEMA_VERSION "0.7"
 
 /* ----------
  * GUC variables (guc.c)
@@ -149,6 +149,14 @@ typedef enum CourierBreakerState
 	COURIER_BREAKER_PROBING
 } CourierBreakerState;
 
+/*
+ * Request latency histogram buckets, in seconds (Prometheus' default
+ * buckets; limits.c); one more bucket counts what is slower than the last.
+ */
+#define COURIER_LATENCY_BOUNDS	11
+#define COURIER_LATENCY_BUCKETS (COURIER_LATENCY_BOUNDS + 1)
+extern const double courier_latency_bounds[COURIER_LATENCY_BOUNDS];
+
 typedef struct CourierTmsLimits
 {
 	slock_t		mutex;
@@ -164,6 +172,9 @@ typedef struct CourierTmsLimits
 	pg_atomic_uint64 requests;
 	pg_atomic_uint64 throttled;
 	pg_atomic_uint64 breaker_opened;
+	/* finished requests by latency: per bucket (not cumulative), and sum */
+	pg_atomic_uint64 latency_count[COURIER_LATENCY_BUCKETS];
+	pg_atomic_uint64 latency_sum_us;
 } CourierTmsLimits;
 
 /* What a set of limits is told to hold to (limits.c). */
@@ -251,6 +262,8 @@ extern long courier_limits_wait_on(CourierTmsLimits *lim,
 								   const CourierLimitsConfig *cfg,
 								   const char **why);
 extern bool courier_limits_breaker_open_on(CourierTmsLimits *lim);
+extern CourierBreakerState courier_limits_breaker_state_on(CourierTmsLimits *lim);
+extern CourierTmsLimits *courier_limits_tms(void);
 
 /* ----------
  * A notice's text and length (render.c)

@@ -108,7 +108,7 @@ courier_dispatch(const CourierProvider *provider, CourierMessage *msgs, int n,
 		courier_set_outcome(&msgs[i], COURIER_OUT_PENDING, false, 0, "", "not sent");
 	}
 	if (hold_unsendable(provider, msgs, n) > 0)
-		hooks->request_done(COURIER_OUT_UNAUTHORIZED, 0);
+		hooks->request_done(COURIER_OUT_UNAUTHORIZED, 0, -1.0);
 	next = next_unsent(msgs, n, 0);
 
 	PG_TRY();
@@ -333,5 +333,5 @@ finish_request(const CourierProvider *provider, const CourierHttpResult *res,
 		m->latency_ms = res->latency_ms;
 		m->retry_after_ms = retry_after_ms;
 	}
-	hooks->request_done(klass, retry_after_ms);
+	hooks->request_done(klass, retry_after_ms, res->latency_ms);
 }

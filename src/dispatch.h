@@ -111,8 +111,12 @@ typedef struct CourierDispatchHooks
 {
 	/* 0: a request of n messages may start now; else ms to wait */
 	int			(*acquire) (int n);
-	/* the outcome class of a finished request */
-	void		(*request_done) (CourierOutcome outcome, int retry_after_ms);
+	/*
+	 * the outcome class of a finished request, and how long it took (ms;
+	 * negative when no request was made)
+	 */
+	void		(*request_done) (CourierOutcome outcome, int retry_after_ms,
+								 double latency_ms);
 	/* true: start no further request (shutdown, breaker opened) */
 	bool		(*should_stop) (void);
 
@@ -153,7 +157,8 @@ extern void courier_dispatch(const struct CourierProvider *provider,
 
 /* limits.c: the shared limits behind the hooks */
 extern int	courier_limits_acquire(int n);
-extern void courier_limits_report(CourierOutcome outcome, int retry_after_ms);
+extern void courier_limits_report(CourierOutcome outcome, int retry_after_ms,
+								  double latency_ms);
 extern bool courier_limits_breaker_open(void);
 
 /* the same for another set of limits (a subscriber's, courier.h) */
@@ -165,6 +170,6 @@ extern int	courier_limits_acquire_on(struct CourierTmsLimits *lim,
 extern void courier_limits_report_on(struct CourierTmsLimits *lim,
 									 const struct CourierLimitsConfig *cfg,
 									 CourierOutcome outcome,
-									 int retry_after_ms);
+									 int retry_after_ms, double latency_ms);
 
 #endif							/* COURIER_DISPATCH_H */

@@ -33,6 +33,10 @@
 #define MIN_RATE_FACTOR		0.05
 #define PROBE_WAIT_MS		100
 
+const double courier_latency_bounds[COURIER_LATENCY_BOUNDS] = {
+	0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
+};
+
 /*
  * The limits live in a shared-memory segment of their own ("courier
  * limits"), created by the hooks courier_limits_install_hooks chains, and
@@ -53,6 +57,7 @@ static long cooldown_left_ms(CourierTmsLimits *lim,
 							 const CourierLimitsConfig *cfg, TimestampTz now);
 static long pause_ms(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
 					 TimestampTz now, bool take_probe, const char **why);
+static void observe_latency(CourierTmsLimits *lim, double latency_ms);
 
 /*
  * courier_limits_install_hooks
@@ -107,6 +112,9 @@ courier_limits_init(CourierTmsLimits *lim)
 	pg_atomic_init_u64(&lim->requests, 0);
 	pg_atomic_init_u64(&lim->throttled, 0);
 	pg_atomic_init_u64(&lim->breaker_opened, 0);
+	for (int i = 0; i < COURIER_LATENCY_BUCKETS; i++)
+		pg_atomic_init_u64(&lim->latency_count[i], 0);
+	pg_atomic_init_u64(&lim->latency_sum_us, 0);
 }
 
 static CourierTmsLimits *
@@ -314,19 +322,25 @@ courier_limits_acquire_on(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
  *		halve the rate.
  */
 void
-courier_limits_report(CourierOutcome outcome, int retry_after_ms)
+courier_limits_report(CourierOutcome outcome, int retry_after_ms,
+					  double latency_ms)
 {
-	courier_limits_report_on(limits(), tms_config(), outcome, retry_after_ms);
+	courier_limits_report_on(limits(), tms_config(), outcome, retry_after_ms,
+							 latency_ms);
 }
 
 /* courier_limits_report to the limits lim, configured cfg */
 void
 courier_limits_report_on(CourierTmsLimits *lim, const CourierLimitsConfig *cfg,
-						 CourierOutcome outcome, int retry_after_ms)
+						 CourierOutcome outcome, int retry_after_ms,
+						 double latency_ms)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	const char *opened = NULL;
 	bool		closed = false;
+
+	if (latency_ms >= 0)
+		observe_latency(lim, latency_ms);
 
 	SpinLockAcquire(&lim->mutex);
 	switch (outcome)
@@ -424,6 +438,51 @@ courier_limits_breaker_open_on(CourierTmsLimits *lim)
 	open = (lim->breaker == COURIER_BREAKER_OPEN);
 	SpinLockRelease(&lim->mutex);
 	return open;
+}
+
+/*
+ * courier_limits_breaker_state_on
+ *		The breaker of the limits lim as it is now, for courier.tms_state()
+ *		and courier.subscriber_workers().
+ */
+CourierBreakerState
+courier_limits_breaker_state_on(CourierTmsLimits *lim)
+{
+	CourierBreakerState state;
+
+	SpinLockAcquire(&lim->mutex);
+	state = lim->breaker;
+	SpinLockRelease(&lim->mutex);
+	return state;
+}
+
+/*
+ * courier_limits_tms
+ *		The TMS's limits (shared, or this process's own without shared
+ *		memory), for the functions that show them.
+ */
+CourierTmsLimits *
+courier_limits_tms(void)
+{
+	return limits();
+}
+
+/*
+ * observe_latency
+ *		Count a finished request in the latency histogram of lim: lock-free,
+ *		one bucket and the sum, so metrics() can show the provider's (or a
+ *		subscriber's) answer time without reading courier.notices.
+ */
+static void
+observe_latency(CourierTmsLimits *lim, double latency_ms)
+{
+	double		seconds = latency_ms / 1000.0;
+	int			b = 0;
+
+	while (b < COURIER_LATENCY_BOUNDS && seconds > courier_latency_bounds[b])
+		b++;
+	pg_atomic_fetch_add_u64(&lim->latency_count[b], 1);
+	pg_atomic_fetch_add_u64(&lim->latency_sum_us, (uint64) (latency_ms * 1000.0));
 }
 
 /*

@@ -3,9 +3,9 @@
  * ops.c
  *		The SQL-callable functions for operators and tests: run_once (one
  *		batch of a stage in the calling session), backoff_delay (the retry
- *		arithmetic, used by the retry statement), shared_counters and
- *		subscriber_workers (what courier.metrics() and courier.subscribers
- *		read from shared memory), and wake_subscribers.
+ *		arithmetic, used by the retry statement), shared_counters,
+ *		tms_state and subscriber_workers (what courier.metrics() and
+ *		courier.subscribers read from shared memory), and wake_subscribers.
  *
  * No app-facing function lives here (api.c), and no stage's work: a
  * batch is the stage's own (logic.c, tms.c); this file only picks which.
@@ -17,11 +17,14 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "storage/spin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/timestamp.h"
 
 #include "courier.h"
@@ -31,10 +34,14 @@ PG_FUNCTION_INFO_V1(courier_backoff_delay);
 PG_FUNCTION_INFO_V1(courier_backoff_step);
 PG_FUNCTION_INFO_V1(courier_shared_counters);
 PG_FUNCTION_INFO_V1(courier_subscriber_workers);
+PG_FUNCTION_INFO_V1(courier_tms_state);
 PG_FUNCTION_INFO_V1(courier_wake_subscribers);
 
 static void put_counter(ReturnSetInfo *rsinfo, const char *stage,
 						const char *counter, uint64 value);
+
+/* CourierBreakerState's names, as SQL shows them */
+static const char *const breaker_names[] = {"closed", "open", "probing"};
 
 /*
  * courier_run_once
@@ -174,6 +181,45 @@ put_counter(ReturnSetInfo *rsinfo, const char *stage, const char *counter,
 }
 
 /*
+ * courier_tms_state
+ *		SQL: courier.tms_state() returns one row: the TMS's circuit breaker
+ *		(closed, open, probing) and the latency histogram of its requests
+ *		since the server started: bucket bounds in seconds (the last is
+ *		Infinity), cumulative counts, and the sum of seconds, the shape of a
+ *		Prometheus histogram.  For metrics() and failure_digest().
+ */
+Datum
+courier_tms_state(PG_FUNCTION_ARGS)
+{
+	CourierTmsLimits *lim = courier_limits_tms();
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	Datum		bounds[COURIER_LATENCY_BUCKETS];
+	Datum		counts[COURIER_LATENCY_BUCKETS];
+	uint64		cumulative = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "courier: tms_state must return a row");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	for (int b = 0; b < COURIER_LATENCY_BUCKETS; b++)
+	{
+		cumulative += pg_atomic_read_u64(&lim->latency_count[b]);
+		bounds[b] = Float8GetDatum(b < COURIER_LATENCY_BOUNDS ?
+								   courier_latency_bounds[b] : get_float8_infinity());
+		counts[b] = Int64GetDatum((int64) cumulative);
+	}
+	values[0] = CStringGetTextDatum(breaker_names[courier_limits_breaker_state_on(lim)]);
+	values[1] = PointerGetDatum(construct_array(bounds, COURIER_LATENCY_BUCKETS, FLOAT8OID,
+												sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_array(counts, COURIER_LATENCY_BUCKETS, INT8OID,
+												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = Float8GetDatum((double) pg_atomic_read_u64(&lim->latency_sum_us) / 1000000.0);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
  * courier_subscriber_workers
  *		One row per subscriber being delivered (subscriber.c): its id, its
  *		worker's pid (NULL while starting), its breaker (closed, open,
@@ -183,7 +229,6 @@ put_counter(ReturnSetInfo *rsinfo, const char *stage, const char *counter,
 Datum
 courier_subscriber_workers(PG_FUNCTION_ARGS)
 {
-	static const char *const breaker_names[] = {"closed", "open", "probing"};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -200,9 +245,7 @@ courier_subscriber_workers(PG_FUNCTION_ARGS)
 
 		if (!slot->in_use)
 			continue;
-		SpinLockAcquire(&slot->limits.mutex);
-		breaker = slot->limits.breaker;
-		SpinLockRelease(&slot->limits.mutex);
+		breaker = courier_limits_breaker_state_on(&slot->limits);
 		values[0] = Int32GetDatum(slot->subscriber_id);
 		values[1] = Int32GetDatum(slot->pid);
 		nulls[1] = (slot->pid == 0);

@@ -111,7 +111,8 @@ static void lease(DeliveryBatch *b, MemoryContext batch_context);
 static void record(DeliveryBatch *b);
 static CourierTmsLimits *my_limits(void);
 static int	acquire(int n);
-static void request_done(CourierOutcome outcome, int retry_after_ms);
+static void request_done(CourierOutcome outcome, int retry_after_ms,
+						 double latency_ms);
 static bool should_stop(void);
 static bool admit(void);
 
@@ -631,9 +632,10 @@ acquire(int n)
 }
 
 static void
-request_done(CourierOutcome outcome, int retry_after_ms)
+request_done(CourierOutcome outcome, int retry_after_ms, double latency_ms)
 {
-	courier_limits_report_on(my_limits(), &limits_config, outcome, retry_after_ms);
+	courier_limits_report_on(my_limits(), &limits_config, outcome,
+							 retry_after_ms, latency_ms);
 }
 
 static bool
