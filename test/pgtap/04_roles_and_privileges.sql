@@ -5,18 +5,21 @@
 --   courier_tap_app     member of courier_app
 --   courier_tap_admin   member of courier_admin
 --   courier_tap_nobody  member of neither
+--   courier_tap_monitor member of courier_monitor (postgres_exporter's login)
 -- Each section runs as one of them (SET ROLE) and checks what it may do and
 -- that the rest is refused with SQLSTATE 42501 (insufficient_privilege).
 -- Also: every SECURITY DEFINER function pins its search_path, no ACL in the
 -- schema grants anything to PUBLIC, and the TMS secrets stay unreadable.
 BEGIN;
-SELECT plan(126);
+SELECT plan(132);
 
 CREATE ROLE courier_tap_app LOGIN;
 CREATE ROLE courier_tap_admin LOGIN;
 CREATE ROLE courier_tap_nobody LOGIN;
+CREATE ROLE courier_tap_monitor LOGIN;
 GRANT courier_app TO courier_tap_app;
 GRANT courier_admin TO courier_tap_admin;
+GRANT courier_monitor TO courier_tap_monitor;
 
 -- Where the app's request id is kept between the roles' steps.
 CREATE TEMP TABLE tap_request (request_id bigint);
@@ -41,7 +44,7 @@ SELECT set_eq(
 		  'discard_failures', 'sweep_overdue', 'failure_digest', 'metrics',
 		  'backoff_delay', 'prune_chunk', 'prune', 'rotate_queue',
 		  'subscribe', 'unsubscribe', 'pause_subscriber', 'resume_subscriber', 'replay',
-		  'subscriber_id', 'event_types', 'subscriber_workers'],
+		  'subscriber_id', 'event_types', 'subscriber_workers', 'metric_samples', 'tms_state'],
 	'courier_admin may execute exactly the DBA console (and the read-only request_status, switch_enabled)');
 SELECT is_empty(
 	$$SELECT c.oid::regclass::text FROM pg_class c
@@ -59,6 +62,29 @@ SELECT is_empty(
 	     AND (has_sequence_privilege('courier_app', c.oid, 'USAGE, SELECT, UPDATE')
 	       OR has_sequence_privilege('courier_admin', c.oid, 'USAGE, SELECT, UPDATE'))$$,
 	'neither role holds a privilege on courier''s sequences');
+SELECT set_eq(
+	$$SELECT proname::text FROM pg_proc
+	   WHERE pronamespace = 'courier'::regnamespace
+	     AND has_function_privilege('courier_monitor', oid, 'EXECUTE')$$,
+	ARRAY['metric_samples', 'metrics'],
+	'courier_monitor may execute exactly the metrics');
+SELECT is_empty(
+	$$SELECT c.oid::regclass::text FROM pg_class c
+	   WHERE c.relnamespace = 'courier'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+	     AND has_table_privilege('courier_monitor', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')$$,
+	'courier_monitor holds no privilege on any courier table or view');
+
+-- courier_monitor: the metrics, and nothing else
+SET ROLE courier_tap_monitor;
+SELECT ok((SELECT count(*) FROM courier.metric_samples('{courier_queue_backlog}')) = 3,
+	'courier_monitor reads a family of courier.metric_samples() (one row per stage)');
+SELECT ok(courier.metrics() LIKE '%# TYPE courier_tms_request_duration_seconds histogram%',
+	'courier_monitor reads courier.metrics()');
+SELECT throws_ok('SELECT count(*) FROM courier.notices', '42501', NULL,
+	'courier_monitor cannot read the notices (phone numbers)');
+SELECT throws_ok('SELECT courier.failure_digest()', '42501', NULL,
+	'courier_monitor cannot run the failure digest');
+RESET ROLE;
 
 -- ---------------------------------------------------------------------------
 -- courier_app: the app API works ...
