@@ -112,9 +112,9 @@ my $tms_before = query($node, q{
 	SELECT string_agg(order_id || ':' || attempts || ':' || coalesce(leased_by, 0) || ':'
 					  || not_before || ':' || errors::text, ',' ORDER BY order_id)
 	  FROM courier.work_items WHERE stage = 'tms'});
-# as JSON without the column a later version adds (0.6: subscriber_id)
-my $failure_row = "SELECT (to_jsonb(f) - 'subscriber_id')::text FROM courier.failures f";
-my $failure_before = query($node, $failure_row);
+# on the columns it has now (later versions add some)
+my $failure_columns = table_columns($node, 'failures');
+my $failure_before = rows_digest($node, 'failures', $failure_columns);
 my $max_id = query($node, 'SELECT max(item_id) FROM courier.work_items');
 
 ok( stays_true(sub { query($node, $workers) eq '0' }, 1,
@@ -146,7 +146,7 @@ is(query($node, q{
 	  FROM courier.notices WHERE status = 'pending'}),
 	$tms_before,
 	'each tms item\'s state (attempts, lease holder, due time, history) is in its pending notice');
-is(query($node, $failure_row), $failure_before,
+is(rows_digest($node, 'failures', $failure_columns), $failure_before,
 	'the tms failure is unchanged');
 is(query($node, q{
 	SELECT count(*) FROM pg_class
@@ -202,7 +202,7 @@ is(query($node, q{
 	'2:503', 'order 103 kept its history from 0.2 and was delivered on its second attempt');
 is(query($node, "SELECT count(*) FROM courier.failures"), '0',
 	'no failure is left');
-is(query($node, "SELECT * FROM courier.request_status($req1)"), '40|40|0|0',
+is(query($node, "SELECT total, done, failed, pending FROM courier.request_status($req1)"), '40|40|0|0',
 	'request 1 (queued under 0.2): 40 total, 40 done (order 1 skipped), 0 failed, 0 pending');
 
 $node->stop;

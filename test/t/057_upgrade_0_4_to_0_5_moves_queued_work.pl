@@ -90,15 +90,13 @@ query($node, q{
 	  FROM courier.orders o WHERE o.order_id = 103;
 });
 
-# every row, as JSON without the column 0.6 adds (the update goes on to the
-# library's version)
-my $rows = "SELECT md5(string_agg((to_jsonb(t) - 'subscriber_id')::text, ','"
-  . " ORDER BY (to_jsonb(t) - 'subscriber_id')::text))"
-  . " || ':' || count(*) FROM courier.%s t";
+# every row, on the columns it has now (later versions add some)
+my %columns;
 my %before;
 for my $t (qw(work_items notices failures orders requests delay_history))
 {
-	$before{$t} = query($node, sprintf($rows, $t));
+	$columns{$t} = table_columns($node, $t);
+	$before{$t} = rows_digest($node, $t, $columns{$t});
 }
 ok( stays_true(sub { query($node, $workers) eq '0' }, 1,
 		'no courier worker under 0.4'),
@@ -113,7 +111,7 @@ is(query($node, "SELECT extversion FROM pg_extension WHERE extname = 'courier'")
 	$current, "ALTER EXTENSION courier UPDATE brings the extension to $current");
 for my $t (qw(work_items notices failures orders requests delay_history))
 {
-	is(query($node, sprintf($rows, $t)), $before{$t},
+	is(rows_digest($node, $t, $columns{$t}), $before{$t},
 		"every row of courier.$t is as it was under 0.4");
 }
 is(query($node, q{
@@ -161,7 +159,7 @@ is(scalar @{ handset_mismatches($h, phones_of($node, 'order_id <> 102'), alimtal
 is(scalar @{ handset_mismatches($h, phones_of($node, 'order_id = 102'), sms => 1) },
 	0, 'the customer of order 102 received exactly one SMS');
 is(query($node, 'SELECT count(*) FROM courier.failures'), '0', 'no failure is left');
-is(query($node, "SELECT * FROM courier.request_status($req1)"), '20|20|0|0',
+is(query($node, "SELECT total, done, failed, pending FROM courier.request_status($req1)"), '20|20|0|0',
 	'request 1 (queued under 0.4): 20 total, 20 done, 0 failed, 0 pending');
 
 $node->stop;

@@ -36,6 +36,8 @@ our @EXPORT = qw(
   poll_log
   library_version
   create_at_version
+  table_columns
+  rows_digest
 );
 
 # The settings every courier test cluster runs with; a test adds its own
@@ -319,6 +321,35 @@ sub create_at_version
 			$offset, 30),
 		"the launcher warns that the extension is at $version and starts no worker");
 	return;
+}
+
+# table_columns(NODE, TABLE)
+#	The columns courier.TABLE has now, as the inside of an SQL array of
+#	text, for rows_digest: an upgrade test takes them before the update,
+#	so columns a later version adds are left out of the comparison.
+sub table_columns
+{
+	my ($node, $table) = @_;
+	return query($node, qq{
+		SELECT string_agg(quote_literal(attname), ',' ORDER BY attnum)
+		  FROM pg_attribute
+		 WHERE attrelid = 'courier.$table'::regclass AND attnum > 0
+		   AND NOT attisdropped});
+}
+
+# rows_digest(NODE, TABLE, COLUMNS)
+#	md5 of every row of courier.TABLE as JSON, restricted to COLUMNS
+#	(from table_columns), in a stable order, and the row count: equal
+#	before and after an update when no row of those columns changed.
+sub rows_digest
+{
+	my ($node, $table, $columns) = @_;
+	return query($node, qq{
+		SELECT md5(string_agg(j::text, ',' ORDER BY j::text)) || ':' || count(*)
+		  FROM (SELECT (SELECT jsonb_object_agg(e.key, e.value)
+						  FROM jsonb_each(to_jsonb(t)) AS e
+						 WHERE e.key = ANY (ARRAY[$columns])) AS j
+				  FROM courier.$table t) s});
 }
 
 1;
