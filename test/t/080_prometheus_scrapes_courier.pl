@@ -273,6 +273,8 @@ is( query($node, q{
 
 $seen = same_figures(qr/^courier_(queue_backlog|failures_open|items_total|batches_total|tms_events_total|tms_breaker_open|tms_request_duration_seconds_(bucket|sum|count)|subscriber_.*)$/,
 	'sent: Prometheus has the same item, failure, TMS, latency and subscriber series as metrics(), with the same values');
+note("what Prometheus saw after the send:\n" . join("\n",
+		map { "  $_ $seen->{$_}" } grep { !/_bucket|dead_tuples/ } sort keys %$seen));
 is($seen->{'courier_items_total{result="done",stage="tms"}'}, '400',
 	'Prometheus: courier_items_total{stage="tms",result="done"} is 400');
 is($seen->{'courier_items_total{result="failed",stage="tms"}'}, '100',
