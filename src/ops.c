@@ -4,8 +4,9 @@
  *		The SQL-callable functions for operators and tests: run_once (one
  *		batch of a stage in the calling session), backoff_delay (the retry
  *		arithmetic, used by the retry statement), shared_counters,
- *		tms_state and subscriber_workers (what courier.metrics() and
- *		courier.subscribers read from shared memory), and wake_subscribers.
+ *		tms_state, subscriber_workers and subscriber_latency (what
+ *		courier.metrics() and courier.subscribers read from shared memory),
+ *		and wake_subscribers.
  *
  * No app-facing function lives here (api.c), and no stage's work: a
  * batch is the stage's own (logic.c, tms.c); this file only picks which.
@@ -35,10 +36,12 @@ PG_FUNCTION_INFO_V1(courier_backoff_step);
 PG_FUNCTION_INFO_V1(courier_shared_counters);
 PG_FUNCTION_INFO_V1(courier_subscriber_workers);
 PG_FUNCTION_INFO_V1(courier_tms_state);
+PG_FUNCTION_INFO_V1(courier_subscriber_latency);
 PG_FUNCTION_INFO_V1(courier_wake_subscribers);
 
 static void put_counter(ReturnSetInfo *rsinfo, const char *stage,
 						const char *counter, uint64 value);
+static void latency_datums(CourierTmsLimits *lim, Datum *values);
 
 /* CourierBreakerState's names, as SQL shows them */
 static const char *const breaker_names[] = {"closed", "open", "probing"};
@@ -195,13 +198,61 @@ courier_tms_state(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
-	Datum		bounds[COURIER_LATENCY_BUCKETS];
-	Datum		counts[COURIER_LATENCY_BUCKETS];
-	uint64		cumulative = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "courier: tms_state must return a row");
 	tupdesc = BlessTupleDesc(tupdesc);
+
+	values[0] = CStringGetTextDatum(breaker_names[courier_limits_breaker_state_on(lim)]);
+	latency_datums(lim, &values[1]);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * courier_subscriber_latency
+ *		SQL: courier.subscriber_latency() returns one row per subscriber
+ *		being delivered: its id and the latency histogram of its worker's
+ *		POSTs since the worker took its slot (the shape of tms_state's).
+ *		Empty when courier is not preloaded.
+ */
+Datum
+courier_subscriber_latency(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (courier_shared == NULL)
+		return (Datum) 0;
+
+	LWLockAcquire(courier_shared->lock, LW_SHARED);
+	for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
+	{
+		CourierSubscriberSlot *slot = &courier_shared->subscribers[i];
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		if (!slot->in_use)
+			continue;
+		values[0] = Int32GetDatum(slot->subscriber_id);
+		latency_datums(&slot->limits, &values[1]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(courier_shared->lock);
+	return (Datum) 0;
+}
+
+/*
+ * latency_datums
+ *		The latency histogram of the limits lim as three Datums: the bucket
+ *		bounds in seconds (float8[], the last Infinity), the cumulative
+ *		counts (bigint[]) and the sum of seconds (float8).
+ */
+static void
+latency_datums(CourierTmsLimits *lim, Datum *values)
+{
+	Datum		bounds[COURIER_LATENCY_BUCKETS];
+	Datum		counts[COURIER_LATENCY_BUCKETS];
+	uint64		cumulative = 0;
 
 	for (int b = 0; b < COURIER_LATENCY_BUCKETS; b++)
 	{
@@ -210,13 +261,11 @@ courier_tms_state(PG_FUNCTION_ARGS)
 								   courier_latency_bounds[b] : get_float8_infinity());
 		counts[b] = Int64GetDatum((int64) cumulative);
 	}
-	values[0] = CStringGetTextDatum(breaker_names[courier_limits_breaker_state_on(lim)]);
-	values[1] = PointerGetDatum(construct_array(bounds, COURIER_LATENCY_BUCKETS, FLOAT8OID,
+	values[0] = PointerGetDatum(construct_array(bounds, COURIER_LATENCY_BUCKETS, FLOAT8OID,
 												sizeof(float8), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[2] = PointerGetDatum(construct_array(counts, COURIER_LATENCY_BUCKETS, INT8OID,
+	values[1] = PointerGetDatum(construct_array(counts, COURIER_LATENCY_BUCKETS, INT8OID,
 												sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[3] = Float8GetDatum((double) pg_atomic_read_u64(&lim->latency_sum_us) / 1000000.0);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	values[2] = Float8GetDatum((double) pg_atomic_read_u64(&lim->latency_sum_us) / 1000000.0);
 }
 
 /*

@@ -44,7 +44,7 @@ SELECT set_eq(
 		  'discard_failures', 'sweep_overdue', 'failure_digest', 'metrics',
 		  'backoff_delay', 'prune_chunk', 'prune', 'rotate_queue',
 		  'subscribe', 'unsubscribe', 'pause_subscriber', 'resume_subscriber', 'replay',
-		  'subscriber_id', 'event_types', 'subscriber_workers', 'metric_samples', 'tms_state'],
+		  'subscriber_id', 'event_types', 'subscriber_workers', 'metric_samples', 'tms_state', 'subscriber_latency'],
 	'courier_admin may execute exactly the DBA console (and the read-only request_status, switch_enabled)');
 SELECT is_empty(
 	$$SELECT c.oid::regclass::text FROM pg_class c

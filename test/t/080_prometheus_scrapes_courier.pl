@@ -392,11 +392,21 @@ ok( wait_for(
 		30, 'every alerting rule evaluated'),
 	'every alerting rule evaluates without error')
   or diag(join("\n", map { "$_->{name}: $_->{health} $_->{lastError}" } @alert_rules));
-my @failure_alerts = grep {
-	$_->{query} =~ /courier_failures_open/
-	  && grep { ($_->{labels}{stage} // '') eq 'tms' } @{ $_->{alerts} // [] }
-} @alert_rules;
-ok(@failure_alerts, 'the 100 open tms failures make the failures alert pending or firing')
+my @failure_alerts;
+ok( wait_for(
+		sub {
+			$rules = prom_get('/api/v1/rules', type => 'alert');
+			@alert_rules = map { @{ $_->{rules} } } @{ $rules->{data}{groups} // [] };
+			@failure_alerts = grep {
+				$_->{query} =~ /courier_failures_open/
+				  && grep { ($_->{labels}{stage} // '') eq 'tms' } @{ $_->{alerts} // [] }
+			} @alert_rules;
+			return scalar @failure_alerts;
+		},
+		30, 'the failures alert of stage tms'),
+	'the 100 open tms failures make the failures alert pending or firing')
   or diag(encode_json([ map { { name => $_->{name}, state => $_->{state} } } @alert_rules ]));
+is( scalar(grep { $_->{state} ne 'inactive' } grep { $_->{query} !~ /courier_failures_open/ } @alert_rules),
+	0, 'no other courier alert is pending or firing (no backlog is old, no breaker is open)');
 
 done_testing();
