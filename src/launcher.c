@@ -407,32 +407,50 @@ due_backlog(CourierStage stage, int cap)
 
 /*
  * post_alerts
- *		Move the alert outbox along by one step, never waiting on the
- *		network: finish the POST in flight (recording its result), or start
- *		the next one due.  A failed post is retried with back-off (doubling,
- *		up to an hour) until it succeeds.
+ *		Move the alert outbox along, never waiting on the network: finish
+ *		the POST in flight (recording its result), then start the next one
+ *		due.  A failed post is retried with back-off (doubling, up to an
+ *		hour) until it succeeds.
+ *
+ * Only rows written in the format in force (courier.alert_format) are
+ * posted: a receiver understands one shape.  A row that a newer row of
+ * the same alert superseded (courier.failure_digest() marks it) is never
+ * posted, even when it failed before: the newer row carries the alert's
+ * current state, and one in flight is finished before the next starts, so
+ * a receiver never gets an outdated "firing" after its "resolved".
  */
 static void
 post_alerts(void)
 {
 	int			http = 0;
 	char		error[256] = "";
+	Oid			format_type[1] = {TEXTOID};
+	Datum		format;
 
 	if (alert_in_flight != 0)
 	{
 		Oid			argtypes[3] = {INT8OID, BOOLOID, TEXTOID};
 		Datum		values[3];
 		bool		ok;
+		bool		wrong_path;
 
 		if (!courier_http_post_poll(&http, error, sizeof(error)))
 			return;				/* still going */
 		ok = (http >= 200 && http < 300);
+		/* Alertmanager answers 404 or 405 on any path but its API's */
+		wrong_path = (http == 404 || http == 405) &&
+			courier_alert_format == COURIER_ALERT_FORMAT_ALERTMANAGER;
 		if (!ok && error[0] == '\0')
 			snprintf(error, sizeof(error), "alert URL answered HTTP %d", http);
 		if (!ok)
 			ereport(WARNING,
-					(errmsg("courier could not post alert " INT64_FORMAT " to courier.alert_url: %s",
-							alert_in_flight, error)));
+					(errcode(http == 0 ? ERRCODE_CONNECTION_FAILURE :
+							 ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+					 errmsg("courier could not post alert " INT64_FORMAT " to courier.alert_url: %s",
+							alert_in_flight, error),
+					 errdetail("The alert stays in courier.alerts and is posted again later, after a back-off that doubles up to an hour."),
+					 wrong_path ?
+					 errhint("With courier.alert_format = alertmanager, courier.alert_url is Alertmanager's alerts endpoint, e.g. http://alertmanager:9093/api/v2/alerts.") : 0));
 		values[0] = Int64GetDatum(alert_in_flight);
 		values[1] = BoolGetDatum(ok);
 		values[2] = CStringGetTextDatum(error);
@@ -448,13 +466,20 @@ post_alerts(void)
 								  3, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "courier: could not record an alert");
 		courier_commit_transaction();
-		return;
 	}
 
+	if (courier_alert_url[0] == '\0')
+		return;					/* the URL was emptied meanwhile */
+
+	/* the next one due, if any */
+	format = CStringGetTextDatum(courier_alert_format == COURIER_ALERT_FORMAT_ALERTMANAGER ?
+								 "alertmanager" : "courier");
 	courier_begin_transaction();
-	if (SPI_execute("SELECT alert_id, payload::text FROM courier.alerts"
-					" WHERE posted_at IS NULL AND next_post_at <= pg_catalog.now()"
-					" ORDER BY next_post_at LIMIT 1", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_with_args("SELECT alert_id, payload::text FROM courier.alerts"
+							  " WHERE posted_at IS NULL AND superseded_by IS NULL"
+							  "   AND next_post_at <= pg_catalog.now() AND format = $1"
+							  " ORDER BY next_post_at, alert_id LIMIT 1",
+							  1, format_type, &format, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not read alerts");
 	if (SPI_processed > 0)
 	{
