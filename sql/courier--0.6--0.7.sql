@@ -262,7 +262,8 @@ GRANT EXECUTE ON FUNCTION courier.tms_state(), courier.subscriber_latency(),
  *									queue is older than
  *									courier.alert_backlog_age
  *	CourierBacklogOld{stage="fanout",subscriber}	the oldest event a
- *									subscriber has not accepted is
+ *									subscriber has not accepted is older
+ *									than that
  *
  * Every alert also carries service="courier" and database (and cluster,
  * from cluster_name, when set): the label set is the alert's identity,

@@ -523,8 +523,8 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 {
 	int64		order_id;
 	text	   *invoice;
-	Oid			argtypes[4] = {INT8OID, TEXTOID, INT8OID, TIMESTAMPTZOID};
-	Datum		values[4];
+	Oid			argtypes[5] = {INT8OID, TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID};
+	Datum		values[5];
 	bool		isnull;
 	char	   *status;
 	char	   *fate;
@@ -575,13 +575,30 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 							  4, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "courier: could not register invoice");
 
-	/* the order.invoiced event, in this transaction (0.6's schema on) */
-	if (schema_is_at_least("0.6") &&
-		SPI_execute_with_args("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
-							  "    ARRAY['order.invoiced'],"
-							  "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
-							  "    $4)",
-							  4, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+	/*
+	 * The order.invoiced event, in this transaction (0.6's schema on), with
+	 * the app's trace when it set courier.traceparent (0.7's schema on).
+	 */
+	if (schema_is_at_least("0.7"))
+	{
+		bool		traced = courier_traceparent != NULL &&
+			courier_traceparent[0] != '\0';
+		char		nulls[5] = {' ', ' ', ' ', ' ', traced ? ' ' : 'n'};
+
+		values[4] = traced ? CStringGetTextDatum(courier_traceparent) : (Datum) 0;
+		if (SPI_execute_with_args("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
+								  "    ARRAY['order.invoiced'],"
+								  "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
+								  "    $4, ARRAY[$5])",
+								  5, argtypes, values, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "courier: could not record the order.invoiced event");
+	}
+	else if (schema_is_at_least("0.6") &&
+			 SPI_execute_with_args("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
+								   "    ARRAY['order.invoiced'],"
+								   "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
+								   "    $4)",
+								   4, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "courier: could not record the order.invoiced event");
 
 	/*
@@ -663,10 +680,12 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	int			reason_chars;
 	DateADT		new_date;
 	DateADT		today;
-	Oid			argtypes[5] = {TEXTOID, DATEOID, INT4OID, INT8ARRAYOID, NAMEOID};
-	Datum		values[5];
+	Oid			argtypes[6] = {TEXTOID, DATEOID, INT4OID, INT8ARRAYOID, NAMEOID,
+	TEXTOID};
+	Datum		values[6];
 	bool		isnull;
 	bool		slots;
+	bool		traced;
 	int64		request_id;
 
 	for (int i = 0; i < 3; i++)
@@ -734,10 +753,25 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	/* the caller, not the SECURITY DEFINER owner current_user would give */
 	values[4] = DirectFunctionCall1(namein,
 									CStringGetDatum(GetUserNameFromId(GetOuterUserId(), false)));
-	if (SPI_execute_with_args(
-			"INSERT INTO courier.requests (reason, new_ship_date, total, requested_by)"
-			" VALUES ($1, $2, $3, $5) RETURNING request_id",
-			5, argtypes, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+
+	/*
+	 * The request's trace: the app's (courier.traceparent, checked when it
+	 * was set), or one started here.  Every HTTP request made for it
+	 * carries its trace id (trace.c).  0.6's schema has no column for it.
+	 */
+	traced = schema_is_at_least("0.7");
+	values[5] = CStringGetTextDatum(courier_traceparent != NULL &&
+									courier_traceparent[0] != '\0' ?
+									courier_traceparent :
+									courier_traceparent_new());
+	if (SPI_execute_with_args(traced ?
+							  "INSERT INTO courier.requests (reason, new_ship_date, total,"
+							  "    requested_by, traceparent)"
+							  " VALUES ($1, $2, $3, $5, $6) RETURNING request_id" :
+							  "INSERT INTO courier.requests (reason, new_ship_date, total, requested_by)"
+							  " VALUES ($1, $2, $3, $5) RETURNING request_id",
+							  traced ? 6 : 5, argtypes, values, NULL, false, 1) !=
+		SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "courier: could not insert request");
 	request_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));

@@ -258,9 +258,10 @@ courier_last_claim(CourierClaim *claim)
  * snapshot, which the close ring then covers, closes.c), seller_id and
  * fallback (an AlimTalk that could not reach the customer: courier sends
  * its SMS/LMS fallback now; receipts.c and tms.c leave such a notice
- * pending with its fallback_reason set) and refusals (how many of its
+ * pending with its fallback_reason set), refusals (how many of its
  * attempts the provider answered with a refusal, outcome known: the
- * idempotency key changes with it, provider_common.c).
+ * idempotency key changes with it, provider_common.c) and traceparent
+ * (the trace its sends carry, NULL for a notice older than 0.7).
  * The caller must commit before doing anything slow with the notices.
  */
 int
@@ -312,7 +313,8 @@ courier_lease_notices(int limit, int lease_ms, TimestampTz now, int max_age_min)
 			"                     WHERE o.seller_id = n.seller_id AND o.order_id = n.order_id), false),"
 			"          n.seller_id, n.fallback_reason IS NOT NULL,"
 			"          (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_array_elements(n.errors) e"
-			"            WHERE NOT coalesce((e ->> 'outcome_unknown')::boolean, false))::int",
+			"            WHERE NOT coalesce((e ->> 'outcome_unknown')::boolean, false))::int,"
+			"          n.traceparent",
 			one ? " AND c.seller_id = $6" : "",
 			one ? " AND n.seller_id = $6" : ""),
 			5 + one, argtypes, false);

@@ -48,6 +48,13 @@ typedef enum CourierTmsMode
 	COURIER_TMS_OFF
 } CourierTmsMode;
 
+/* The shape of the alerts the launcher POSTs (courier.alert_format) */
+typedef enum CourierAlertFormat
+{
+	COURIER_ALERT_FORMAT_COURIER,	/* courier's own JSON, one event each */
+	COURIER_ALERT_FORMAT_ALERTMANAGER	/* Alertmanager's v2 /api/v2/alerts */
+} CourierAlertFormat;
+
 /* Most workers one stage may run; bounds courier.<stage>_max_workers. */
 #define COURIER_MAX_WORKERS_PER_STAGE 16
 
@@ -98,6 +105,8 @@ extern int	courier_tms_breaker_cooldown_ms;
 extern char *courier_notice_template;
 extern char *courier_notice_template_v2;
 extern char *courier_alert_url;
+extern int	courier_alert_format;	/* a CourierAlertFormat */
+extern int	courier_alert_backlog_age_s;
 extern int	courier_tms_provider;	/* a CourierProviderId (provider.h) */
 extern char *courier_nhn_alimtalk_appkey;
 extern char *courier_nhn_alimtalk_secret_key;
@@ -113,6 +122,7 @@ extern char *courier_alimtalk_template;
 extern char *courier_alimtalk_template_v2;
 extern char *courier_alimtalk_template_params;
 extern int	courier_alimtalk_fallback;	/* a CourierAlimtalkFallback (provider.h) */
+extern char *courier_traceparent;	/* the app's W3C traceparent, or "" */
 /* courier.alimtalk_template_params parsed (provider.h) */
 extern const struct CourierTemplateParams *courier_alimtalk_params;
 
@@ -278,6 +288,17 @@ extern char *courier_render_notice(bool v2, int64 order_id,
 								   const char *reason);
 extern int	courier_euckr_length(const char *text);
 extern const char *courier_sms_channel(int euckr_bytes);
+
+/* ----------
+ * W3C trace context (trace.c, a leaf)
+ * ----------
+ */
+#define COURIER_TRACEPARENT_LEN 55	/* version 00: 00-<32>-<16>-<2> */
+
+extern bool courier_traceparent_valid(const char *s);
+extern char *courier_traceparent_new(void);
+extern bool courier_same_trace(const char *a, const char *b);
+extern char *courier_traceparent_header(const char *traceparent);
 
 /* ----------
  * The stages' batches (logic.c, tms.c)

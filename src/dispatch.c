@@ -13,11 +13,14 @@
  * bytes, the dialect writes the requests and reads the answers.  Nor does
  * it know the database: no SPI, no transaction.  What the outcomes mean
  * for the queue is tms.c's business; shared limits (rate, breaker), the
- * close rule and stopping are asked through the caller's hooks.  One thing
- * it decides itself: a background worker whose configuration is about to
- * be reloaded starts no further request (reload_pending), so that a
- * changed provider, URL or credentials apply from the next request on,
- * not from the next batch.
+ * close rule and stopping are asked through the caller's hooks.  Two things
+ * it decides itself.  A request carries the messages of one trace only
+ * (W3C trace context, trace.c), and its traceparent header names that
+ * trace with a span id of its own, whatever the dialect; messages without
+ * a trace travel together, with no such header.  And a background worker
+ * whose configuration is about to be reloaded starts no further request
+ * (reload_pending), so that a changed provider, URL or credentials apply
+ * from the next request on, not from the next batch.
  *
  * IDENTIFICATION
  *		src/dispatch.c
@@ -235,10 +238,10 @@ hold_unsendable(const CourierProvider *provider, CourierMessage *msgs, int n)
 /*
  * collect_request
  *		The messages the next request would carry: from index from on, up
- *		to bulk messages still to be sent that the dialect lets travel with
- *		the first (provider->joinable), looking at most JOIN_WINDOW messages
- *		past those it leaves for a later request.  Fills idx, when not NULL,
- *		and returns how many.
+ *		to bulk messages still to be sent that are of the first one's trace
+ *		and that the dialect lets travel with it (provider->joinable),
+ *		looking at most JOIN_WINDOW messages past those it leaves for a
+ *		later request.  Fills idx, when not NULL, and returns how many.
  */
 static int
 collect_request(const CourierProvider *provider, CourierMessage *msgs, int n,
@@ -251,8 +254,10 @@ collect_request(const CourierProvider *provider, CourierMessage *msgs, int n,
 	for (int i = next_unsent(msgs, n, from); i < n && count < bulk;
 		 i = next_unsent(msgs, n, i + 1))
 	{
-		if (first >= 0 && provider->joinable != NULL &&
-			!provider->joinable(&msgs[first], &msgs[i]))
+		if (first >= 0 &&
+			(!courier_same_trace(msgs[first].traceparent, msgs[i].traceparent) ||
+			 (provider->joinable != NULL &&
+			  !provider->joinable(&msgs[first], &msgs[i]))))
 		{
 			if (++passed >= JOIN_WINDOW)
 				break;
@@ -272,7 +277,9 @@ collect_request(const CourierProvider *provider, CourierMessage *msgs, int n,
  *		Start one request for up to bulk messages still to be sent, from
  *		*next on (collect_request); *next moves to the first message still
  *		to be sent.  The dialect builds it and signs it (each start is an
- *		attempt), in dispatch_context.
+ *		attempt), in dispatch_context.  Messages of a trace make it carry a
+ *		traceparent header: their trace id, a new span id for every
+ *		request (a retry is a span of its own), their flags.
  */
 static void
 start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
@@ -288,6 +295,9 @@ start_request(const CourierProvider *provider, CourierMessage *msgs, int n,
 	*next = next_unsent(msgs, n, *next);
 
 	provider->build(req, msgs);
+	if (msgs[req->idx[0]].traceparent != NULL)
+		req->headers = lappend(req->headers,
+							   courier_traceparent_header(msgs[req->idx[0]].traceparent));
 	if (provider->sign)
 		provider->sign(req);
 	/* without an idempotency key, libcurl must not resend it by itself */

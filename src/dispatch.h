@@ -61,6 +61,10 @@ typedef struct CourierMessage
 {
 	/* input */
 	const char *key;			/* stable idempotency key */
+	const char *traceparent;	/* the W3C trace its sends carry: a valid
+								 * version-00 traceparent (trace.c) or
+								 * NULL for none: a request holds messages
+								 * of one trace only */
 	const char *to;
 	const char *channel;		/* "sms" or "lms"; once delivered by another
 								 * channel, the dialect sets that

@@ -64,6 +64,8 @@ int			courier_tms_breaker_cooldown_ms = 5000;
 char	   *courier_notice_template = NULL;
 char	   *courier_notice_template_v2 = NULL;
 char	   *courier_alert_url = NULL;
+int			courier_alert_format = COURIER_ALERT_FORMAT_COURIER;
+int			courier_alert_backlog_age_s = 900;
 
 /* the TMS provider's dialect and what it needs (provider_<name>.c) */
 int			courier_tms_provider = COURIER_PROVIDER_generic;
@@ -81,6 +83,7 @@ char	   *courier_alimtalk_template = NULL;
 char	   *courier_alimtalk_template_v2 = NULL;
 char	   *courier_alimtalk_template_params = NULL;
 int			courier_alimtalk_fallback = COURIER_ALIMTALK_FALLBACK_NONE;
+char	   *courier_traceparent = NULL;
 const CourierTemplateParams *courier_alimtalk_params = NULL;
 
 /* read by SQL only, through current_setting() */
@@ -112,7 +115,15 @@ static const char *const field_names[COURIER_NUM_FIELDS] = {
 static bool check_path_segment(char **newval, void **extra, GucSource source);
 static bool check_header_value(char **newval, void **extra, GucSource source);
 static bool check_template_params(char **newval, void **extra, GucSource source);
+static bool check_traceparent(char **newval, void **extra, GucSource source);
 static void assign_template_params(const char *newval, void *extra);
+
+/* the shape of the alerts the launcher POSTs to courier.alert_url */
+static const struct config_enum_entry alert_format_options[] = {
+	{"courier", COURIER_ALERT_FORMAT_COURIER, false},
+	{"alertmanager", COURIER_ALERT_FORMAT_ALERTMANAGER, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry tms_mode_options[] = {
 	{"live", COURIER_TMS_LIVE, false},
@@ -285,6 +296,16 @@ courier_define_gucs(void)
 							PGC_SUSET,
 							GUC_UNIT_MIN,
 							NULL, NULL, NULL);
+
+	/* The app's trace context, set per transaction (SET LOCAL) */
+	DefineCustomStringVariable("courier.traceparent",
+							   "W3C traceparent that delay_orders and register_invoice record with their work; empty: courier starts a trace per request.",
+							   NULL,
+							   &courier_traceparent,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   check_traceparent, NULL, NULL);
 
 	/* Worker pools */
 	DefineCustomIntVariable("courier.logic_min_workers",
@@ -618,6 +639,23 @@ courier_define_gucs(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomEnumVariable("courier.alert_format",
+							 "Shape of the alerts POSTed to courier.alert_url: courier (courier's own JSON) or alertmanager (Alertmanager's /api/v2/alerts).",
+							 "alertmanager: labels, annotations, startsAt and endsAt, re-posted by each courier.failure_digest() while firing and resolved when the condition clears.  courier.failure_digest() writes its alerts in the format in force; the launcher posts those.",
+							 &courier_alert_format,
+							 COURIER_ALERT_FORMAT_COURIER,
+							 alert_format_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("courier.alert_backlog_age",
+							"Age of a stage's or a subscriber's oldest queued item from which courier.failure_digest() raises CourierBacklogOld; 0 turns that alert off.",
+							NULL,
+							&courier_alert_backlog_age_s,
+							900, 0, 7 * 86400,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("courier.retention",
 							"Age after which courier.prune() deletes delivered notices, history and discarded failures.",
 							NULL,
@@ -688,6 +726,23 @@ check_header_value(char **newval, void **extra, GucSource source)
 		}
 	}
 	return true;
+}
+
+/*
+ * check_traceparent
+ *		courier.traceparent is empty or a W3C traceparent of version 00 in
+ *		lowercase hex (trace.c): a header courier would have to ignore is
+ *		refused when it is set, so the app learns at once that its trace
+ *		would not be followed.  The value is no secret: it is repeated.
+ */
+static bool
+check_traceparent(char **newval, void **extra, GucSource source)
+{
+	if (**newval == '\0' || courier_traceparent_valid(*newval))
+		return true;
+	GUC_check_errdetail("A traceparent is \"00-<trace id>-<parent id>-<flags>\": 32, 16 and 2 lowercase hex digits, the ids not all zero, e.g. \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\".");
+	GUC_check_errhint("Pass the W3C traceparent header of the app's current request as it came, or leave courier.traceparent empty for courier to start a trace.");
+	return false;
 }
 
 /*

@@ -49,6 +49,11 @@
  * how the DELETE reaches the queue: joined as a relation, it made the
  * planner scan the whole queue per batch).
  *
+ * The request's trace (its traceparent, docs/dba-console.md) goes with
+ * the notice it creates and the order.delayed event: a notice that
+ * already exists for the order and date (ON CONFLICT) keeps the trace of
+ * the request that created it, since its sends are that request's.
+ *
  * Orders that were invoiced, shipped or cancelled (or are gone) are
  * skipped.  The items CTE reads them in the statement's snapshot, so the
  * UPDATE tests the status again, in its SET and RETURNING: an UPDATE that
@@ -65,7 +70,7 @@
 static const char *const apply_sql =
 "WITH items AS ("
 "    SELECT w.item_id, w.order_id, w.request_id, w.seller_id,"
-"           r.reason, r.new_ship_date, o.promised_ship_date AS old_date,"
+"           r.reason, r.new_ship_date, r.traceparent, o.promised_ship_date AS old_date,"
 "           coalesce(o.status IN ('paid', 'shipping_requested'), false) AS open,"
 "           pg_catalog.row_number() OVER (PARTITION BY w.order_id, w.seller_id"
 "                                         ORDER BY w.request_id DESC) AS rn"
@@ -84,17 +89,17 @@ static const char *const apply_sql =
 "     WHERE o.seller_id = i.seller_id AND o.order_id = i.order_id"
 "       AND i.open AND i.rn = 1 AND i.old_date <> i.new_ship_date"
 "    RETURNING i.request_id, o.order_id, o.seller_id, i.old_date, i.new_ship_date,"
-"              o.customer_phone, o.product_name, i.reason,"
+"              o.customer_phone, o.product_name, i.reason, i.traceparent,"
 "              o.status IN ('paid', 'shipping_requested') AS applied"
 "), notice AS ("
 "    INSERT INTO courier.notices (order_id, ship_date, seller_id,"
 "                                 customer_phone, product_name, reason, variant,"
-"                                 due_at)"
+"                                 due_at, traceparent)"
 "    SELECT ch.order_id, ch.new_ship_date, ch.seller_id, ch.customer_phone,"
 "           ch.product_name, ch.reason,"
 "           CASE WHEN courier.rollout_bucket('notice_v2', ch.order_id) < $3"
 "                THEN 'v2' ELSE 'v1' END,"
-"           $2"
+"           $2, ch.traceparent"
 "      FROM changed ch WHERE ch.applied"
 "    ON CONFLICT (seller_id, order_id, ship_date) DO NOTHING"
 "), history AS ("
@@ -117,7 +122,7 @@ static const char *const apply_sql =
 "               pg_catalog.array_agg(pg_catalog.jsonb_build_object("
 "                   'request_id', ch.request_id, 'reason', ch.reason,"
 "                   'old_ship_date', ch.old_date, 'new_ship_date', ch.new_ship_date)),"
-"               $2) AS n"
+"               $2, pg_catalog.array_agg(ch.traceparent)) AS n"
 "      FROM changed ch WHERE ch.applied"
 "       AND EXISTS (SELECT 1 FROM courier.subscriptions s"
 "                    WHERE 'order.delayed' = ANY (s.event_types))"

@@ -54,7 +54,8 @@ static char config_logged[256];
 static TimestampTz config_logged_at = 0;
 
 static bool answer_is_json(const char *body, size_t len);
-static void note_unknown(const char *provider, const char *code);
+static void note_unknown(const char *provider, const char *code,
+						 const char *traceparent);
 static void printable_code(char *dst, size_t len, const char *code);
 static char *masked_digits(const char *text);
 
@@ -515,7 +516,7 @@ courier_apply_code(CourierMessage *m, const char *provider,
 	printable_code(shown, sizeof(shown), code);
 	if (c == NULL)
 	{
-		note_unknown(provider, shown);
+		note_unknown(provider, shown, m->traceparent);
 		courier_set_outcome(m, COURIER_OUT_RETRY, true, http_status, shown,
 							psprintf("%s answered result code %s, which courier does not know (%s): sent again",
 									 provider, shown,
@@ -713,10 +714,13 @@ courier_note_config(const char *provider, const char *code, const char *why)
 /*
  * note_unknown
  *		Log, once per process, that provider answered a result code courier
- *		does not know.  Only the provider and the code are logged.
+ *		does not know.  Only the provider, the code and the trace id of the
+ *		message that got it are logged (the provider's log has the same
+ *		trace id: the request to show its support), never a number or a
+ *		text.
  */
 static void
-note_unknown(const char *provider, const char *code)
+note_unknown(const char *provider, const char *code, const char *traceparent)
 {
 	char		entry[64];
 
@@ -732,7 +736,8 @@ note_unknown(const char *provider, const char *code)
 	ereport(LOG,
 			(errmsg("courier: %s answered result code %s, which courier does not know",
 					provider, code),
-			 errdetail("Messages with this code are sent again under the same idempotency key, and fail once their attempts are used up.  Logged once per code and process."),
+			 errdetail("Messages with this code are sent again under the same idempotency key, and fail once their attempts are used up.  Logged once per code and process; first seen in trace %.32s.",
+					   traceparent != NULL && strlen(traceparent) > 3 ? traceparent + 3 : "(none)"),
 			 errhint("Add the code to the dialect's table and to docs/providers.md.")));
 }
 

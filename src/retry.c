@@ -30,8 +30,8 @@
 
 /*
  * One statement for a whole batch of failed items: the ones whose attempts
- * run out (or that failed permanently) move to failures with their history,
- * the others get their next not_before.  The two halves touch disjoint
+ * run out (or that failed permanently) move to failures with their history
+ * and their request's trace, the others get their next not_before.  The two halves touch disjoint
  * rows, so they can share a statement.  The time ($8), the back-off's
  * jitter per item ($9) and its base and cap ($10, $11) come in as
  * parameters: the statement calls no clock nor random function, only the
@@ -56,10 +56,12 @@ static const char *const charge_sql =
 "), failed AS ("
 "    INSERT INTO courier.failures (item_id, stage, seller_id, order_id,"
 "        request_id, attempts, last_error, last_sqlstate,"
-"        last_http_status, errors, first_queued_at)"
+"        last_http_status, errors, first_queued_at, traceparent)"
 "    SELECT m.item_id, m.stage, m.seller_id, m.order_id, m.request_id,"
 "           m.attempts + 1, m.last_error, m.last_sqlstate,"
-"           m.last_http_status, m.errors || m.e, m.created_at"
+"           m.last_http_status, m.errors || m.e, m.created_at,"
+"           (SELECT q.traceparent FROM courier.requests q"
+"             WHERE q.request_id = m.request_id)"
 "      FROM moved m"
 ") "
 "UPDATE courier.work_items w"
@@ -106,12 +108,14 @@ static const char *const charge_notices_sql =
 "     WHERE n.seller_id = r.seller_id AND n.order_id = r.order_id"
 "       AND n.ship_date = r.ship_date AND n.leased_by = $14"
 "    RETURNING n.seller_id, n.order_id, n.ship_date, n.attempts, n.errors,"
-"              n.created_at, n.status, r.error, r.sqlstate, r.http_status"
+"              n.created_at, n.status, r.error, r.sqlstate, r.http_status,"
+"              n.traceparent"
 ") "
 "INSERT INTO courier.failures (stage, seller_id, order_id, ship_date, attempts,"
-"    last_error, last_sqlstate, last_http_status, errors, first_queued_at)"
+"    last_error, last_sqlstate, last_http_status, errors, first_queued_at,"
+"    traceparent)"
 "SELECT 'tms', c.seller_id, c.order_id, c.ship_date, c.attempts, c.error,"
-"       c.sqlstate, c.http_status, c.errors, c.created_at"
+"       c.sqlstate, c.http_status, c.errors, c.created_at, c.traceparent"
 "  FROM charged c WHERE c.status = 'failed'";
 
 static SPIPlanPtr charge_plan = NULL;

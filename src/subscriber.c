@@ -136,13 +136,18 @@ static const CourierDispatchHooks hooks = {
  * order by the primary key (seller, subscriber, order, event: a min() the
  * planner reads off it; a NOT EXISTS planned on a queue analyzed empty
  * read the subscriber's whole backlog per head), and the events are
- * joined after the LIMIT.
+ * joined after the LIMIT.  An event of a trace carries its traceparent in
+ * the body too (as CloudEvents' distributed tracing extension does), and
+ * the lease returns it for the request's header (dispatch.c).
  */
 static const char *const lease_sql =
 "SELECT h.seller_id, h.event_id, h.order_id,"
-"       pg_catalog.jsonb_build_object('id', e.event_id, 'type', e.type,"
+"       (pg_catalog.jsonb_build_object('id', e.event_id, 'type', e.type,"
 "           'order_id', e.order_id, 'seller_id', e.seller_id,"
-"           'occurred_at', e.occurred_at, 'data', e.payload)::text"
+"           'occurred_at', e.occurred_at, 'data', e.payload)"
+"        || CASE WHEN e.traceparent IS NULL THEN '{}'::jsonb"
+"                ELSE pg_catalog.jsonb_build_object('traceparent', e.traceparent) END)::text,"
+"       e.traceparent"
 "  FROM (SELECT d.seller_id, d.event_id, d.order_id"
 "          FROM courier.deliveries d"
 "         WHERE d.subscriber_id = $1 AND d.failed_at IS NULL AND d.not_before <= $2"
@@ -163,8 +168,8 @@ static const char *const lease_sql =
  * and the event: the primary key).  Accepted events leave the queue; the others are charged
  * or released.  An event that failed for good stays in
  * the queue, failed, holding back its order, and is listed in
- * courier.failures for the DBA.  Returns how many were delivered and
- * failed.
+ * courier.failures for the DBA, with the event's trace.  Returns how many
+ * were delivered and failed.
  */
 static const char *const record_sql =
 "WITH r AS ("
@@ -198,9 +203,9 @@ static const char *const record_sql =
 "              r.error, r.http_status"
 "), failed AS ("
 "    INSERT INTO courier.failures (item_id, stage, seller_id, order_id, subscriber_id,"
-"        attempts, last_error, last_http_status, errors, first_queued_at)"
+"        attempts, last_error, last_http_status, errors, first_queued_at, traceparent)"
 "    SELECT c.event_id, 'fanout', c.seller_id, c.order_id, $8, c.attempts, c.error,"
-"           c.http_status, c.errors, e.occurred_at"
+"           c.http_status, c.errors, e.occurred_at, e.traceparent"
 "      FROM charged c"
 "      JOIN courier.events e ON e.seller_id = c.seller_id AND e.event_id = c.event_id"
 "     WHERE c.failed_at IS NOT NULL"
@@ -532,6 +537,9 @@ lease(DeliveryBatch *b, MemoryContext batch_context)
 		b->orders[i] = SPI_getbinval(tup, desc, 3, &isnull);
 		b->msgs[i].key = psprintf(INT64_FORMAT, event);
 		b->msgs[i].text = SPI_getvalue(tup, desc, 4);
+		b->msgs[i].traceparent = SPI_getvalue(tup, desc, 5);
+		if (!courier_traceparent_valid(b->msgs[i].traceparent))
+			b->msgs[i].traceparent = NULL;	/* none, or not one courier can send */
 		b->msgs[i].to = "";
 		b->msgs[i].channel = "event";
 	}

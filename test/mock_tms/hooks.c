@@ -60,7 +60,7 @@ typedef enum SigResult
 
 static const char *const signature_names[] = {"unchecked", "ok", "bad", "none"};
 
-/* One event of a request body; type points into the body. */
+/* One event of a request body; type and traceparent point into the body. */
 typedef struct EventIn
 {
 	int64_t		id;
@@ -68,6 +68,8 @@ typedef struct EventIn
 	int64_t		seller_id;
 	const char *type;
 	size_t		type_len;
+	const char *traceparent;	/* NULL when absent or null */
+	size_t		traceparent_len;
 } EventIn;
 
 typedef struct EventsIn
@@ -372,6 +374,34 @@ hook_decide(Request *req, struct MHD_Connection *conn)
 
 	if (record)
 		record_events(req->hook, request, sig, &in);
+	if (well_formed)
+	{
+		/* for /_traces: the events' ids, and the traceparent of each */
+		OutBuf		fields;
+		int			i;
+
+		out_init(&fields, 64 + (size_t) in.count * 80);
+		OUT_LIT(&fields, ",\"ids\":[");
+		for (i = 0; i < in.count; i++)
+		{
+			if (i > 0)
+				OUT_LIT(&fields, ",");
+			out_i64(&fields, in.events[i].id);
+		}
+		OUT_LIT(&fields, "],\"event_traceparents\":[");
+		for (i = 0; i < in.count; i++)
+		{
+			if (i > 0)
+				OUT_LIT(&fields, ",");
+			if (in.events[i].traceparent == NULL)
+				OUT_LIT(&fields, "null");
+			else
+				out_json_string(&fields, in.events[i].traceparent,
+								in.events[i].traceparent_len);
+		}
+		OUT_LIT(&fields, "]");
+		trace_fields_take(req, &fields);
+	}
 	free(in.events);
 	return delay_ms;
 }
@@ -763,8 +793,9 @@ parse_events(JsonCursor *c, EventsIn *in)
 
 /*
  * parse_event: one event object.  id, order_id and seller_id are required
- * JSON integers (int64), type a required string; anything else (data,
- * occurred_at, ...) is skipped, whatever its value.
+ * JSON integers (int64), type a required string; traceparent, when given,
+ * a string or null; anything else (data, occurred_at, ...) is skipped,
+ * whatever its value.
  */
 static bool
 parse_event(JsonCursor *c, EventIn *e)
@@ -808,6 +839,18 @@ parse_event(JsonCursor *c, EventIn *e)
 				if (!json_string(c, &type, &e->type_len))
 					return false;
 				e->type = type;
+			}
+			else if (json_key_is(key, key_len, "traceparent"))
+			{
+				char	   *tp;
+
+				json_ws(c);
+				if (c->end - c->p >= 4 && memcmp(c->p, "null", 4) == 0)
+					c->p += 4;
+				else if (!json_string(c, &tp, &e->traceparent_len))
+					return false;
+				else
+					e->traceparent = tp;
 			}
 			else if (!json_skip_value(c, 3))
 				return false;

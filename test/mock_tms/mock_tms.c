@@ -13,10 +13,12 @@
  * malformed bodies, lost replies, 401s, odd result statuses, a fixed reply
  * body) are switched on at run time through POST /_control; GET /_stats,
  * GET /_delivered, GET /_received, GET /_customers, GET /_handsets,
- * GET /_hooks, GET /_hooks/stats and POST /_reset serve the test harness.
- * Every message of every well-formed request is logged with the time it
- * arrived and the status it got, so a test can check when courier sent
- * what.  Delays and hangs suspend the connection and let a timer thread
+ * GET /_hooks, GET /_hooks/stats, GET /_traces and POST /_reset serve the
+ * test harness.  Every message of every well-formed request is logged
+ * with the time it arrived and the status it got, so a test can check
+ * when courier sent what; every request to a message, provider or
+ * subscriber path is logged with its W3C traceparent header and the ids
+ * it carried, so a test can check which trace each request belonged to.  Delays and hangs suspend the connection and let a timer thread
  * resume it, so they never hold a server thread.  The providers' own
  * dialects (NHN Cloud, Naver Cloud SENS) live in dialects.c and share the
  * faults, the counters and the received log.  The subscriber endpoint
@@ -65,6 +67,9 @@
 
 #define RECEIVED_MAX_ENTRIES	2000000
 #define RECEIVED_MAX_ID_BYTES	(256 * 1024 * 1024)
+
+#define TRACES_MAX_BYTES		(256 * 1024 * 1024)
+#define TRACEPARENT_MAX_BYTES	256	/* longer headers are cut */
 
 #define IDSET_SHARDS			256	/* power of two; top hash bits pick it */
 #define IDSET_INITIAL_SLOTS		1024	/* power of two */
@@ -195,6 +200,22 @@ typedef struct ReceivedLog
 	_Atomic bool overflow;
 } ReceivedLog;
 
+/*
+ * The trace log of /_traces: one JSON object per request to a message,
+ * provider or subscriber path, rendered when the request was decided and
+ * kept, comma-separated, in one text until /_reset.  Past
+ * TRACES_MAX_BYTES entries are dropped and overflow is set.
+ */
+typedef struct TraceLog
+{
+	pthread_mutex_t lock;
+	char	   *text;
+	size_t		len;
+	size_t		cap;
+	uint64_t	count;			/* entries logged: the next one's number - 1 */
+	_Atomic bool overflow;
+} TraceLog;
+
 /* one id copied out for /_delivered */
 typedef struct DeliveredItem
 {
@@ -251,6 +272,9 @@ static int	compare_delivered(const void *a, const void *b);
 /* the received log */
 static void received_clear(void);
 static void received_json(OutBuf *out);
+static void traces_append(Request *req, struct MHD_Connection *conn);
+static void traces_clear(void);
+static void traces_json(OutBuf *out);
 
 /* JSON scanning */
 static int	hex_value(char ch);
@@ -283,6 +307,7 @@ _Atomic bool shutting_down;
 static IdShard idset[IDSET_SHARDS];
 static Timer timer;
 static ReceivedLog received;
+static TraceLog traces;
 static _Atomic uint64_t rng_state;
 static _Atomic uint64_t next_provider_seq;
 
@@ -363,6 +388,7 @@ main(int argc, char **argv)
 	pthread_mutex_init(&faults.prefix_lock, NULL);
 	pthread_mutex_init(&faults.text_lock, NULL);
 	pthread_mutex_init(&received.lock, NULL);
+	pthread_mutex_init(&traces.lock, NULL);
 	dialect_init();
 	hooks_init();
 	faults_reset();
@@ -447,6 +473,7 @@ main(int argc, char **argv)
 	MHD_stop_daemon(daemon);
 	idset_clear();
 	received_clear();
+	traces_clear();
 	dialect_reset();
 	hooks_clear();
 	return 0;
@@ -721,6 +748,7 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(req->raw_uri);
 	free(req->body);
 	free(req->answer);
+	free(req->trace_fields);
 	free(req);
 	*con_cls = NULL;
 }
@@ -776,6 +804,8 @@ request_start(Request *req, struct MHD_Connection *conn, const char *url)
 		req->kind = REQ_HOOKS;
 	else if (strcmp(url, "/_hooks/stats") == 0)
 		req->kind = REQ_HOOKS_STATS;
+	else if (strcmp(url, "/_traces") == 0)
+		req->kind = REQ_TRACES;
 	else
 		req->kind = REQ_NOT_FOUND;
 
@@ -832,7 +862,9 @@ request_append_body(Request *req, const char *data, size_t len)
 
 /*
  * request_decide: prepare the answer (or the decision to close) once the body
- * is complete.  Returns how long to hold the connection first, in ms.
+ * is complete.  Returns how long to hold the connection first, in ms.  A
+ * request to a message, provider or subscriber path is logged for
+ * /_traces once it is decided, whatever its answer.
  */
 static int64_t
 request_decide(Request *req, struct MHD_Connection *conn, const char *method)
@@ -840,28 +872,26 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 	bool		is_get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
 	bool		is_post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
 	OutBuf		out;
+	int64_t		delay_ms = 0;
 
 	req->phase = PHASE_ANSWER;
 	switch (req->kind)
 	{
 		case REQ_SEND:
-			if (!is_post)
-			{
-				set_answer_text(req, MHD_HTTP_METHOD_NOT_ALLOWED,
-								"{\"error\":\"method_not_allowed\"}");
-				return 0;
-			}
-			return decide_send(req, conn);
-		case REQ_DIALECT:
-			return dialect_decide(req, conn, method);
 		case REQ_HOOK:
 			if (!is_post)
-			{
 				set_answer_text(req, MHD_HTTP_METHOD_NOT_ALLOWED,
 								"{\"error\":\"method_not_allowed\"}");
-				return 0;
-			}
-			return hook_decide(req, conn);
+			else if (req->kind == REQ_SEND)
+				delay_ms = decide_send(req, conn);
+			else
+				delay_ms = hook_decide(req, conn);
+			traces_append(req, conn);
+			return delay_ms;
+		case REQ_DIALECT:
+			delay_ms = dialect_decide(req, conn, method);
+			traces_append(req, conn);
+			return delay_ms;
 		case REQ_CONTROL:
 			if (!is_post && !is_get)
 				break;
@@ -874,6 +904,7 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 			faults_reset();
 			idset_clear();
 			received_clear();
+			traces_clear();
 			dialect_reset();
 			hooks_clear();
 			set_answer_text(req, MHD_HTTP_OK, "{\"ok\":true}");
@@ -926,6 +957,13 @@ request_decide(Request *req, struct MHD_Connection *conn, const char *method)
 				break;
 			out_init(&out, 512);
 			hooks_stats_json(&out);
+			set_answer(req, MHD_HTTP_OK, &out);
+			return 0;
+		case REQ_TRACES:
+			if (!is_get)
+				break;
+			out_init(&out, 4096);
+			traces_json(&out);
 			set_answer(req, MHD_HTTP_OK, &out);
 			return 0;
 		case REQ_NOT_FOUND:
@@ -1072,8 +1110,23 @@ decide_send(Request *req, struct MHD_Connection *conn)
 
 done:
 	if (well_formed)
+	{
+		OutBuf		fields;
+		int			i;
+
 		received_append(&batch, arrived_us,
 						req->phase == PHASE_CLOSE ? 0 : req->status);
+		out_init(&fields, 16 + (size_t) batch.count * 24);
+		OUT_LIT(&fields, ",\"ids\":[");
+		for (i = 0; i < batch.count; i++)
+		{
+			if (i > 0)
+				OUT_LIT(&fields, ",");
+			out_json_string(&fields, batch.msgs[i].id, batch.msgs[i].id_len);
+		}
+		OUT_LIT(&fields, "]");
+		trace_fields_take(req, &fields);
+	}
 	if (batch.msgs != batch.inline_msgs)
 		free(batch.msgs);
 	return delay_ms;
@@ -2025,6 +2078,111 @@ received_json(OutBuf *out)
 	}
 	OUT_LIT(out, "]");
 	pthread_mutex_unlock(&received.lock);
+}
+
+/*
+ * trace_fields_take: the members req's /_traces entry ends with (the ids a
+ * well-formed body carried), taken over from fields.  Called by the
+ * endpoints that parse a body, before the request is logged.
+ */
+void
+trace_fields_take(Request *req, OutBuf *fields)
+{
+	free(req->trace_fields);
+	req->trace_fields = fields->data;
+	req->trace_fields_len = fields->len;
+	fields->data = NULL;
+}
+
+/*
+ * traces_append: log a decided request for /_traces: its number (1, 2, ...
+ * since the start or the last /_reset, in the order logged), its kind,
+ * path (without the query), the traceparent header as it came (the first
+ * one, cut at TRACEPARENT_MAX_BYTES; null when absent), the status it is
+ * answered (0 for a hang or a reset) and the members its endpoint added
+ * (trace_fields_take).  The entry is rendered outside the lock.
+ */
+static void
+traces_append(Request *req, struct MHD_Connection *conn)
+{
+	static const char *const kinds[] = {"send", "dialect", "hook"};
+	const char *tp = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+												 "traceparent");
+	const char *query = strchr(req->raw_uri, '?');
+	OutBuf		entry;
+
+	out_init(&entry, 256 + req->trace_fields_len);
+	OUT_LIT(&entry, ",\"kind\":\"");
+	out_str(&entry, kinds[req->kind == REQ_SEND ? 0 : req->kind == REQ_DIALECT ? 1 : 2]);
+	OUT_LIT(&entry, "\",\"path\":");
+	out_json_string(&entry, req->raw_uri,
+					query != NULL ? (size_t) (query - req->raw_uri) : strlen(req->raw_uri));
+	OUT_LIT(&entry, ",\"traceparent\":");
+	if (tp == NULL)
+		OUT_LIT(&entry, "null");
+	else
+		out_json_string(&entry, tp, strnlen(tp, TRACEPARENT_MAX_BYTES));
+	OUT_LIT(&entry, ",\"status\":");
+	out_u64(&entry, req->phase == PHASE_CLOSE ? 0 : req->status);
+	if (req->trace_fields != NULL)
+		out_bytes(&entry, req->trace_fields, req->trace_fields_len);
+	OUT_LIT(&entry, "}");
+
+	pthread_mutex_lock(&traces.lock);
+	if (traces.len + entry.len + 32 > TRACES_MAX_BYTES)
+		atomic_store(&traces.overflow, true);
+	else
+	{
+		char		number[40];
+		int			n = snprintf(number, sizeof(number), "%s{\"request\":%" PRIu64,
+								 traces.count > 0 ? "," : "", traces.count + 1);
+
+		if (traces.len + (size_t) n + entry.len > traces.cap)
+		{
+			size_t		cap = traces.cap ? traces.cap : 64 * 1024;
+
+			while (traces.len + (size_t) n + entry.len > cap)
+				cap *= 2;
+			traces.text = xrealloc(traces.text, cap);
+			traces.cap = cap;
+		}
+		memcpy(traces.text + traces.len, number, (size_t) n);
+		traces.len += (size_t) n;
+		memcpy(traces.text + traces.len, entry.data, entry.len);
+		traces.len += entry.len;
+		traces.count++;
+	}
+	pthread_mutex_unlock(&traces.lock);
+	free(entry.data);
+}
+
+/* traces_clear: forget the trace log (for /_reset and at exit). */
+static void
+traces_clear(void)
+{
+	pthread_mutex_lock(&traces.lock);
+	free(traces.text);
+	traces.text = NULL;
+	traces.len = traces.cap = 0;
+	traces.count = 0;
+	atomic_store(&traces.overflow, false);
+	pthread_mutex_unlock(&traces.lock);
+}
+
+/*
+ * traces_json: the trace log as [{"request":1,"kind":...}, ...] in the
+ * order logged.  Built under the lock; meant for reading at the end of a
+ * test.
+ */
+static void
+traces_json(OutBuf *out)
+{
+	pthread_mutex_lock(&traces.lock);
+	out_reserve(out, traces.len + 2);
+	OUT_LIT(out, "[");
+	out_bytes(out, traces.text != NULL ? traces.text : "", traces.len);
+	OUT_LIT(out, "]");
+	pthread_mutex_unlock(&traces.lock);
 }
 
 

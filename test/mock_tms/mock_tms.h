@@ -5,7 +5,7 @@
  *		the faults, the counters, the JSON scanner and the output buffer.
  *
  * mock_tms.c owns the server, the generic dialect and the harness
- * endpoints; dialects.c owns the providers' dialects (NHN Cloud AlimTalk
+ * endpoints (the trace log of /_traces among them); dialects.c owns the providers' dialects (NHN Cloud AlimTalk
  * and SMS, Naver Cloud SENS SMS and AlimTalk); hooks.c owns the subscriber
  * endpoint (courier's webhooks) and its records; crypto.c owns SHA-256,
  * HMAC-SHA256 and Base64 for the SENS and subscriber signatures.  Nothing
@@ -53,6 +53,7 @@ typedef enum RequestKind
 	REQ_HANDSETS,				/* /_handsets */
 	REQ_HOOKS,					/* /_hooks */
 	REQ_HOOKS_STATS,			/* /_hooks/stats */
+	REQ_TRACES,					/* /_traces */
 	REQ_NOT_FOUND				/* any other /_ path */
 } RequestKind;
 
@@ -108,6 +109,9 @@ typedef struct Request
 	char	   *answer;			/* malloc'd; handed to MHD when sent */
 	size_t		answer_len;
 	int			retry_after_s;	/* -1: no Retry-After header */
+	char	   *trace_fields;	/* malloc'd JSON members its /_traces entry
+								 * ends with (",\"ids\":[...]"), or NULL */
+	size_t		trace_fields_len;
 } Request;
 
 /* One message of a batch; pointers into the request body. */
@@ -269,6 +273,7 @@ extern bool apply_faults(Request *req, int64_t *delay_ms, bool shutting,
 						 const char *garbage);
 extern bool answer_reply_body(Request *req, int nmessages);
 extern void received_append(const Batch *batch, uint64_t us, unsigned int status);
+extern void trace_fields_take(Request *req, OutBuf *fields);
 extern size_t load_reject_prefix(char *buf);
 extern bool roll(_Atomic double *rate);
 

@@ -10,7 +10,8 @@
 # paths, and the counters of what handsets received; and the subscriber
 # endpoint (/hooks/<name>): what it records, duplicates, Courier-Signature
 # results, hook_status, hook_reject_bad_signature, /_hooks and its filter,
-# /_hooks/stats and /_reset.  Prints one line per check and "N passed, N
+# /_hooks/stats and /_reset; and the trace log (/_traces): each request's
+# traceparent header, its ids and its events' traceparents.  Prints one line per check and "N passed, N
 # failed"; exits 1 if any check failed.
 #
 # Needs bash, make, gcc, libmicrohttpd-dev, curl, and openssl or python3 (to
@@ -455,6 +456,44 @@ hook s "$(hook_events 31)"
 req "$BASE/_hooks"
 [[ $BODY == "[$(hook_entry cli-hook 41 1 none false),$(hook_entry s 31 2 unchecked false)]" ]] &&
 	ok "hooks: after reset, --hook-secret stays, hook_secrets is gone" || bad "hooks: after reset, --hook-secret stays, hook_secrets is gone" "$BODY"
+
+# ---------------------------------------------------------------- traces
+# Every request to a message, provider or subscriber path, with its
+# traceparent header; numbered from 1 again after a /_reset.
+TP1=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
+TP2=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00
+req -X POST "$BASE/_reset"
+req "$BASE/_traces"
+[[ $BODY == '[]' ]] && ok "traces: reset clears the log" || bad "traces: reset clears the log" "$BODY"
+req -X POST "$BASE/send" -H "traceparent: $TP1" -d '{"messages":[{"id":"t1","to":"01012345678"},{"id":"t2","to":"01012345679"}]}'
+req -X POST "$BASE/send" -H "TraceParent: $TP2" -d '{"messages":[{"id":"t3","to":"01012345678"}]}'
+req -X POST "$BASE/send" -d '{"messages": ['
+hook tr "{\"events\":[{\"id\":51,\"type\":\"order.delayed\",\"order_id\":1,\"seller_id\":2,\"traceparent\":\"$TP1\"},{\"id\":52,\"type\":\"order.invoiced\",\"order_id\":1,\"seller_id\":2,\"traceparent\":null}]}" -H "traceparent: $TP1"
+hook tr "$(hook_events 53)"
+req -X POST "$BASE/_control" -d '{"hook_status":{"tr":500}}'
+hook tr "$(hook_events 54)" -H "traceparent: $TP2"
+req -X POST "$BASE/_control" -d '{"hook_status":{}}'
+nhn "$BASE/sms/v3.0/appKeys/$NHN_APPKEY/sender/sms?requestId=x" -H "traceparent: $TP2"
+req "$BASE/_traces"
+expect "traces: a message request, its header and ids" "$BODY" \
+	"[{\"request\":1,\"kind\":\"send\",\"path\":\"/send\",\"traceparent\":\"$TP1\",\"status\":200,\"ids\":[\"t1\",\"t2\"]},"
+expect "traces: the header name in any case" "$BODY" \
+	"{\"request\":2,\"kind\":\"send\",\"path\":\"/send\",\"traceparent\":\"$TP2\",\"status\":200,\"ids\":[\"t3\"]},"
+expect "traces: no header is null, a malformed body has no ids" "$BODY" \
+	'{"request":3,"kind":"send","path":"/send","traceparent":null,"status":400},'
+expect "traces: a subscriber request, its events' ids and traceparents" "$BODY" \
+	"{\"request\":4,\"kind\":\"hook\",\"path\":\"/hooks/tr\",\"traceparent\":\"$TP1\",\"status\":200,\"ids\":[51,52],\"event_traceparents\":[\"$TP1\",null]},"
+expect "traces: events without a traceparent" "$BODY" \
+	'{"request":5,"kind":"hook","path":"/hooks/tr","traceparent":null,"status":200,"ids":[53],"event_traceparents":[null]},'
+expect "traces: a refused request is logged with its status" "$BODY" \
+	"{\"request\":6,\"kind\":\"hook\",\"path\":\"/hooks/tr\",\"traceparent\":\"$TP2\",\"status\":500,\"ids\":[54],\"event_traceparents\":[null]},"
+expect "traces: a provider's query, its path without the query" "$BODY" \
+	"{\"request\":7,\"kind\":\"dialect\",\"path\":\"/sms/v3.0/appKeys/$NHN_APPKEY/sender/sms\",\"traceparent\":\"$TP2\",\"status\":200}]"
+req "$BASE/_stats"
+expect_not "traces: harness requests are not logged" "$(curl -s "$BASE/_traces")" '"path":"/_'
+req -X POST "$BASE/_reset"
+req "$BASE/_traces"
+[[ $BODY == '[]' ]] && ok "traces: /_reset clears them" || bad "traces: /_reset clears them" "$BODY"
 
 echo "$PASS passed, $FAIL failed"
 ((FAIL == 0))
