@@ -79,6 +79,7 @@ typedef struct ReceiptNotice
 	bool		v2;				/* courier.notice_template_v2's */
 	bool		answered;		/* the query about it was answered */
 	CourierReceipt *found;		/* what the answer said, or NULL */
+	char	   *traceparent;	/* its request's trace, or NULL (trace.c) */
 } ReceiptNotice;
 
 /* The notices of one provider request, asked about in one query. */
@@ -234,7 +235,7 @@ lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 			"          coalesce(n.provider_id, ''), n.customer_phone, n.receipt_checks,"
 			"          n.provider, coalesce(n.channel, ''),"
 			"          n.receipt_status = 'unconfirmed',"
-			"          n.product_name, n.reason, n.variant",
+			"          n.product_name, n.reason, n.variant, n.traceparent",
 			one ? " AND c.seller_id = $4" : "",
 			one ? " AND n.seller_id = $4" : ""));
 	courier_execute_kept(&plans[one], sql[one], 3 + one, argtypes, values, NULL,
@@ -266,6 +267,9 @@ lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 		r->product = SPI_getvalue(tup, desc, 10);
 		r->reason = SPI_getvalue(tup, desc, 11);
 		r->v2 = strcmp(SPI_getvalue(tup, desc, 12), "v2") == 0;
+		r->traceparent = SPI_getvalue(tup, desc, 13);
+		if (!courier_traceparent_valid(r->traceparent))
+			r->traceparent = NULL;
 		if (r->unconfirmed)
 			r->text_hash = courier_text_hash(notice_text(r));
 		j2date(r->ship_date + POSTGRES_EPOCH_JDATE, &year, &month, &day);
@@ -372,6 +376,10 @@ ask_provider(ReceiptNotice *notices, ReceiptGroup *groups, int ngroups,
 				else
 					first->provider->receipt_query(&req, first->request_id, first->key,
 												   first->channel, first->to);
+				/* a query is a span of the trace its notices were sent in */
+				if (first->traceparent != NULL)
+					req.headers = lappend(req.headers,
+										  courier_traceparent_header(first->traceparent));
 				courier_http_start(req.url, req.headers, NULL, 0, false,
 								   courier_tms_timeout_ms, ask);
 				in_flight++;

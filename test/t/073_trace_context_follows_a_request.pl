@@ -21,7 +21,10 @@
 #	      with the same trace id, a new span id each time;
 #	  (f) every header the mock saw is lowercase hex,
 #	      ^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$, and names the trace
-#	      of every item the request carried.
+#	      of every item the request carried;
+#	  (g) through NHN AlimTalk, a provider with delivery receipts: the
+#	      sends and the receipt queries made for a request both carry its
+#	      trace id, each with a span id of its own.
 
 use strict;
 use warnings;
@@ -329,4 +332,34 @@ is(scalar(@mixed), 0, 'every request names the trace of each item it carried, or
 diag(explain($mixed[0])) if @mixed;
 
 $node->stop;
+
+# ---------------------------------------------------------------------------
+# (g) a provider with receipts: its sends and its receipt queries
+# ---------------------------------------------------------------------------
+my $TP_G = '00-7e1d2c3b4a5968778695a4b3c2d1e0f1-0f1e2d3c4b5a6978-01';
+my $pmock = start_provider_mock();
+my $pnode = tms_node('trace_context_nhn', $pmock,
+	conf => provider_conf($pmock, 'nhn_alimtalk') . q{
+courier.tms_bulk_size = 10
+courier.receipt_interval = '200ms'
+courier.idle_wakeup = '1s'
+});
+is(register_tms_orders($pnode, 1, 40), 40, '(g) 40 orders for NHN AlimTalk');
+query($pnode, qq{
+	BEGIN;
+	SET LOCAL courier.traceparent = '$TP_G';
+	SELECT courier.delay_orders(array(SELECT generate_series(1, 40)::bigint),
+								'rain', current_date + 5);
+	COMMIT;});
+ok(poll_until($pnode, "SELECT count(*) FROM courier.notices WHERE receipt_status = 'delivered'",
+		'40', 120),
+	'(g) the receipts of the 40 notices say delivered');
+my @provider = grep { $_->{kind} eq 'dialect' } @{ CourierTms::mock_request($pmock, 'GET', '/_traces') };
+my $queries = mock_stats($pmock)->{queries};
+ok($queries > 0 && @provider > $queries, "(g) the mock logged " . scalar(@provider)
+	  . " requests to NHN, $queries of them receipt queries (GET)");
+ok(all_carry(\@provider, $TP_G, '(g) NHN requests'),
+	'(g) every send and every receipt query carries the request\'s trace id, each with a span id of its own');
+
+$pnode->stop;
 done_testing();
