@@ -149,7 +149,11 @@ echo "  requests recorded after the rejected call: $(sql -c 'SELECT count(*) FRO
 
 say "a storm: the seller delays all $ORDERS orders by 4 days in one call"
 t_start=$(now_ms)
-REQ=$(sql -c "SELECT courier.delay_orders(array_agg(g), 'Heavy rain delayed the harvest', current_date + 5)
+# the app passes its W3C trace context, so the request can be followed from
+# its log through courier to the provider's
+APP_TRACE=00-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')-01
+REQ=$(sql -c "SET courier.traceparent = '$APP_TRACE'" \
+          -c "SELECT courier.delay_orders(array_agg(g), 'Heavy rain delayed the harvest', current_date + 5)
                 FROM generate_series(1, $ORDERS) g")
 t_enqueued=$(now_ms)
 echo "request $REQ validated and queued in $(( t_enqueued - t_start )) ms"
@@ -216,6 +220,26 @@ echo "  a delivered notice:"
 sql -c "SELECT '    ' || order_id || ' ' || ship_date || ' via ' || channel || ', HTTP ' || http_status
                || ', provider id ' || provider_id || ', ' || round(latency_ms::numeric, 1) || ' ms'
           FROM courier.notices WHERE status = 'delivered' ORDER BY order_id LIMIT 1"
+say "what monitoring sees"
+echo "  the app's traceparent:            $APP_TRACE"
+echo "  request_status's trace id:        $(sql -c "SELECT trace_id FROM courier.request_status($REQ)")"
+echo "  a traceparent the TMS received:   $(curl -s "http://$MOCK/_traces" | head -c 4000 |
+	grep -o '"traceparent":"[^"]*"' | head -1 | cut -d'"' -f4) (same trace id, a span id of its own)"
+echo "  from courier.metric_samples(), what postgres_exporter exposes to Prometheus:"
+sql -c "SELECT '    ' || name || coalesce('{stage=\"' || stage || '\",result=\"' || result || '\"}', '') || ' ' || value
+          FROM courier.metric_samples('{courier_items_total}') ORDER BY stage, result"
+sql -c "SELECT '    ' || name || ' ' || value
+          FROM courier.metric_samples('{courier_tms_request_duration_seconds,courier_tms_breaker_open}')
+         WHERE name NOT LIKE '%bucket' ORDER BY name"
+sql -c "SELECT '    TMS requests answered within ' || min(le::float8) || ' s: at least half of them'
+          FROM courier.metric_samples('{courier_tms_request_duration_seconds}') b
+         WHERE b.name LIKE '%bucket' AND b.le <> '+Inf'
+           AND b.value * 2 >= (SELECT value FROM courier.metric_samples('{courier_tms_request_duration_seconds}')
+                                WHERE name LIKE '%count')"
+sql -c "SELECT courier.failure_digest()" >/dev/null
+echo "  alerts firing after courier.failure_digest() (courier.alerts_firing):"
+sql -c "SELECT '    ' || alertname || ' ' || coalesce(stage, '') || ': ' || (annotations ->> 'summary')
+          FROM courier.alerts_firing ORDER BY alertname, stage"
 echo "  the workers:"
 sql -c "SELECT '    ' || backend_type || ': ' || coalesce(query, '') FROM pg_stat_activity
          WHERE backend_type LIKE 'courier%' ORDER BY backend_type"

@@ -43,6 +43,14 @@ static void put_counter(ReturnSetInfo *rsinfo, const char *stage,
 						const char *counter, uint64 value);
 static void latency_datums(CourierTmsLimits *lim, Datum *values);
 
+/* Fills the values and nulls of one subscriber slot's row (subscriber_rows). */
+typedef void (*SubscriberRowFn) (CourierSubscriberSlot *slot, Datum *values, bool *nulls);
+#define SUBSCRIBER_ROW_MAX	8		/* the widest row: subscriber_workers' */
+
+static Datum subscriber_rows(FunctionCallInfo fcinfo, SubscriberRowFn row);
+static void worker_row(CourierSubscriberSlot *slot, Datum *values, bool *nulls);
+static void latency_row(CourierSubscriberSlot *slot, Datum *values, bool *nulls);
+
 /* CourierBreakerState's names, as SQL shows them */
 static const char *const breaker_names[] = {"closed", "open", "probing"};
 
@@ -218,27 +226,15 @@ courier_tms_state(PG_FUNCTION_ARGS)
 Datum
 courier_subscriber_latency(PG_FUNCTION_ARGS)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	return subscriber_rows(fcinfo, latency_row);
+}
 
-	InitMaterializedSRF(fcinfo, 0);
-	if (courier_shared == NULL)
-		return (Datum) 0;
-
-	LWLockAcquire(courier_shared->lock, LW_SHARED);
-	for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
-	{
-		CourierSubscriberSlot *slot = &courier_shared->subscribers[i];
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
-
-		if (!slot->in_use)
-			continue;
-		values[0] = Int32GetDatum(slot->subscriber_id);
-		latency_datums(&slot->limits, &values[1]);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	LWLockRelease(courier_shared->lock);
-	return (Datum) 0;
+/* One row of courier_subscriber_latency. */
+static void
+latency_row(CourierSubscriberSlot *slot, Datum *values, bool *nulls)
+{
+	values[0] = Int32GetDatum(slot->subscriber_id);
+	latency_datums(&slot->limits, &values[1]);
 }
 
 /*
@@ -278,6 +274,34 @@ latency_datums(CourierTmsLimits *lim, Datum *values)
 Datum
 courier_subscriber_workers(PG_FUNCTION_ARGS)
 {
+	return subscriber_rows(fcinfo, worker_row);
+}
+
+/* One row of courier_subscriber_workers. */
+static void
+worker_row(CourierSubscriberSlot *slot, Datum *values, bool *nulls)
+{
+	values[0] = Int32GetDatum(slot->subscriber_id);
+	values[1] = Int32GetDatum(slot->pid);
+	nulls[1] = (slot->pid == 0);
+	values[2] = CStringGetTextDatum(breaker_names[courier_limits_breaker_state_on(&slot->limits)]);
+	values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->delivered));
+	values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->failed));
+	values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->retried));
+	values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->limits.requests));
+	values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->limits.breaker_opened));
+}
+
+/*
+ * subscriber_rows
+ *		The rows of a set-returning function with one row per subscriber
+ *		slot in use, each filled by row() under the slots' lock (shared):
+ *		what subscriber_workers and subscriber_latency show.  Empty when
+ *		courier is not preloaded.
+ */
+static Datum
+subscriber_rows(FunctionCallInfo fcinfo, SubscriberRowFn row)
+{
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -288,22 +312,12 @@ courier_subscriber_workers(PG_FUNCTION_ARGS)
 	for (int i = 0; i < COURIER_MAX_SUBSCRIBERS; i++)
 	{
 		CourierSubscriberSlot *slot = &courier_shared->subscribers[i];
-		Datum		values[8];
-		bool		nulls[8] = {false};
-		CourierBreakerState breaker;
+		Datum		values[SUBSCRIBER_ROW_MAX];
+		bool		nulls[SUBSCRIBER_ROW_MAX] = {false};
 
 		if (!slot->in_use)
 			continue;
-		breaker = courier_limits_breaker_state_on(&slot->limits);
-		values[0] = Int32GetDatum(slot->subscriber_id);
-		values[1] = Int32GetDatum(slot->pid);
-		nulls[1] = (slot->pid == 0);
-		values[2] = CStringGetTextDatum(breaker_names[breaker]);
-		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->delivered));
-		values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->failed));
-		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->retried));
-		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->limits.requests));
-		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->limits.breaker_opened));
+		row(slot, values, nulls);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(courier_shared->lock);
