@@ -238,8 +238,10 @@ sql -c "SELECT '    TMS requests answered within ' || min(le::float8) || ' s: at
                                 WHERE name LIKE '%count')"
 sql -c "SELECT courier.failure_digest()" >/dev/null
 echo "  alerts firing after courier.failure_digest() (courier.alerts_firing):"
-sql -c "SELECT '    ' || alertname || ' ' || coalesce(stage, '') || ': ' || (annotations ->> 'summary')
-          FROM courier.alerts_firing ORDER BY alertname, stage"
+sql -c "SELECT coalesce(string_agg('    ' || alertname || ' ' || coalesce(stage, '') || ': '
+                                   || (annotations ->> 'summary'), E'\n' ORDER BY alertname, stage),
+                        '    none: nothing failed, no breaker is open, no queue waits')
+          FROM courier.alerts_firing"
 echo "  the workers:"
 sql -c "SELECT '    ' || backend_type || ': ' || coalesce(query, '') FROM pg_stat_activity
          WHERE backend_type LIKE 'courier%' ORDER BY backend_type"
