@@ -433,6 +433,7 @@ post_alerts(void)
 		Datum		values[3];
 		bool		ok;
 		bool		wrong_path;
+		bool		wrong_format;
 
 		if (!courier_http_post_poll(&http, error, sizeof(error)))
 			return;				/* still going */
@@ -440,6 +441,10 @@ post_alerts(void)
 		/* Alertmanager answers 404 or 405 on any path but its API's */
 		wrong_path = (http == 404 || http == 405) &&
 			courier_alert_format == COURIER_ALERT_FORMAT_ALERTMANAGER;
+		/* and 400 to courier's own JSON, which is no array of alerts */
+		wrong_format = http == 400 &&
+			courier_alert_format == COURIER_ALERT_FORMAT_COURIER &&
+			strstr(courier_alert_url, "/api/v2/alerts") != NULL;
 		if (!ok && error[0] == '\0')
 			snprintf(error, sizeof(error), "alert URL answered HTTP %d", http);
 		if (!ok)
@@ -450,7 +455,9 @@ post_alerts(void)
 							alert_in_flight, error),
 					 errdetail("The alert stays in courier.alerts and is posted again later, after a back-off that doubles up to an hour."),
 					 wrong_path ?
-					 errhint("With courier.alert_format = alertmanager, courier.alert_url is Alertmanager's alerts endpoint, e.g. http://alertmanager:9093/api/v2/alerts.") : 0));
+					 errhint("With courier.alert_format = alertmanager, courier.alert_url is Alertmanager's alerts endpoint, e.g. http://alertmanager:9093/api/v2/alerts.") :
+					 wrong_format ?
+					 errhint("courier.alert_url looks like Alertmanager's alerts endpoint: set courier.alert_format = alertmanager, which posts the alerts in its shape.") : 0));
 		values[0] = Int64GetDatum(alert_in_flight);
 		values[1] = BoolGetDatum(ok);
 		values[2] = CStringGetTextDatum(error);

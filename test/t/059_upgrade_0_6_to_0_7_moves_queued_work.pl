@@ -15,7 +15,8 @@
 #	queued work at once; then the stages resume, retry_failures re-opens
 #	102: every notice goes out once, request 1 (which has no trace) is
 #	applied, and the subscriber gets the event queued under 0.6 and the 20
-#	order.delayed events, each once.
+#	order.delayed events, each once.  A request made after the update gets
+#	a trace.
 
 use strict;
 use warnings;
@@ -129,9 +130,11 @@ ok( poll_until(
 		  . " || '|' || (SELECT count(*) FROM courier.notices WHERE status = 'delivered')",
 		'0|0|22', 60),
 	'the queued work drains: no item, no pending notice, 22 notices delivered');
-is(query($node, "SELECT total, done, failed, pending FROM courier.request_status($req1)"),
-	'20|20|0|0',
-	'request 1 (queued under 0.6): 20 total, 20 done, 0 failed, 0 pending');
+is(query($node, "SELECT total, done, failed, pending, trace_id IS NULL FROM courier.request_status($req1)"),
+	'20|20|0|0|t',
+	'request 1 (queued under 0.6): 20 total, 20 done, 0 failed, 0 pending, and no trace');
+is(query($node, "SELECT count(*) FROM courier.notices WHERE traceparent IS NOT NULL"), '0',
+	'its notices, applied after the update, carry no trace either');
 ok(poll_until($node, "SELECT backlog FROM courier.subscribers WHERE name = 'backoffice'",
 		'0', 60),
 	'the subscriber has received every event');
@@ -144,6 +147,9 @@ is(query($node, 'SELECT count(*) FROM courier.failures WHERE discarded_at IS NUL
 	'no failure is left');
 my $s = mock_stats($mock);
 is($s->{delivered}, 22, 'the TMS delivered 22 messages, one per notice');
+my $req2 = delay_tms($node, 101, 102, 14);
+like(query($node, "SELECT trace_id FROM courier.request_status($req2)"), qr/^[0-9a-f]{32}$/,
+	'a request made under 0.7 gets a trace courier started');
 
 $node->stop;
 done_testing();

@@ -20,7 +20,8 @@
 #	- Alertmanager unreachable while a "firing" waits and the condition
 #	  clears: the "resolved" supersedes it, the outdated "firing" is never
 #	  sent, and Alertmanager ends the alert;
-#	- a URL that is not Alertmanager's API is named in the log's hint;
+#	- a URL that is not Alertmanager's API is named in the log's hint, and
+#	  so is the format when courier's own JSON goes to Alertmanager's API;
 #	- bad settings are refused with the allowed values or range;
 #	- the shipped Prometheus rules pass promtool check rules and
 #	  promtool test rules (and broken copies fail both), and the example
@@ -496,6 +497,22 @@ ok( poll_log(
 		qr{WARNING:.*could not post alert \d+ to courier\.alert_url: alert URL answered HTTP 404.*?HINT:.*?http://alertmanager:9093/api/v2/alerts}s,
 		$log, 30),
 	'Alertmanager answers 404: the WARNING hints at its /api/v2/alerts endpoint');
+
+# Alertmanager's endpoint, but courier's own format: the log says to switch.
+query($node, qq{
+	ALTER SYSTEM SET courier.alert_url = '$am_base/api/v2/alerts';
+	ALTER SYSTEM SET courier.alert_format = 'courier';
+	SELECT pg_reload_conf();});
+ok(poll_until($node, 'SHOW courier.alert_format', 'courier', 30),
+	'courier.alert_format is back to courier, the URL Alertmanager\'s API');
+$log = log_offset($node);
+query($node, q{
+	INSERT INTO courier.alerts (kind, payload) VALUES ('test', '{"alert": "test"}')});
+ok( poll_log(
+		$node,
+		qr{WARNING:.*could not post alert \d+ to courier\.alert_url: alert URL answered HTTP 400.*?HINT:.*?set courier\.alert_format = alertmanager}s,
+		$log, 30),
+	'Alertmanager refuses courier\'s own JSON (400): the WARNING hints at courier.alert_format');
 
 # ---------------------------------------------------------------------------
 # Bad settings
