@@ -56,6 +56,7 @@ static int64 find_offending_orders(Datum ids_array, const char *join_where,
 								   bool with_status, StringInfo list);
 static char *date_to_cstring(DateADT d);
 static bool schema_is_at_least(const char *version);
+static const char *app_traceparent(void);
 static void refuse_seller_change(Datum *values);
 
 /* ----------------------------------------------------------------
@@ -265,6 +266,18 @@ static char *
 date_to_cstring(DateADT d)
 {
 	return DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(d)));
+}
+
+/*
+ * app_traceparent
+ *		The app's trace for the work of this call: courier.traceparent when
+ *		it is set (its check hook let only a valid one in), else NULL.
+ */
+static const char *
+app_traceparent(void)
+{
+	return courier_traceparent != NULL && courier_traceparent[0] != '\0' ?
+		courier_traceparent : NULL;
 }
 
 /*
@@ -577,29 +590,25 @@ courier_register_invoice(PG_FUNCTION_ARGS)
 
 	/*
 	 * The order.invoiced event, in this transaction (0.6's schema on), with
-	 * the app's trace when it set courier.traceparent (0.7's schema on).
+	 * the app's trace when it set courier.traceparent (0.7's schema on: the
+	 * sixth argument of emit_events).
 	 */
-	if (schema_is_at_least("0.7"))
+	if (schema_is_at_least("0.6"))
 	{
-		bool		traced = courier_traceparent != NULL &&
-			courier_traceparent[0] != '\0';
-		char		nulls[5] = {' ', ' ', ' ', ' ', traced ? ' ' : 'n'};
+		bool		with_trace = schema_is_at_least("0.7");
+		const char *app = app_traceparent();
+		char		nulls[5] = {' ', ' ', ' ', ' ', app != NULL ? ' ' : 'n'};
 
-		values[4] = traced ? CStringGetTextDatum(courier_traceparent) : (Datum) 0;
-		if (SPI_execute_with_args("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
-								  "    ARRAY['order.invoiced'],"
-								  "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
-								  "    $4, ARRAY[$5])",
-								  5, argtypes, values, nulls, false, 0) != SPI_OK_SELECT)
+		values[4] = app != NULL ? CStringGetTextDatum(app) : (Datum) 0;
+		if (SPI_execute_with_args(psprintf("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
+										   "    ARRAY['order.invoiced'],"
+										   "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
+										   "    $4%s)",
+										   with_trace ? ", ARRAY[$5]" : ""),
+								  with_trace ? 5 : 4, argtypes, values, nulls,
+								  false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "courier: could not record the order.invoiced event");
 	}
-	else if (schema_is_at_least("0.6") &&
-			 SPI_execute_with_args("SELECT courier.emit_events(ARRAY[$3], ARRAY[$1],"
-								   "    ARRAY['order.invoiced'],"
-								   "    ARRAY[pg_catalog.jsonb_build_object('invoice_number', $2::text)],"
-								   "    $4)",
-								   4, argtypes, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "courier: could not record the order.invoiced event");
 
 	/*
 	 * Called through 0.1's declaration (returns boolean, and no trigger
@@ -760,10 +769,8 @@ courier_delay_orders(PG_FUNCTION_ARGS)
 	 * carries its trace id (trace.c).  0.6's schema has no column for it.
 	 */
 	traced = schema_is_at_least("0.7");
-	values[5] = CStringGetTextDatum(courier_traceparent != NULL &&
-									courier_traceparent[0] != '\0' ?
-									courier_traceparent :
-									courier_traceparent_new());
+	values[5] = CStringGetTextDatum(app_traceparent() != NULL ?
+									app_traceparent() : courier_traceparent_new());
 	if (SPI_execute_with_args(traced ?
 							  "INSERT INTO courier.requests (reason, new_ship_date, total,"
 							  "    requested_by, traceparent)"

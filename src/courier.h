@@ -296,6 +296,7 @@ extern const char *courier_sms_channel(int euckr_bytes);
 #define COURIER_TRACEPARENT_LEN 55	/* version 00: 00-<32>-<16>-<2> */
 
 extern bool courier_traceparent_valid(const char *s);
+extern const char *courier_traceparent_stored(const char *s);
 extern char *courier_traceparent_new(void);
 extern bool courier_same_trace(const char *a, const char *b);
 extern char *courier_traceparent_header(const char *traceparent);

@@ -79,7 +79,7 @@ typedef struct ReceiptNotice
 	bool		v2;				/* courier.notice_template_v2's */
 	bool		answered;		/* the query about it was answered */
 	CourierReceipt *found;		/* what the answer said, or NULL */
-	char	   *traceparent;	/* its request's trace, or NULL (trace.c) */
+	const char *traceparent;	/* its request's trace, or NULL (trace.c) */
 } ReceiptNotice;
 
 /* The notices of one provider request, asked about in one query. */
@@ -267,9 +267,7 @@ lease_due(ReceiptNotice **notices, TimestampTz now, TimestampTz lease_end)
 		r->product = SPI_getvalue(tup, desc, 10);
 		r->reason = SPI_getvalue(tup, desc, 11);
 		r->v2 = strcmp(SPI_getvalue(tup, desc, 12), "v2") == 0;
-		r->traceparent = SPI_getvalue(tup, desc, 13);
-		if (!courier_traceparent_valid(r->traceparent))
-			r->traceparent = NULL;
+		r->traceparent = courier_traceparent_stored(SPI_getvalue(tup, desc, 13));
 		if (r->unconfirmed)
 			r->text_hash = courier_text_hash(notice_text(r));
 		j2date(r->ship_date + POSTGRES_EPOCH_JDATE, &year, &month, &day);

@@ -31,11 +31,12 @@
 /*
  * One statement for a whole batch of failed items: the ones whose attempts
  * run out (or that failed permanently) move to failures with their history
- * and their request's trace, the others get their next not_before.  The two halves touch disjoint
- * rows, so they can share a statement.  The time ($8), the back-off's
- * jitter per item ($9) and its base and cap ($10, $11) come in as
- * parameters: the statement calls no clock nor random function, only the
- * immutable courier.backoff_step (docs/citus.md, rule 3).
+ * and their request's trace, the others get their next not_before.  The
+ * two halves touch disjoint rows, so they can share a statement.  The
+ * time ($8), the back-off's jitter per item ($9) and its base and cap ($10,
+ * $11) come in as parameters: the statement calls no clock nor random
+ * function, only the immutable courier.backoff_step (docs/citus.md,
+ * rule 3).
  */
 static const char *const charge_sql =
 "WITH r AS ("

@@ -537,9 +537,7 @@ lease(DeliveryBatch *b, MemoryContext batch_context)
 		b->orders[i] = SPI_getbinval(tup, desc, 3, &isnull);
 		b->msgs[i].key = psprintf(INT64_FORMAT, event);
 		b->msgs[i].text = SPI_getvalue(tup, desc, 4);
-		b->msgs[i].traceparent = SPI_getvalue(tup, desc, 5);
-		if (!courier_traceparent_valid(b->msgs[i].traceparent))
-			b->msgs[i].traceparent = NULL;	/* none, or not one courier can send */
+		b->msgs[i].traceparent = courier_traceparent_stored(SPI_getvalue(tup, desc, 5));
 		b->msgs[i].to = "";
 		b->msgs[i].channel = "event";
 	}

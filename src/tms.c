@@ -577,9 +577,7 @@ tms_lease(TmsBatch *b, bool lock_orders)
 			b->verdict[i] = VERDICT_TOO_LONG;
 		m->fallback = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
 		m->refusals = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
-		m->traceparent = SPI_getvalue(tup, desc, 13);
-		if (!courier_traceparent_valid(m->traceparent))
-			m->traceparent = NULL;	/* none, or not one courier can send */
+		m->traceparent = courier_traceparent_stored(SPI_getvalue(tup, desc, 13));
 		m->channel = courier_sms_channel(bytes);
 		m->subject = (strcmp(m->channel, "lms") == 0) ? COURIER_LMS_SUBJECT : NULL;
 	}

@@ -64,6 +64,19 @@ courier_traceparent_valid(const char *s)
 }
 
 /*
+ * courier_traceparent_stored
+ *		A traceparent read from a row (a notice's, an event's), as the
+ *		requests made for the row carry it: s when it is one courier can
+ *		send, NULL when the row has none (older than 0.7) or a value that
+ *		is not one.
+ */
+const char *
+courier_traceparent_stored(const char *s)
+{
+	return courier_traceparent_valid(s) ? s : NULL;
+}
+
+/*
  * courier_traceparent_new
  *		A traceparent that starts a trace: a random trace id and parent id
  *		(neither all zero), flags 01 (sampled: courier records every
